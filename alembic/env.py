@@ -1,0 +1,141 @@
+"""Alembic environment of platform-db.
+
+The URL comes from the caller's connection (config.attributes["connection"], as the
+tests and the CLI pass it), else from DATABASE_URL. Every run ends by handing ownership
+of what it created to platform_owner.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from alembic import context
+from alembic.operations import MigrationScript
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, create_engine, pool, text
+
+from platform_db.ddl.security import claim_ownership_sql
+from platform_db.migrations import managed_relations
+from platform_db.models import metadata
+from platform_db.settings import SYNC_DRIVER, database_url_from_env, with_driver
+
+config = context.config
+target_metadata = metadata
+
+# A deploy must never queue behind a long-running lock and stall the application's
+# queries behind it: give up after this long instead, and retry the deploy.
+LOCK_TIMEOUT = os.environ.get("PLATFORM_DB_MIGRATION_LOCK_TIMEOUT", "5s")
+
+
+def _partition_children(connection: Connection) -> set[str]:
+    rows = connection.execute(
+        text(
+            "SELECT c.relname FROM pg_catalog.pg_class c "
+            "WHERE c.relispartition AND c.relnamespace = 'public'::regnamespace"
+        )
+    )
+    return {r[0] for r in rows}
+
+
+def _include_name_factory(
+    skip_tables: set[str],
+) -> Any:
+    def include_name(
+        name: str | None,
+        type_: Literal[
+            "schema",
+            "table",
+            "column",
+            "index",
+            "unique_constraint",
+            "foreign_key_constraint",
+        ],
+        parent_names: dict[str, str | None],
+    ) -> bool:
+        # Partitions are managed by platform.ensure_form_submission_partitions(), not by
+        # the models: autogenerate must never propose dropping them.
+        return not (type_ == "table" and name in skip_tables)
+
+    return include_name
+
+
+def _include_object_factory(skip_tables: set[str]) -> Any:
+    def include_object(
+        obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+    ) -> bool:
+        # A foreign key to a partitioned table shows up once more per partition in the
+        # catalog (internal clones); only the one on the parent is ours to compare.
+        if type_ == "foreign_key_constraint" and reflected:
+            return obj.referred_table.name not in skip_tables
+        return True
+
+    return include_object
+
+
+def _drop_empty_revisions(
+    ctx: MigrationContext,
+    revision: str | Iterable[str | None] | Iterable[str],
+    directives: list[MigrationScript],
+) -> None:
+    if getattr(config.cmd_opts, "autogenerate", False) and directives:
+        script = directives[0]
+        if script.upgrade_ops is not None and script.upgrade_ops.is_empty():
+            directives[:] = []
+
+
+def run_migrations_offline() -> None:
+    url = database_url_from_env()
+    context.configure(
+        url=with_driver(url, SYNC_DRIVER).render_as_string(hide_password=False)
+        if url
+        else "postgresql+psycopg://",
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+        context.run_migrations()
+        context.execute(claim_ownership_sql(managed_relations()))
+
+
+def _run(connection: Connection) -> None:
+    partitions = _partition_children(connection)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        include_name=_include_name_factory(partitions),
+        include_object=_include_object_factory(partitions),
+        process_revision_directives=_drop_empty_revisions,
+    )
+    with context.begin_transaction():
+        connection.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": LOCK_TIMEOUT})
+        context.run_migrations()
+        connection.execute(text(claim_ownership_sql(managed_relations())))
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    url = database_url_from_env()
+    if url is None:
+        raise SystemExit(
+            "DATABASE_URL is not set: point it at the database to migrate, "
+            "for example postgresql://postgres@127.0.0.1:5432/platform"
+        )
+    engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        _run(conn)
+        conn.commit()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

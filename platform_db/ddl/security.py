@@ -1,0 +1,228 @@
+"""Roles, the tenant setting functions, row-level security and grants.
+
+One definition of what a tenant-owned table gets (`protect_tenant_table`), used by the
+revisions; partitions copy their parent's policies (see platform_db.ddl.partitions).
+"""
+
+from __future__ import annotations
+
+import re
+
+OWNER_ROLE = "platform_owner"
+APP_ROLE = "platform_app"
+ADMIN_ROLE = "platform_admin"
+ROLES = (OWNER_ROLE, APP_ROLE, ADMIN_ROLE)
+ROLE_COMMENT = "created by platform-db"
+
+TENANT_SETTING = "app.current_tenant_id"
+USER_SETTING = "app.current_user_id"
+POLICY_NAME = "tenant_isolation"
+PLATFORM_SCHEMA = "platform"
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def ident(name: str) -> str:
+    """Return `name` if it is a plain lower-case identifier owned by code, else refuse it."""
+    if not _IDENT.match(name):
+        raise ValueError(f"refusing unexpected SQL identifier {name!r}")
+    return name
+
+
+CREATE_ROLES = f"""
+DO $roles$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT * FROM (VALUES ('{OWNER_ROLE}', false), ('{APP_ROLE}', false),
+                              ('{ADMIN_ROLE}', true)) AS v(name, bypass)
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN %s', r.name,
+                           CASE WHEN r.bypass THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END);
+            EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, '{ROLE_COMMENT}');
+        END IF;
+    END LOOP;
+
+    -- A pre-existing role must not be able to defeat isolation.
+    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{APP_ROLE}'
+               AND (rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb)) THEN
+        ALTER ROLE {APP_ROLE} NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
+    END IF;
+    IF pg_catalog.pg_has_role('{APP_ROLE}', '{OWNER_ROLE}', 'MEMBER')
+       OR pg_catalog.pg_has_role('{APP_ROLE}', '{ADMIN_ROLE}', 'MEMBER') THEN
+        RAISE EXCEPTION '{APP_ROLE} is a member of {OWNER_ROLE} or {ADMIN_ROLE}'
+            USING HINT = 'Revoke that membership: request-serving logins must be subject to RLS.';
+    END IF;
+    IF NOT (SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = '{ADMIN_ROLE}') THEN
+        ALTER ROLE {ADMIN_ROLE} BYPASSRLS;
+    END IF;
+END
+$roles$
+"""
+
+# Roles are cluster-wide: another database of the same cluster may still use them. Drop
+# only the ones this package created, and keep any that something else depends on.
+DROP_ROLES = f"""
+DO $roles$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT rolname FROM pg_catalog.pg_roles
+        WHERE rolname IN ('{APP_ROLE}', '{ADMIN_ROLE}', '{OWNER_ROLE}')
+          AND pg_catalog.shobj_description(oid, 'pg_authid') = '{ROLE_COMMENT}'
+    LOOP
+        BEGIN
+            EXECUTE format('DROP ROLE %I', r.rolname);
+        EXCEPTION WHEN SQLSTATE '2BP01' THEN  -- dependent objects still exist
+            RAISE NOTICE 'role % kept: other databases of this cluster still use it', r.rolname;
+        END;
+    END LOOP;
+END
+$roles$
+"""
+
+CREATE_PLATFORM_SCHEMA = f"""
+CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA} AUTHORIZATION {OWNER_ROLE};
+GRANT USAGE ON SCHEMA {PLATFORM_SCHEMA} TO {APP_ROLE}, {ADMIN_ROLE};
+GRANT USAGE ON SCHEMA public TO {APP_ROLE}, {ADMIN_ROLE};
+"""
+
+DROP_PLATFORM_SCHEMA = f"""
+REVOKE USAGE ON SCHEMA public FROM {APP_ROLE}, {ADMIN_ROLE};
+DROP SCHEMA IF EXISTS {PLATFORM_SCHEMA} CASCADE;
+"""
+
+# Small STABLE SQL functions: the planner inlines them into the policy, so a policy reads
+# `tenant_id = <value>` and `(tenant_id, ...)` indexes are used. `missing_ok` makes a
+# never-set setting NULL and nullif() turns the empty string an ended transaction leaves
+# behind into NULL: either way `tenant_id = NULL` matches no row and fails WITH CHECK.
+CREATE_SETTING_FUNCTIONS = f"""
+CREATE FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN nullif(pg_catalog.current_setting('{TENANT_SETTING}', true), '')::uuid;
+
+COMMENT ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() IS
+    'The tenant of the current transaction ({TENANT_SETTING}), NULL when none is set.';
+
+CREATE FUNCTION {PLATFORM_SCHEMA}.current_user_id() RETURNS uuid
+    LANGUAGE sql STABLE PARALLEL SAFE
+    RETURN nullif(pg_catalog.current_setting('{USER_SETTING}', true), '')::uuid;
+
+COMMENT ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() IS
+    'The acting user of the current transaction ({USER_SETTING}), NULL when none is set.';
+"""
+
+DROP_SETTING_FUNCTIONS = f"""
+DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.current_user_id();
+DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.current_tenant_id();
+"""
+
+TENANT_PREDICATE = f"tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
+
+
+def protect_tenant_table(table: str) -> list[str]:
+    """What every tenant-owned table gets: forced RLS, one policy, precise grants.
+
+    `platform_app` reads and writes rows (no TRUNCATE, REFERENCES or TRIGGER); RLS is
+    forced so even the owner is filtered. For a partitioned table the existing
+    partitions get the same RLS (platform.protect_partitions) but no grants: they are
+    reached only through the parent.
+    """
+    t = ident(table)
+    return [
+        f"ALTER TABLE public.{t} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE public.{t} FORCE ROW LEVEL SECURITY",
+        f"""CREATE POLICY {POLICY_NAME} ON public.{t}
+    AS PERMISSIVE FOR ALL TO PUBLIC
+    USING ({TENANT_PREDICATE})
+    WITH CHECK ({TENANT_PREDICATE})""",
+        f"REVOKE ALL ON public.{t} FROM PUBLIC",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {APP_ROLE}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {ADMIN_ROLE}",
+        f"SELECT {PLATFORM_SCHEMA}.protect_partitions('public.{t}'::regclass)",
+    ]
+
+
+def unprotect_tenant_table(table: str) -> list[str]:
+    """The exact reverse of protect_tenant_table (partitions included)."""
+    t = ident(table)
+    return [
+        f"SELECT {PLATFORM_SCHEMA}.unprotect_partitions('public.{t}'::regclass)",
+        f"REVOKE ALL ON public.{t} FROM {APP_ROLE}, {ADMIN_ROLE}",
+        f"DROP POLICY IF EXISTS {POLICY_NAME} ON public.{t}",
+        f"ALTER TABLE public.{t} NO FORCE ROW LEVEL SECURITY",
+        f"ALTER TABLE public.{t} DISABLE ROW LEVEL SECURITY",
+    ]
+
+
+def grant_platform_table(table: str) -> list[str]:
+    """A platform-level table (tenants): readable by the app, writable by admins."""
+    t = ident(table)
+    return [
+        f"REVOKE ALL ON public.{t} FROM PUBLIC",
+        f"GRANT SELECT ON public.{t} TO {APP_ROLE}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {ADMIN_ROLE}",
+    ]
+
+
+def revoke_platform_table(table: str) -> list[str]:
+    t = ident(table)
+    return [f"REVOKE ALL ON public.{t} FROM {APP_ROLE}, {ADMIN_ROLE}"]
+
+
+def claim_ownership_sql(relations: list[str]) -> str:
+    """SQL that makes platform_owner own the schema `platform`, everything in it, the
+    given relations of `public` and every partition below them.
+
+    Run by alembic/env.py after every migration run, so objects created by any revision
+    (including ones written later) end up owned by the owner role. Does nothing when the
+    role does not exist (before the first revision, after the last downgrade).
+    """
+    names = ", ".join(f"'{ident(r)}'" for r in sorted(relations))
+    return f"""
+DO $own$
+DECLARE
+    obj record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace
+               WHERE nspname = '{PLATFORM_SCHEMA}' AND nspowner <> '{OWNER_ROLE}'::regrole) THEN
+        ALTER SCHEMA {PLATFORM_SCHEMA} OWNER TO {OWNER_ROLE};
+    END IF;
+    FOR obj IN
+        SELECT c.oid::regclass AS rel,
+               CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                              WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind
+        FROM pg_catalog.pg_class c
+        WHERE c.relowner <> '{OWNER_ROLE}'::regrole
+          AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+          AND NOT (c.relkind = 'S' AND EXISTS (
+                SELECT FROM pg_catalog.pg_depend d
+                WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                  AND d.deptype IN ('a', 'i')))
+          AND (c.relnamespace = pg_catalog.to_regnamespace('{PLATFORM_SCHEMA}')
+               OR (c.relnamespace = 'public'::regnamespace AND EXISTS (
+                     SELECT FROM pg_catalog.pg_partition_ancestors(c.oid) a
+                     JOIN pg_catalog.pg_class p ON p.oid = a.relid
+                     WHERE p.relname IN ({names})))
+               OR (c.relnamespace = 'public'::regnamespace AND c.relname IN ({names})))
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO {OWNER_ROLE}', obj.kind, obj.rel);
+    END LOOP;
+    FOR obj IN
+        SELECT p.oid::regprocedure AS fn, CASE p.prokind WHEN 'p' THEN 'PROCEDURE'
+                                                       ELSE 'FUNCTION' END AS kind
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = pg_catalog.to_regnamespace('{PLATFORM_SCHEMA}')
+          AND p.proowner <> '{OWNER_ROLE}'::regrole
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO {OWNER_ROLE}', obj.kind, obj.fn);
+    END LOOP;
+END
+$own$
+"""

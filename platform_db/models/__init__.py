@@ -1,0 +1,51 @@
+"""Typed SQLAlchemy models of every platform table, one module per aggregate."""
+
+from platform_db.models.base import (
+    NAMING_CONVENTION,
+    Base,
+    TenantMixin,
+    TimestampMixin,
+    is_tenant_owned,
+    normalize_email,
+)
+from platform_db.models.form import Form, FormSubmission
+from platform_db.models.lead import (
+    FUNNEL_ORDER,
+    InvalidTransitionError,
+    Lead,
+    LeadStatus,
+)
+from platform_db.models.page import Page, PageStatus
+from platform_db.models.tenant import Tenant, TenantPlan, TenantStatus
+from platform_db.models.user import User, UserRole
+
+metadata = Base.metadata
+
+TENANT_OWNED_TABLES: tuple[str, ...] = tuple(
+    mapper.class_.__tablename__
+    for mapper in Base.registry.mappers
+    if is_tenant_owned(mapper.class_)
+)
+
+__all__ = [
+    "FUNNEL_ORDER",
+    "NAMING_CONVENTION",
+    "TENANT_OWNED_TABLES",
+    "Base",
+    "Form",
+    "FormSubmission",
+    "InvalidTransitionError",
+    "Lead",
+    "LeadStatus",
+    "Page",
+    "PageStatus",
+    "Tenant",
+    "TenantMixin",
+    "TenantPlan",
+    "TenantStatus",
+    "TimestampMixin",
+    "User",
+    "UserRole",
+    "metadata",
+    "normalize_email",
+]
