@@ -226,3 +226,20 @@ BEGIN
 END
 $own$
 """
+
+
+# The setting functions are what policies call: every role that can query a tenant
+# table must be able to execute them. Nothing else in `platform` is for platform_app.
+GRANT_FUNCTIONS = f"""
+REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() FROM PUBLIC;
+REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() TO {APP_ROLE}, {ADMIN_ROLE};
+GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() TO {APP_ROLE}, {ADMIN_ROLE};
+"""
+
+REVOKE_FUNCTIONS = f"""
+REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() FROM {APP_ROLE}, {ADMIN_ROLE};
+REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() FROM {APP_ROLE}, {ADMIN_ROLE};
+GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() TO PUBLIC;
+"""

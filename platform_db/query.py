@@ -1,0 +1,300 @@
+"""A safe, tenant-aware list helper: `find_many(session, Model, filters=..., order_by=...)`.
+
+Tenant-aware because it runs inside a tenant session: RLS restricts the rows, the helper
+adds no tenant filter of its own. Safe because every filter and sort name is checked
+against the model's mapped columns, every value is coerced to the column's type and
+bound, and anything unknown is a clear `QueryError` before SQL runs.
+
+Pagination: `offset` for shallow pages, and keyset pagination for deep ones — pass the
+`next_cursor` of one page as `after` of the next; the cursor is opaque, carries the sort
+it was made for, and a page costs the same at any depth.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import enum
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select
+from sqlalchemy import Enum as SAEnum
+from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute, Mapper, Session
+from sqlalchemy.sql.schema import Column
+
+from platform_db.models.base import Base
+
+T = TypeVar("T", bound=Base)
+
+MAX_LIMIT = 1000
+MAX_OFFSET = 10_000
+
+OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "is_null", "contains", "startswith")
+
+
+class QueryError(ValueError):
+    """A filter, sort, limit or cursor that the model does not support."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageResult(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _SortKey:
+    name: str
+    column: InstrumentedAttribute[Any]
+    descending: bool
+
+
+def _columns(model: type[Base]) -> dict[str, Column[Any]]:
+    mapper: Mapper[Any] = model.__mapper__
+    return {
+        attr.key: attr.columns[0]
+        for attr in mapper.column_attrs
+        if isinstance(attr.columns[0], Column) and not isinstance(attr.columns[0].type, TSVECTOR)
+    }
+
+
+def _attr(model: type[Base], name: str) -> InstrumentedAttribute[Any]:
+    attr: InstrumentedAttribute[Any] = getattr(model, name)
+    return attr
+
+
+def _coerce(column: Column[Any], value: Any, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if isinstance(column.type, SAEnum) and column.type.enum_class is not None:
+            return column.type.enum_class(value)
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return value
+    except ValueError:
+        raise QueryError(f"{name}: {value!r} is not one of the allowed values") from None
+    try:
+        if python_type is uuid.UUID and not isinstance(value, uuid.UUID):
+            return uuid.UUID(str(value))
+        if python_type is dt.datetime and isinstance(value, str):
+            parsed = dt.datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                raise QueryError(f"{name}: timestamp {value!r} needs a time zone")
+            return parsed
+        if python_type is bool and not isinstance(value, bool):
+            raise QueryError(f"{name}: expected true or false, got {value!r}")
+        if python_type is int and not isinstance(value, int | bool):
+            return int(value)
+        if python_type in (str, dict, list) and not isinstance(value, python_type):
+            raise QueryError(f"{name}: expected {python_type.__name__}, got {value!r}")
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, QueryError):
+            raise
+        raise QueryError(f"{name}: {value!r} is not a valid {python_type.__name__}") from None
+    return value
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value: Any) -> Any:
+    name, _, op = key.partition("__")
+    op = op or "eq"
+    if name not in columns:
+        raise QueryError(f"unknown filter field {name!r} for {model.__name__}; known: {sorted(columns)}")
+    if op not in OPERATORS:
+        raise QueryError(f"unknown filter operator {op!r}; known: {list(OPERATORS)}")
+    attr = _attr(model, name)
+    column = columns[name]
+    if op == "is_null":
+        if not isinstance(value, bool):
+            raise QueryError(f"{key}: expected true or false")
+        return attr.is_(None) if value else attr.is_not(None)
+    if op in ("in", "not_in"):
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
+            raise QueryError(f"{key}: expected a list of values")
+        values = [_coerce(column, v, name) for v in value]
+        if not values:
+            return false() if op == "in" else None
+        return attr.in_(values) if op == "in" else attr.not_in(values)
+    if op in ("contains", "startswith"):
+        if not isinstance(value, str):
+            raise QueryError(f"{key}: expected a string")
+        pattern = _escape_like(value)
+        pattern = f"%{pattern}%" if op == "contains" else f"{pattern}%"
+        return attr.ilike(pattern, escape="\\")
+    coerced = _coerce(column, value, name)
+    if coerced is None and op in ("eq", "ne"):
+        return attr.is_(None) if op == "eq" else attr.is_not(None)
+    return {
+        "eq": attr.__eq__,
+        "ne": attr.__ne__,
+        "lt": attr.__lt__,
+        "lte": attr.__le__,
+        "gt": attr.__gt__,
+        "gte": attr.__ge__,
+    }[op](coerced)
+
+
+def _sort_keys(
+    model: type[Base], columns: dict[str, Column[Any]], order_by: Sequence[str]
+) -> list[_SortKey]:
+    if isinstance(order_by, str):
+        order_by = [order_by]
+    keys: list[_SortKey] = []
+    for spec in order_by:
+        descending = spec.startswith("-")
+        name = spec.lstrip("-+")
+        if name not in columns:
+            raise QueryError(f"unknown sort field {name!r} for {model.__name__}; known: {sorted(columns)}")
+        if any(k.name == name for k in keys):
+            raise QueryError(f"sort field {name!r} given twice")
+        keys.append(_SortKey(name, _attr(model, name), descending))
+    # The primary key makes the order total, which keyset pagination needs.
+    last_desc = keys[-1].descending if keys else False
+    for pk in model.__mapper__.primary_key:
+        if pk.key is not None and not any(k.name == pk.key for k in keys):
+            keys.append(_SortKey(pk.key, _attr(model, pk.key), last_desc))
+    return keys
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID | Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def _encode_cursor(keys: list[_SortKey], row: Base) -> str:
+    payload = {
+        "s": [("-" if k.descending else "") + k.name for k in keys],
+        "v": [_encode_value(getattr(row, k.name)) for k in keys],
+    }
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(
+    cursor: str, keys: list[_SortKey], columns: dict[str, Column[Any]]
+) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+        spec, values = payload["s"], payload["v"]
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise QueryError("malformed cursor") from None
+    expected = [("-" if k.descending else "") + k.name for k in keys]
+    if spec != expected or not isinstance(values, list) or len(values) != len(keys):
+        raise QueryError("cursor was made for a different sort order")
+    return [_coerce(columns[k.name], v, k.name) for k, v in zip(keys, values, strict=True)]
+
+
+def _after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
+    # (a, b, c) after (x, y, z), each in its own direction:
+    # a > x OR (a = x AND b > y) OR (a = x AND b = y AND c > z)
+    clauses = []
+    for i, key in enumerate(keys):
+        equal = [keys[j].column == values[j] for j in range(i)]
+        step = key.column < values[i] if key.descending else key.column > values[i]
+        clauses.append(and_(*equal, step))
+    return or_(*clauses)
+
+
+def build_find_many(
+    model: type[T],
+    *,
+    filters: Mapping[str, Any] | None = None,
+    order_by: Sequence[str] = (),
+    limit: int = 50,
+    offset: int = 0,
+    after: str | None = None,
+) -> tuple[Select[tuple[T]], list[_SortKey]]:
+    """The SELECT that find_many runs (one row more than `limit`, to know if more follow)."""
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
+    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise QueryError(
+            f"offset must be between 0 and {MAX_OFFSET}, got {offset!r}; use the cursor for deep pages"
+        )
+    if after is not None and offset:
+        raise QueryError("use either offset or a cursor, not both")
+    columns = _columns(model)
+    stmt = select(model)
+    for key, value in (filters or {}).items():
+        clause = _filter(model, columns, key, value)
+        if clause is not None:
+            stmt = stmt.where(clause)
+    keys = _sort_keys(model, columns, order_by)
+    if after is not None:
+        nullable = [k.name for k in keys if columns[k.name].nullable]
+        if nullable:
+            raise QueryError(
+                f"cursor pagination cannot sort by nullable field(s) {nullable}; use offset"
+            )
+        stmt = stmt.where(_after(keys, _decode_cursor(after, keys, columns)))
+    stmt = stmt.order_by(*(k.column.desc() if k.descending else k.column.asc() for k in keys))
+    return stmt.offset(offset or None).limit(limit + 1), keys
+
+
+def _page(rows: list[T], keys: list[_SortKey], limit: int, model: type[Base]) -> PageResult[T]:
+    columns = _columns(model)
+    more = len(rows) > limit
+    items = rows[:limit]
+    cursor = None
+    if more and items and not any(columns[k.name].nullable for k in keys):
+        cursor = _encode_cursor(keys, items[-1])
+    return PageResult(items, cursor)
+
+
+def find_many(
+    session: Session,
+    model: type[T],
+    *,
+    filters: Mapping[str, Any] | None = None,
+    order_by: Sequence[str] = (),
+    limit: int = 50,
+    offset: int = 0,
+    after: str | None = None,
+) -> PageResult[T]:
+    """List rows of `model` visible to the session's tenant.
+
+    `filters` maps `field` or `field__op` (ops: eq, ne, lt, lte, gt, gte, in, not_in,
+    is_null, contains, startswith) to a value; `order_by` lists fields, `-field` for
+    descending. Returns the items and, when more follow, `next_cursor` for `after=`.
+    """
+    stmt, keys = build_find_many(
+        model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
+    )
+    rows = list(session.scalars(stmt))
+    return _page(rows, keys, limit, model)
+
+
+async def find_many_async(
+    session: AsyncSession,
+    model: type[T],
+    *,
+    filters: Mapping[str, Any] | None = None,
+    order_by: Sequence[str] = (),
+    limit: int = 50,
+    offset: int = 0,
+    after: str | None = None,
+) -> PageResult[T]:
+    """find_many for an AsyncSession."""
+    stmt, keys = build_find_many(
+        model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
+    )
+    rows = list(await session.scalars(stmt))
+    return _page(rows, keys, limit, model)

@@ -1,0 +1,271 @@
+"""The tenant of a session, applied to every transaction by an `after_begin` hook.
+
+Each new transaction runs, on the connection it uses,
+
+    SELECT set_config('app.current_tenant_id', '<uuid>', true),
+           set_config('app.current_user_id', '<uuid or empty>', true)
+
+so the setting lives exactly as long as the transaction: it cannot ride a pooled
+connection (or a PgBouncer server connection in transaction mode) into another request.
+Row-level security does the filtering; nothing here adds WHERE clauses.
+
+The tenant comes from the session (``TenantSession(tenant_id=...)``, or a session made by
+``tenant_sessionmaker``/``tenant_async_sessionmaker``) or, for frameworks that set it
+once per request, from ``tenant_context()``. Without a tenant the hook still runs and
+sets the empty string, so a session sees no tenant rows and can write none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, event, select
+from sqlalchemy import func as sa_func
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
+
+from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
+from platform_db.models.base import is_tenant_owned
+
+_INFO_KEY = "platform_db.tenant"
+_APPLIED_KEY = "platform_db.applied_tenant"
+
+
+class TenantError(RuntimeError):
+    """Base class of the tenancy errors."""
+
+
+class InvalidTenantIdError(TenantError, ValueError):
+    """A tenant or user id is not a UUID."""
+
+
+class TenantChangeError(TenantError):
+    """The tenant was changed while a transaction was open."""
+
+
+class TenantMismatchError(TenantError):
+    """The session and the ambient tenant context disagree, or a row names another tenant."""
+
+
+def canonical_uuid(value: object, *, what: str = "tenant id") -> uuid.UUID:
+    """Parse a tenant or user id, refusing anything that is not a UUID.
+
+    Accepts a `uuid.UUID` or its text form (any case, with or without braces); returns a
+    UUID whose `str()` is the canonical lower-case form the database compares with.
+    """
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value.strip())
+        except ValueError:
+            pass
+    raise InvalidTenantIdError(f"{what} must be a UUID, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """The tenant (and optionally the acting user) a transaction runs for."""
+
+    tenant_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+
+    @classmethod
+    def of(cls, tenant_id: object, user_id: object | None = None) -> TenantScope:
+        return cls(
+            canonical_uuid(tenant_id),
+            None if user_id is None else canonical_uuid(user_id, what="user id"),
+        )
+
+
+_current_scope: contextvars.ContextVar[TenantScope | None] = contextvars.ContextVar(
+    "platform_db_tenant_scope", default=None
+)
+
+
+@contextlib.contextmanager
+def tenant_context(tenant_id: object, user_id: object | None = None) -> Iterator[TenantScope]:
+    """Set the ambient tenant for the code inside (a request, a task); contextvar-backed.
+
+    Sessions without a tenant of their own use it for every transaction they begin
+    inside the block. Works across `await`, and each asyncio task sees its own value.
+    """
+    scope = TenantScope.of(tenant_id, user_id)
+    token = _current_scope.set(scope)
+    try:
+        yield scope
+    finally:
+        _current_scope.reset(token)
+
+
+def current_scope() -> TenantScope | None:
+    """The ambient tenant set by `tenant_context()`, if any."""
+    return _current_scope.get()
+
+
+class TenantSession(Session):
+    """A Session bound to one tenant (or, without one, to the ambient tenant context).
+
+    `TenantSession(engine, tenant_id=..., user_id=...)`; change the tenant between
+    transactions with `set_tenant()`. Objects of tenant-owned models added without a
+    `tenant_id` get the session's tenant on flush; one that names another tenant is
+    refused before any SQL runs.
+    """
+
+    def __init__(
+        self,
+        bind: Engine | Connection | None = None,
+        *,
+        tenant_id: object | None = None,
+        user_id: object | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(bind, **kwargs)
+        if tenant_id is not None:
+            self.info[_INFO_KEY] = TenantScope.of(tenant_id, user_id)
+        elif user_id is not None:
+            raise TenantError("user_id needs a tenant_id")
+
+    @property
+    def tenant_scope(self) -> TenantScope | None:
+        """The scope the next (or current) transaction runs for."""
+        return _resolve_scope(self)
+
+    @property
+    def tenant_id(self) -> uuid.UUID | None:
+        scope = self.tenant_scope
+        return scope.tenant_id if scope else None
+
+    def set_tenant(self, tenant_id: object | None, user_id: object | None = None) -> None:
+        """Bind the session to another tenant (or to none); only between transactions."""
+        if self.in_transaction():
+            raise TenantChangeError(
+                "cannot change the tenant inside an open transaction; "
+                "commit or roll back first"
+            )
+        if tenant_id is None:
+            self.info.pop(_INFO_KEY, None)
+        else:
+            self.info[_INFO_KEY] = TenantScope.of(tenant_id, user_id)
+
+
+def _resolve_scope(session: Session) -> TenantScope | None:
+    own: TenantScope | None = session.info.get(_INFO_KEY)
+    ambient = _current_scope.get()
+    if own is not None and ambient is not None and own.tenant_id != ambient.tenant_id:
+        raise TenantMismatchError(
+            f"session is bound to tenant {own.tenant_id} but runs inside "
+            f"tenant_context({ambient.tenant_id})"
+        )
+    return own or ambient
+
+
+@event.listens_for(TenantSession, "after_begin")
+def _apply_tenant(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    scope = _resolve_scope(session)
+    tenant = str(scope.tenant_id) if scope else ""
+    user = str(scope.user_id) if scope and scope.user_id else ""
+    connection.execute(
+        select(
+            sa_func.set_config(TENANT_SETTING, tenant, True),
+            sa_func.set_config(USER_SETTING, user, True),
+        )
+    )
+    session.info[_APPLIED_KEY] = scope
+
+
+def _check_unchanged(session: Session) -> None:
+    if not session.in_transaction() or _APPLIED_KEY not in session.info:
+        return
+    applied = session.info[_APPLIED_KEY]
+    now = _resolve_scope(session)
+    if now != applied:
+        raise TenantChangeError(
+            "the tenant changed inside an open transaction "
+            f"(began as {applied.tenant_id if applied else None}, "
+            f"now {now.tenant_id if now else None}); commit or roll back first"
+        )
+
+
+@event.listens_for(TenantSession, "after_transaction_end")
+def _forget_tenant(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_APPLIED_KEY, None)
+
+
+@event.listens_for(TenantSession, "do_orm_execute")
+def _guard_execute(state: ORMExecuteState) -> None:
+    _check_unchanged(state.session)
+
+
+@event.listens_for(TenantSession, "before_flush")
+def _fill_tenant(session: Session, flush_context: Any, instances: Any) -> None:
+    _check_unchanged(session)
+    scope = _resolve_scope(session)
+    for obj in session.new:
+        if not is_tenant_owned(type(obj)):
+            continue
+        if obj.tenant_id is None:
+            if scope is None:
+                raise TenantError(
+                    f"cannot add {type(obj).__name__} without a tenant: "
+                    "give the session a tenant_id or use tenant_context()"
+                )
+            obj.tenant_id = scope.tenant_id
+        elif scope is not None and canonical_uuid(obj.tenant_id) != scope.tenant_id:
+            raise TenantMismatchError(
+                f"{type(obj).__name__} belongs to tenant {obj.tenant_id}, "
+                f"but the session's tenant is {scope.tenant_id}"
+            )
+
+
+def tenant_sessionmaker(engine: Engine, **kwargs: Any) -> sessionmaker[TenantSession]:
+    """A sessionmaker of TenantSessions: `factory(tenant_id=...)`."""
+    kwargs.setdefault("expire_on_commit", False)
+    return sessionmaker(engine, class_=TenantSession, **kwargs)
+
+
+def tenant_async_sessionmaker(
+    engine: AsyncEngine, **kwargs: Any
+) -> async_sessionmaker[AsyncSession]:
+    """An async_sessionmaker whose sessions run the tenant hook: `factory(tenant_id=...)`.
+
+    The keyword arguments of a call (`tenant_id`, `user_id`) reach the underlying
+    TenantSession.
+    """
+    kwargs.setdefault("expire_on_commit", False)
+    return async_sessionmaker(engine, sync_session_class=TenantSession, **kwargs)
+
+
+def set_async_tenant(
+    session: AsyncSession, tenant_id: object | None, user_id: object | None = None
+) -> None:
+    """`TenantSession.set_tenant` for an AsyncSession made by tenant_async_sessionmaker."""
+    sync = session.sync_session
+    if not isinstance(sync, TenantSession):
+        raise TypeError("this AsyncSession was not made with sync_session_class=TenantSession")
+    sync.set_tenant(tenant_id, user_id)
+
+
+__all__ = [
+    "InvalidTenantIdError",
+    "TenantChangeError",
+    "TenantError",
+    "TenantMismatchError",
+    "TenantScope",
+    "TenantSession",
+    "canonical_uuid",
+    "current_scope",
+    "set_async_tenant",
+    "tenant_async_sessionmaker",
+    "tenant_context",
+    "tenant_sessionmaker",
+]

@@ -1,0 +1,154 @@
+"""Test fixtures: a real PostgreSQL, a fresh database per run, schema built by migrations.
+
+The server comes from TEST_DATABASE_URL if set (any database on it; the fixtures create
+their own), else from testcontainers when a Docker engine answers, else from the
+embedded `pgserver` wheel. Each run creates `pdb_test_<random>` and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import NullPool
+
+from platform_db import migrations
+from platform_db.engines import make_async_engine, make_engine
+from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.tenancy import TenantSession
+
+
+def _docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]  # noqa: PLC0415
+
+        docker.from_env(timeout=3).ping()
+    except Exception:  # noqa: BLE001 - any failure means: no usable Docker here
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[URL]:
+    """A superuser URL of the server the tests run against."""
+    raw = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if raw:
+        yield make_url(raw)
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+
+        with PostgresContainer("postgres:15", driver="psycopg") as container:
+            yield make_url(container.get_connection_url())
+        return
+    from platform_db.embedded import start_embedded  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="pdb-pg-") as tmp:
+        url, server = start_embedded(Path(tmp), keep_running=False)
+        try:
+            yield url
+        finally:
+            server.cleanup()
+
+
+def _admin_engine(server_url: URL) -> Engine:
+    return create_engine(
+        with_driver(server_url, SYNC_DRIVER), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+
+
+@contextlib.contextmanager
+def temporary_database(server_url: URL, *, migrate: bool) -> Iterator[URL]:
+    """Create a database of its own, optionally migrated to head; drop it afterwards."""
+    name = f"pdb_test_{secrets.token_hex(4)}"
+    admin = _admin_engine(server_url)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = with_driver(server_url, SYNC_DRIVER).set(database=name)
+    try:
+        if migrate:
+            engine = create_engine(url, poolclass=NullPool)
+            with engine.begin() as conn:
+                migrations.upgrade(conn, "head")
+            engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: URL) -> Iterator[URL]:
+    """The run's database, migrated to head (superuser URL)."""
+    with temporary_database(server_url, migrate=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: URL) -> Iterator[Engine]:
+    eng = make_engine(database_url, application_name="platform-db-tests")
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def connection(engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    with engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            yield conn
+        finally:
+            trans.rollback()
+
+
+@pytest.fixture
+def db(connection: Connection) -> Iterator[TenantSession]:
+    """A TenantSession (no tenant yet) joined to the rolled-back test transaction.
+
+    It connects as the superuser, which RLS does not filter: use it for schema,
+    constraint and index tests. Isolation tests use `app_login`.
+    """
+    session = TenantSession(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+@pytest.fixture(scope="session")
+def app_login(engine: Engine, database_url: URL) -> Iterator[URL]:
+    """URL of a LOGIN role that is only a member of platform_app, as a deployer makes it."""
+    name = f"pdb_test_app_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(16)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE platform_app"))
+    yield database_url.set(username=name, password=password)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+
+
+@pytest.fixture(scope="session")
+def app_engine(app_login: URL) -> Iterator[Engine]:
+    eng = make_engine(app_login, application_name="platform-db-tests-app", pool_size=2)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+async def app_async_engine(app_login: URL) -> AsyncIterator[AsyncEngine]:
+    eng = make_async_engine(app_login, application_name="platform-db-tests-app-async")
+    yield eng
+    await eng.dispose()
+
+
