@@ -6,6 +6,7 @@ extra to get it.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,10 @@ def start_embedded(data_dir: Path, *, keep_running: bool = True) -> tuple[URL, A
     otherwise it stops when the handle is cleaned up or the process exits.
     """
     try:
-        import pgserver  # noqa: PLC0415 - optional dependency, imported on demand
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless.
+            warnings.simplefilter("ignore")
+            import pgserver  # noqa: PLC0415 - optional dependency, imported on demand
     except ImportError as exc:
         raise EmbeddedServerError(
             "DATABASE_URL is unset and the embedded server is not installed: "

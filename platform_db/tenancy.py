@@ -126,6 +126,7 @@ class TenantSession(Session):
         user_id: object | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("expire_on_commit", False)
         super().__init__(bind, **kwargs)
         if tenant_id is not None:
             self.info[_INFO_KEY] = TenantScope.of(tenant_id, user_id)

@@ -1,0 +1,208 @@
+"""`platform-db demo`: migrate a database, create sample tenants, show what exists."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from platform_db import migrations
+from platform_db.ddl.security import APP_ROLE
+from platform_db.engines import make_engine
+from platform_db.models import TENANT_OWNED_TABLES
+from platform_db.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
+from platform_db.search import search_pages
+from platform_db.settings import SYNC_DRIVER, database_url_from_env, redact, with_driver
+from platform_db.tenancy import TenantSession
+
+DEMO_DATABASE = "platform_demo"
+DEMO_LOGIN = "platform_demo_app"
+DISPLAY_ORDER = ("users", "pages", "forms", "leads", "form_submissions")
+
+
+@contextmanager
+def demo_database(data_dir: Path) -> Iterator[tuple[URL, str]]:
+    """DATABASE_URL if set, else an embedded server (stopped again on exit)."""
+    url = database_url_from_env()
+    if url is not None:
+        yield with_driver(url, SYNC_DRIVER), "DATABASE_URL"
+        return
+    from platform_db.embedded import start_embedded  # noqa: PLC0415
+
+    server_url, server = start_embedded(data_dir, keep_running=False)
+    try:
+        admin = create_engine(
+            with_driver(server_url, SYNC_DRIVER), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
+        with admin.connect() as conn:
+            exists = conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": DEMO_DATABASE}
+            )
+            if not exists:
+                conn.execute(text(f"CREATE DATABASE {DEMO_DATABASE}"))
+        admin.dispose()
+        yield with_driver(server_url, SYNC_DRIVER).set(database=DEMO_DATABASE), (
+            f"embedded server, data in {data_dir}"
+        )
+    finally:
+        server.cleanup()
+
+
+def _table(out: TextIO, header: list[str], rows: list[list[object]]) -> None:
+    cells = [header, *[[str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        line = "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        out.write(f"  {line}\n")
+        if n == 0:
+            out.write("  " + "  ".join("-" * w for w in widths) + "\n")
+
+
+def _bounds(bound: str) -> tuple[str, str]:
+    """('2026-05-01', '2026-06-01') from "FOR VALUES FROM ('2026-05-01 00:00:00+00') TO (...)"."""
+    dates = re.findall(r"'(\d{4}-\d{2}-\d{2})", bound)
+    return (dates[0], dates[1]) if len(dates) == 2 else ("DEFAULT", "")
+
+
+def _counts_by_tenant(conn: Connection) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for table in TENANT_OWNED_TABLES:
+        rows = conn.execute(
+            text(
+                f"SELECT t.subdomain, count(x.tenant_id) FROM tenants t "
+                f"LEFT JOIN {table} x ON x.tenant_id = t.id GROUP BY t.subdomain"
+            )
+        )
+        for subdomain, n in rows:
+            counts.setdefault(subdomain, {})[table] = n
+    return counts
+
+
+def _ensure_demo_login(conn: Connection) -> str:
+    password = secrets.token_urlsafe(18)
+    exists = conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": DEMO_LOGIN})
+    verb = "ALTER" if exists else "CREATE"
+    # The password is generated here, never from input; DDL cannot take bind parameters.
+    conn.execute(text(f"{verb} ROLE {DEMO_LOGIN} LOGIN PASSWORD '{password}'"))
+    conn.execute(text(f"GRANT {APP_ROLE} TO {DEMO_LOGIN}"))
+    return password
+
+
+def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
+    with demo_database(data_dir) as (url, origin):
+        engine = make_engine(url, application_name="platform-db-demo")
+        with engine.begin() as conn:
+            migrations.upgrade(conn)
+        created = []
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            tenants = [ensure_tenant(session, spec) for spec in SAMPLE_TENANTS]
+        for spec, (tenant, is_new) in zip(SAMPLE_TENANTS, tenants, strict=True):
+            if is_new:
+                with TenantSession(engine, tenant_id=tenant.id) as session, session.begin():
+                    fill_tenant(session, spec)
+                created.append(spec.subdomain)
+        moved = []
+        if created:
+            # The sample history reaches months before the first partition: those rows
+            # sit in the default partition until maintenance creates their months.
+            with engine.begin() as conn:
+                moved = conn.execute(
+                    text(
+                        "SELECT partition_name, rows_moved FROM "
+                        "platform.ensure_form_submission_partitions(months_ahead => 9, "
+                        "start_month => (date_trunc('month', now()) - interval '6 months')::date)"
+                    )
+                ).all()
+
+        with engine.begin() as conn:
+            version = conn.scalar(text("SELECT version_num FROM alembic_version"))
+            server_version = conn.scalar(text("SHOW server_version"))
+            counts = _counts_by_tenant(conn)
+            partitions = conn.execute(
+                text(
+                    """
+                    SELECT c.relname, pg_get_expr(c.relpartbound, c.oid),
+                           (SELECT count(*) FROM form_submissions s
+                            WHERE s.tableoid = c.oid)
+                    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhparent = 'form_submissions'::regclass
+                    ORDER BY c.relname
+                    """
+                )
+            ).all()
+            rls = conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE relrowsecurity AND relforcerowsecurity), count(*) "
+                    "FROM pg_class WHERE relkind IN ('r', 'p') AND (relname = ANY(:t) "
+                    "OR relispartition AND relname LIKE 'form_submissions%')"
+                ),
+                {"t": list(TENANT_OWNED_TABLES)},
+            ).one()
+            password = _ensure_demo_login(conn)
+        first = tenants[0][0]
+
+        app_engine = make_engine(
+            url.set(username=DEMO_LOGIN, password=password),
+            application_name="platform-db-demo-app",
+            pool_size=1,
+        )
+        with TenantSession(app_engine, tenant_id=first.id) as session, session.begin():
+            seen = {
+                t: session.scalar(text(f"SELECT count(*) FROM {t}")) for t in DISPLAY_ORDER
+            }
+            hits = search_pages(session, "guide", published_only=False)
+        with TenantSession(app_engine) as session, session.begin():
+            unseen = sum(
+                session.scalar(text(f"SELECT count(*) FROM {t}")) or 0 for t in TENANT_OWNED_TABLES
+            )
+        app_engine.dispose()
+        engine.dispose()
+
+        out.write("platform-db demo\n")
+        out.write(f"  database    {redact(url.set(drivername='postgresql'))} ({origin}; PostgreSQL {server_version})\n")
+        out.write(f"  migrations  at head, revision {version}\n")
+        out.write(
+            f"  tenants     {len(counts)} ({'created ' + ', '.join(created) if created else 'already there'})\n\n"
+        )
+        out.write("Rows per tenant\n")
+        cols = [t for t in DISPLAY_ORDER if t in TENANT_OWNED_TABLES]
+        _table(
+            out,
+            ["tenant", *cols],
+            [[sub, *[c.get(t, 0) for t in cols]] for sub, c in sorted(counts.items())],
+        )
+        if moved:
+            out.write(
+                f"\nPartition maintenance created {len(moved)} earlier months and moved "
+                f"{sum(n for _, n in moved)} rows out of the default partition\n"
+            )
+        out.write("\nform_submissions partitions (monthly, UTC, plus the default)\n")
+        _table(
+            out,
+            ["partition", "from", "to", "rows"],
+            [[name, *_bounds(bound), n] for name, bound, n in partitions],
+        )
+        out.write(
+            f"\nRow-level security: enabled and forced on {rls[0]} of {rls[1]} tenant tables and partitions\n"
+        )
+        out.write(f"  as login {DEMO_LOGIN} (member of {APP_ROLE}) with tenant {first.subdomain}:\n")
+        out.write("    sees " + ", ".join(f"{t} {n}" for t, n in seen.items()) + "\n")
+        out.write(f"  as the same login with no tenant set: sees {unseen} rows in all\n")
+        if hits:
+            page, rank = hits[0]
+            out.write(
+                f"\nFull-text search for 'guide' in {first.subdomain}: "
+                f"{page.title!r} (/{page.slug}, rank {rank:.3f})\n"
+            )
+    return 0
