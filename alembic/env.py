@@ -11,11 +11,11 @@ import os
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from alembic import context
 from alembic.operations import MigrationScript
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, pool, text
 
+from alembic import context
 from platform_db.ddl.security import claim_ownership_sql
 from platform_db.migrations import managed_relations
 from platform_db.models import metadata

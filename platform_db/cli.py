@@ -20,7 +20,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_upgrade(args: argparse.Namespace) -> int:
     from alembic import command  # noqa: PLC0415
-
     from platform_db.migrations import alembic_config  # noqa: PLC0415
 
     if not os.environ.get("DATABASE_URL"):

@@ -50,8 +50,9 @@ def demo_database(data_dir: Path) -> Iterator[tuple[URL, str]]:
             if not exists:
                 conn.execute(text(f"CREATE DATABASE {DEMO_DATABASE}"))
         admin.dispose()
-        yield with_driver(server_url, SYNC_DRIVER).set(database=DEMO_DATABASE), (
-            f"embedded server, data in {data_dir}"
+        yield (
+            with_driver(server_url, SYNC_DRIVER).set(database=DEMO_DATABASE),
+            (f"embedded server, data in {data_dir}"),
         )
     finally:
         server.cleanup()
@@ -62,7 +63,8 @@ def _table(out: TextIO, header: list[str], rows: list[list[object]]) -> None:
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for n, row in enumerate(cells):
         line = "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         )
         out.write(f"  {line}\n")
         if n == 0:
@@ -112,18 +114,21 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
                 with TenantSession(engine, tenant_id=tenant.id) as session, session.begin():
                     fill_tenant(session, spec)
                 created.append(spec.subdomain)
-        moved = []
+        moved: list[tuple[str, int]] = []
         if created:
             # The sample history reaches months before the first partition: those rows
             # sit in the default partition until maintenance creates their months.
             with engine.begin() as conn:
-                moved = conn.execute(
-                    text(
-                        "SELECT partition_name, rows_moved FROM "
-                        "platform.ensure_form_submission_partitions(months_ahead => 9, "
-                        "start_month => (date_trunc('month', now()) - interval '6 months')::date)"
+                moved = [
+                    (str(name), int(n))
+                    for name, n in conn.execute(
+                        text(
+                            "SELECT partition_name, rows_moved FROM "
+                            "platform.ensure_form_submission_partitions(months_ahead => 9, "
+                            "start_month => (date_trunc('month', now()) - interval '6 months')::date)"
+                        )
                     )
-                ).all()
+                ]
 
         with engine.begin() as conn:
             version = conn.scalar(text("SELECT version_num FROM alembic_version"))
@@ -158,9 +163,7 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
             pool_size=1,
         )
         with TenantSession(app_engine, tenant_id=first.id) as session, session.begin():
-            seen = {
-                t: session.scalar(text(f"SELECT count(*) FROM {t}")) for t in DISPLAY_ORDER
-            }
+            seen = {t: session.scalar(text(f"SELECT count(*) FROM {t}")) for t in DISPLAY_ORDER}
             hits = search_pages(session, "guide", published_only=False)
         with TenantSession(app_engine) as session, session.begin():
             unseen = sum(
@@ -170,7 +173,9 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
         engine.dispose()
 
         out.write("platform-db demo\n")
-        out.write(f"  database    {redact(url.set(drivername='postgresql'))} ({origin}; PostgreSQL {server_version})\n")
+        out.write(
+            f"  database    {redact(url.set(drivername='postgresql'))} ({origin}; PostgreSQL {server_version})\n"
+        )
         out.write(f"  migrations  at head, revision {version}\n")
         out.write(
             f"  tenants     {len(counts)} ({'created ' + ', '.join(created) if created else 'already there'})\n\n"
@@ -196,7 +201,9 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
         out.write(
             f"\nRow-level security: enabled and forced on {rls[0]} of {rls[1]} tenant tables and partitions\n"
         )
-        out.write(f"  as login {DEMO_LOGIN} (member of {APP_ROLE}) with tenant {first.subdomain}:\n")
+        out.write(
+            f"  as login {DEMO_LOGIN} (member of {APP_ROLE}) with tenant {first.subdomain}:\n"
+        )
         out.write("    sees " + ", ".join(f"{t} {n}" for t, n in seen.items()) + "\n")
         out.write(f"  as the same login with no tenant set: sees {unseen} rows in all\n")
         if hits:

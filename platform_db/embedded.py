@@ -34,5 +34,6 @@ def start_embedded(data_dir: Path, *, keep_running: bool = True) -> tuple[URL, A
             "pip install 'platform-db[embedded]', or set DATABASE_URL"
         ) from exc
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
+    mode = None if keep_running else "stop"
+    server = pgserver.get_server(data_dir, cleanup_mode=mode)  # type: ignore[attr-defined]
     return make_url(server.get_uri()), server

@@ -37,7 +37,19 @@ T = TypeVar("T", bound=Base)
 MAX_LIMIT = 1000
 MAX_OFFSET = 10_000
 
-OPERATORS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "is_null", "contains", "startswith")
+OPERATORS = (
+    "eq",
+    "ne",
+    "lt",
+    "lte",
+    "gt",
+    "gte",
+    "in",
+    "not_in",
+    "is_null",
+    "contains",
+    "startswith",
+)
 
 
 class QueryError(ValueError):
@@ -111,7 +123,9 @@ def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value:
     name, _, op = key.partition("__")
     op = op or "eq"
     if name not in columns:
-        raise QueryError(f"unknown filter field {name!r} for {model.__name__}; known: {sorted(columns)}")
+        raise QueryError(
+            f"unknown filter field {name!r} for {model.__name__}; known: {sorted(columns)}"
+        )
     if op not in OPERATORS:
         raise QueryError(f"unknown filter operator {op!r}; known: {list(OPERATORS)}")
     attr = _attr(model, name)
@@ -156,7 +170,9 @@ def _sort_keys(
         descending = spec.startswith("-")
         name = spec.lstrip("-+")
         if name not in columns:
-            raise QueryError(f"unknown sort field {name!r} for {model.__name__}; known: {sorted(columns)}")
+            raise QueryError(
+                f"unknown sort field {name!r} for {model.__name__}; known: {sorted(columns)}"
+            )
         if any(k.name == name for k in keys):
             raise QueryError(f"sort field {name!r} given twice")
         keys.append(_SortKey(name, _attr(model, name), descending))
@@ -187,9 +203,7 @@ def _encode_cursor(keys: list[_SortKey], row: Base) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(
-    cursor: str, keys: list[_SortKey], columns: dict[str, Column[Any]]
-) -> list[Any]:
+def _decode_cursor(cursor: str, keys: list[_SortKey], columns: dict[str, Column[Any]]) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
@@ -221,7 +235,7 @@ def build_find_many(
     limit: int = 50,
     offset: int = 0,
     after: str | None = None,
-) -> tuple[Select[tuple[T]], list[_SortKey]]:
+) -> tuple[Select[Any], list[_SortKey]]:
     """The SELECT that find_many runs (one row more than `limit`, to know if more follow)."""
     if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise QueryError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
@@ -278,7 +292,7 @@ def find_many(
     stmt, keys = build_find_many(
         model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
     )
-    rows = list(session.scalars(stmt))
+    rows: list[T] = list(session.scalars(stmt))
     return _page(rows, keys, limit, model)
 
 
@@ -296,5 +310,5 @@ async def find_many_async(
     stmt, keys = build_find_many(
         model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
     )
-    rows = list(await session.scalars(stmt))
+    rows: list[T] = list(await session.scalars(stmt))
     return _page(rows, keys, limit, model)

@@ -36,7 +36,9 @@ def search_pages_query(
 
 
 def search_pages(session: Session, text: str, **kwargs: Any) -> list[tuple[Page, float]]:
-    return [(page, float(rank)) for page, rank in session.execute(search_pages_query(text, **kwargs))]
+    return [
+        (page, float(rank)) for page, rank in session.execute(search_pages_query(text, **kwargs))
+    ]
 
 
 async def search_pages_async(

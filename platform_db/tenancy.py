@@ -147,8 +147,7 @@ class TenantSession(Session):
         """Bind the session to another tenant (or to none); only between transactions."""
         if self.in_transaction():
             raise TenantChangeError(
-                "cannot change the tenant inside an open transaction; "
-                "commit or roll back first"
+                "cannot change the tenant inside an open transaction; commit or roll back first"
             )
         if tenant_id is None:
             self.info.pop(_INFO_KEY, None)

@@ -13,7 +13,6 @@ import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
@@ -32,7 +31,7 @@ def _docker_available() -> bool:
         import docker  # type: ignore[import-untyped]  # noqa: PLC0415
 
         docker.from_env(timeout=3).ping()
-    except Exception:  # noqa: BLE001 - any failure means: no usable Docker here
+    except Exception:
         return False
     return True
 
@@ -150,5 +149,3 @@ async def app_async_engine(app_login: URL) -> AsyncIterator[AsyncEngine]:
     eng = make_async_engine(app_login, application_name="platform-db-tests-app-async")
     yield eng
     await eng.dispose()
-
-

@@ -24,7 +24,7 @@ def test_single_head() -> None:
 def test_every_revision_has_a_downgrade() -> None:
     script = ScriptDirectory.from_config(migrations.alembic_config())
     for rev in script.walk_revisions():
-        source = open(rev.path).read()  # noqa: PTH123, SIM115
+        source = open(rev.path).read()  # noqa: SIM115
         body = source.split("def downgrade() -> None:", 1)[1]
         assert body.strip() != "pass", f"{rev.revision} has an empty downgrade"
 
@@ -55,7 +55,7 @@ def test_upgrade_downgrade_upgrade_and_check(database_url: URL, server_url: URL)
             migrations.upgrade(conn)
         with engine.begin() as conn:
             built = _objects(conn)
-            assert EXPECTED_TABLES <= built["relations"]
+            assert built["relations"] >= EXPECTED_TABLES
             migrations.check(conn)
         with engine.begin() as conn:
             migrations.downgrade(conn, "base")
@@ -96,7 +96,7 @@ def test_every_model_table_exists_with_tenant_first_in_primary_key(database_url:
             {"tables": sorted(metadata.tables)},
         ).all()
     engine.dispose()
-    first = dict(rows)
+    first: dict[str, str] = {str(t): str(c) for t, c in rows}
     assert set(first) == set(metadata.tables)
     for table, column in first.items():
         assert column == ("id" if table == "tenants" else "tenant_id"), table

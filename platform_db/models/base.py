@@ -8,7 +8,7 @@ import re
 import uuid
 from typing import Annotated, Any, ClassVar
 
-from sqlalchemy import DateTime, ForeignKey, MetaData, String, Uuid, func, text
+from sqlalchemy import DateTime, Enum, ForeignKey, MetaData, String, Uuid, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
@@ -58,8 +58,6 @@ def text_enum(enum_cls: type[enum.Enum], name: str) -> Any:
     CHECK constraint is replaced in one ALTER, and the column stays plain text for
     importers and reports.
     """
-    from sqlalchemy import Enum
-
     return Enum(
         enum_cls,
         name=name,
@@ -104,7 +102,9 @@ def is_tenant_owned(cls: type[Any]) -> bool:
 
 # Deliberately simple: one "@", no whitespace, a dot in the domain. Deliverability is
 # the mail system's business; this only keeps obvious garbage out of a unique key.
-EMAIL_CHECK_SQL = "email = lower(email) AND email ~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$'"
+EMAIL_CHECK_SQL = (
+    "email = lower(email) AND email ~ '^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$'"
+)
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 

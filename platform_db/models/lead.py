@@ -161,7 +161,9 @@ class Lead(TenantMixin, TimestampMixin, Base):
         current = LeadStatus(self.status) if self.status is not None else LeadStatus.NEW
         target = LeadStatus(status)
         if current not in OPEN_STATUSES:
-            raise InvalidTransitionError(f"lead is {current.value}; it cannot move to {target.value}")
+            raise InvalidTransitionError(
+                f"lead is {current.value}; it cannot move to {target.value}"
+            )
         if target is not LeadStatus.LOST and FUNNEL_ORDER.index(target) <= FUNNEL_ORDER.index(
             current
         ):

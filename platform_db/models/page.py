@@ -20,7 +20,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from platform_db.models.base import Base, TenantMixin, TimestampMixin, jsonb_object, text_enum, uuid_pk
+from platform_db.models.base import (
+    Base,
+    TenantMixin,
+    TimestampMixin,
+    jsonb_object,
+    text_enum,
+    uuid_pk,
+)
 
 if TYPE_CHECKING:
     from platform_db.models.user import User

@@ -73,5 +73,3 @@ class Tenant(TimestampMixin, Base):
 
 
 __all__ = ["Tenant", "TenantPlan", "TenantStatus"]
-
-

@@ -76,5 +76,3 @@ class User(TenantMixin, TimestampMixin, Base):
 
 
 __all__ = ["User", "UserRole"]
-
-
