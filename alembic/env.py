@@ -93,6 +93,8 @@ def run_migrations_offline() -> None:
         else "postgresql+psycopg://",
         target_metadata=target_metadata,
         literal_binds=True,
+        # "named" keeps % signs (format(), RAISE) as they are in the emitted script.
+        dialect_opts={"paramstyle": "named"},
         compare_type=True,
     )
     with context.begin_transaction():
