@@ -8,14 +8,15 @@ of what it created to platform_owner.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
+from alembic import context
 from alembic.operations import MigrationScript
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, pool, text
 
-from alembic import context
 from platform_db.ddl.security import claim_ownership_sql
 from platform_db.migrations import managed_relations
 from platform_db.models import metadata
@@ -26,6 +27,8 @@ target_metadata = metadata
 
 # A deploy must never queue behind a long-running lock and stall the application's
 # queries behind it: give up after this long instead, and retry the deploy.
+RETIRED_PARTITION = re.compile(r"^form_submissions_(\d{4}_\d{2}|default)$")
+
 LOCK_TIMEOUT = os.environ.get("PLATFORM_DB_MIGRATION_LOCK_TIMEOUT", "5s")
 
 
@@ -55,8 +58,11 @@ def _include_name_factory(
         parent_names: dict[str, str | None],
     ) -> bool:
         # Partitions are managed by platform.ensure_form_submission_partitions(), not by
-        # the models: autogenerate must never propose dropping them.
-        return not (type_ == "table" and name in skip_tables)
+        # the models, and a partition retired by platform.retire_form_submission_partitions()
+        # stays as a table of its own: autogenerate must never propose dropping either.
+        if type_ != "table" or name is None:
+            return True
+        return name not in skip_tables and not RETIRED_PARTITION.match(name)
 
     return include_name
 

@@ -1,15 +1,57 @@
-"""The `platform-db` command line."""
+"""The `platform-db` command line.
+
+Human-readable output by default, `--json` for machines; progress goes to stderr.
+Connection settings come from the environment (DATABASE_URL, ...): a password is never
+taken as an argument (it would show in `ps`) and never printed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, TextIO
 
-from platform_db.settings import ConfigurationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from platform_db.settings import ConfigurationError, database_url_from_env, redact
+
+EXIT_OK = 0
+EXIT_UNHEALTHY = 1
+EXIT_USAGE = 2
+
+
+def _admin_engine() -> Any:
+    from sqlalchemy.pool import NullPool  # noqa: PLC0415
+
+    from platform_db.engines import make_engine  # noqa: PLC0415
+
+    url = database_url_from_env()
+    if url is None:
+        raise ConfigurationError(
+            "DATABASE_URL is not set: point it at the database, e.g. "
+            "postgresql://postgres@127.0.0.1:5432/platform"
+        )
+    return make_engine(
+        url,
+        application_name="platform-db:cli",
+        poolclass=NullPool,
+        statement_timeout_ms=0,
+        idle_in_transaction_timeout_ms=0,
+    )
+
+
+def _emit_json(data: Any, out: TextIO = sys.stdout) -> None:
+    json.dump(data, out, indent=2, default=str)
+    out.write("\n")
+
+
+def _progress(message: str) -> None:
+    print(f"platform-db: {message}", file=sys.stderr, flush=True)  # noqa: T201
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -18,22 +60,205 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.data_dir))
 
 
-def _cmd_upgrade(args: argparse.Namespace) -> int:
+def _alembic(args: argparse.Namespace, action: str) -> int:
     from alembic import command  # noqa: PLC0415
-    from platform_db.migrations import alembic_config  # noqa: PLC0415
 
-    if not os.environ.get("DATABASE_URL"):
+    from platform_db import migrations  # noqa: PLC0415
+
+    if database_url_from_env() is None:
         raise ConfigurationError("DATABASE_URL is not set")
-    command.upgrade(alembic_config(), args.revision)
-    return 0
+    cfg = migrations.alembic_config()
+    if action == "upgrade":
+        command.upgrade(cfg, args.revision, sql=args.sql)
+    elif action == "downgrade":
+        command.downgrade(cfg, args.revision, sql=args.sql)
+    return EXIT_OK
+
+
+def _cmd_upgrade(args: argparse.Namespace) -> int:
+    return _alembic(args, "upgrade")
+
+
+def _cmd_downgrade(args: argparse.Namespace) -> int:
+    return _alembic(args, "downgrade")
+
+
+def _cmd_current(args: argparse.Namespace) -> int:
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    from platform_db import migrations  # noqa: PLC0415
+
+    engine = _admin_engine()
+    script = ScriptDirectory.from_config(migrations.alembic_config())
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    heads = script.get_heads()
+    data = {
+        "database": redact(engine.url),
+        "current": list(current),
+        "heads": list(heads),
+        "up_to_date": set(current) == set(heads),
+    }
+    engine.dispose()
+    if args.json:
+        _emit_json(data)
+    else:
+        state = "up to date" if data["up_to_date"] else f"behind: head is {', '.join(heads)}"
+        print(f"{data['database']}: {', '.join(current) or 'empty (no revision)'} ({state})")  # noqa: T201
+    return EXIT_OK if data["up_to_date"] else EXIT_UNHEALTHY
+
+
+def _print_doctor(report: Any, out: TextIO) -> None:
+    from platform_db.textfmt import write_table  # noqa: PLC0415
+
+    out.write(f"platform-db doctor: {report.database} (PostgreSQL {report.server_version})\n")
+    ext = report.extensions
+    out.write(
+        "  pg_stat_statements: "
+        + ("in use" if ext["pg_stat_statements_usable"] else "NOT in use (slow-query checks off)")
+        + f"; pg_cron: {'installed' if ext['pg_cron_installed'] else 'not installed'}\n\n"
+    )
+    out.write(f"Alerts ({len(report.alerts)})\n")
+    if report.alerts:
+        write_table(
+            out,
+            ["severity", "metric", "subject", "value", "threshold", "detail"],
+            [
+                [
+                    a["severity"],
+                    a["metric"],
+                    a["subject"] or "",
+                    a["value"] or "",
+                    a["threshold"] or "",
+                    a["detail"],
+                ]
+                for a in sorted(report.alerts, key=lambda a: -_sev(a["severity"]))
+            ],
+        )
+    else:
+        out.write("  none\n")
+    out.write("\nCache hit ratios\n")
+    write_table(
+        out,
+        ["kind", "hits", "reads", "ratio"],
+        [[c["kind"], c["hits"], c["reads"], c["ratio"] or "n/a"] for c in report.cache_hit],
+    )
+    if report.slow_queries:
+        out.write("\nSlow queries (mean over 100 ms)\n")
+        write_table(
+            out,
+            ["mean ms", "calls", "query"],
+            [[q["mean_ms"], q["calls"], q["query"]] for q in report.slow_queries],
+        )
+    usage = ", ".join(f"{k} {v}" for k, v in sorted(report.index_usage.items())) or "no indexes"
+    out.write(f"\nIndex usage: {usage}\n")
+    if report.unused_indexes:
+        write_table(
+            out,
+            ["unused index", "table", "bytes"],
+            [[u["index"], u["table"], u["bytes"]] for u in report.unused_indexes],
+        )
+    if report.bloat:
+        out.write("\nDead rows (top 10)\n")
+        write_table(
+            out,
+            ["table", "live", "dead", "ratio", "last vacuum"],
+            [
+                [
+                    b["table"],
+                    b["live_rows"],
+                    b["dead_rows"],
+                    b["dead_ratio"],
+                    b["last_vacuum"] or "never",
+                ]
+                for b in report.bloat
+            ],
+        )
+    p = report.partitions
+    out.write(
+        f"\nPartitions of form_submissions: {p['monthly']} monthly, {p['months_ahead']} ahead "
+        f"(last {p['last_month']}), {p['default_rows']} rows in the default partition, "
+        f"RLS forced on all: {'yes' if p['rls_forced_everywhere'] else 'NO'}\n"
+    )
+    if report.materialized_views:
+        out.write("\nMaterialized views\n")
+        keys = list(report.materialized_views[0].keys())
+        write_table(out, keys, [[m[k] for k in keys] for m in report.materialized_views])
+    out.write("\nServer settings\n")
+    write_table(
+        out,
+        ["setting", "current", "status", "recommendation"],
+        [[s.name, s.current, s.status, s.recommendation] for s in report.settings],
+    )
+    verdict = "healthy" if report.healthy else f"attention needed ({report.worst_severity})"
+    out.write(f"\n{verdict}\n")
+
+
+def _sev(severity: str) -> int:
+    from platform_db.ops import SEVERITY_ORDER  # noqa: PLC0415
+
+    return SEVERITY_ORDER.get(severity, 0)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from platform_db.ops import doctor  # noqa: PLC0415
+
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        report = doctor(conn)
+    engine.dispose()
+    if args.json:
+        _emit_json(report.as_dict())
+    else:
+        _print_doctor(report, sys.stdout)
+    return EXIT_OK if report.healthy else EXIT_UNHEALTHY
+
+
+def _cmd_maintain(args: argparse.Namespace) -> int:
+    from platform_db.ops import maintain  # noqa: PLC0415
+
+    engine = _admin_engine()
+    steps = maintain(
+        engine,
+        months_ahead=args.months_ahead,
+        retention_months=args.retention_months,
+        drop_retired=args.drop,
+        metrics_retention_days=args.metrics_retention_days,
+        progress=None if args.quiet else _progress,
+    )
+    engine.dispose()
+    if args.json:
+        _emit_json(
+            [
+                {"step": s.name, "seconds": s.seconds, "result": s.result, "skipped": s.skipped}
+                for s in steps
+            ]
+        )
+    else:
+        for s in steps:
+            detail = f"skipped: {s.skipped}" if s.skipped else _summarise(s.result)
+            print(f"{s.name:<34} {s.seconds:7.2f} s  {detail}")  # noqa: T201
+    return EXIT_OK
+
+
+def _summarise(result: Any) -> str:
+    if isinstance(result, list):
+        if not result:
+            return "nothing to do"
+        if len(result) == 1 and len(result[0]) == 1:
+            return f"{next(iter(result[0].keys()))}: {next(iter(result[0].values()))}"
+        return "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in result)
+    return "done"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="platform-db",
-        description="Schema, tenancy and operations tooling of the platform's PostgreSQL.",
+        description="Schema, tenancy and operations tooling of the platform's PostgreSQL. "
+        "Connection settings come from DATABASE_URL and the POSTGRES_* variables.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser(
         "demo",
@@ -47,9 +272,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    upgrade = sub.add_parser("upgrade", help="run `alembic upgrade` on DATABASE_URL")
-    upgrade.add_argument("revision", nargs="?", default="head")
-    upgrade.set_defaults(func=_cmd_upgrade)
+    doctor = sub.add_parser(
+        "doctor",
+        help="health report: alerts, slow queries, indexes, bloat, cache, partitions, settings",
+        description="Exit status 0 when healthy (no warning or critical alert), 1 otherwise.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=_cmd_doctor)
+
+    maintain = sub.add_parser(
+        "maintain",
+        help="run the maintenance jobs once (what pg_cron would schedule)",
+        description="Creates partitions ahead (moving rows out of the default partition), "
+        "optionally retires old ones, refreshes materialized views, snapshots and prunes "
+        "performance metrics. Run it as a superuser, e.g. daily from cron.",
+    )
+    maintain.add_argument(
+        "--months-ahead", type=int, default=3, help="partitions to keep ahead (3)"
+    )
+    maintain.add_argument(
+        "--retention-months",
+        type=int,
+        default=None,
+        help="detach monthly partitions that ended more than this many months ago",
+    )
+    maintain.add_argument(
+        "--drop", action="store_true", help="drop retired partitions instead of detaching"
+    )
+    maintain.add_argument(
+        "--metrics-retention-days",
+        type=int,
+        default=30,
+        help="keep performance metrics this long (30)",
+    )
+    maintain.add_argument("--json", action="store_true", help="print the results as JSON")
+    maintain.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    maintain.set_defaults(func=_cmd_maintain)
+
+    for name, helptext, default in (
+        ("upgrade", "apply the packaged revisions up to REVISION (head)", "head"),
+        ("downgrade", "revert the packaged revisions down to REVISION", None),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        if default is None:
+            p.add_argument("revision", help="target revision, e.g. -1 or base")
+        else:
+            p.add_argument("revision", nargs="?", default=default)
+        p.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+        p.set_defaults(func=_cmd_upgrade if name == "upgrade" else _cmd_downgrade)
+
+    current = sub.add_parser("current", help="the database's revision and whether it is at head")
+    current.add_argument("--json", action="store_true")
+    current.set_defaults(func=_cmd_current)
     return parser
 
 
@@ -60,7 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except ConfigurationError as exc:
         print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+        return EXIT_USAGE
+    except (OperationalError, DBAPIError) as exc:
+        # The driver's message, never the URL (which may hold a password).
+        print(f"platform-db: database error: {str(exc.orig).strip()}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
     return code
 
 

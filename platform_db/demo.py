@@ -23,6 +23,7 @@ from platform_db.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
 from platform_db.search import search_pages
 from platform_db.settings import SYNC_DRIVER, database_url_from_env, redact, with_driver
 from platform_db.tenancy import TenantSession
+from platform_db.textfmt import write_table
 
 DEMO_DATABASE = "platform_demo"
 DEMO_LOGIN = "platform_demo_app"
@@ -56,19 +57,6 @@ def demo_database(data_dir: Path) -> Iterator[tuple[URL, str]]:
         )
     finally:
         server.cleanup()
-
-
-def _table(out: TextIO, header: list[str], rows: list[list[object]]) -> None:
-    cells = [header, *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    for n, row in enumerate(cells):
-        line = "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        )
-        out.write(f"  {line}\n")
-        if n == 0:
-            out.write("  " + "  ".join("-" * w for w in widths) + "\n")
 
 
 def _bounds(bound: str) -> tuple[str, str]:
@@ -182,7 +170,7 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
         )
         out.write("Rows per tenant\n")
         cols = [t for t in DISPLAY_ORDER if t in TENANT_OWNED_TABLES]
-        _table(
+        write_table(
             out,
             ["tenant", *cols],
             [[sub, *[c.get(t, 0) for t in cols]] for sub, c in sorted(counts.items())],
@@ -193,7 +181,7 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
                 f"{sum(n for _, n in moved)} rows out of the default partition\n"
             )
         out.write("\nform_submissions partitions (monthly, UTC, plus the default)\n")
-        _table(
+        write_table(
             out,
             ["partition", "from", "to", "rows"],
             [[name, *_bounds(bound), n] for name, bound, n in partitions],

@@ -1,7 +1,14 @@
 """Engine factories for psycopg 3 (sync) and asyncpg (async). Nothing connects at import.
 
-Per-connection settings are limited to what PostgreSQL accepts per session
-(statement_timeout, lock_timeout, idle_in_transaction_session_timeout, application_name).
+Per-connection settings are limited to what PostgreSQL accepts at connection start
+(application_name, statement_timeout, lock_timeout, idle_in_transaction_session_timeout,
+work_mem, default_transaction_read_only); server-wide tuning such as shared_buffers is
+the server's business (`platform-db doctor` checks it).
+
+Pools keep up to `pool_size` connections open (no overflow churn), check each connection
+before use (`pool_pre_ping`), replace connections older than `pool_recycle` seconds,
+time every checkout, and raise `PoolExhaustedError` naming the pool when none comes free
+in time.
 """
 
 from __future__ import annotations
@@ -12,9 +19,9 @@ from typing import Any
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
-from platform_db.settings import ASYNC_DRIVER, SYNC_DRIVER, with_driver
+from platform_db.pools import TimedAsyncQueuePool, TimedQueuePool
+from platform_db.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
@@ -22,10 +29,13 @@ DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 
 
 def _server_settings(
+    *,
     application_name: str,
     statement_timeout_ms: int,
     lock_timeout_ms: int,
     idle_in_transaction_timeout_ms: int,
+    work_mem: str | None,
+    read_only: bool,
 ) -> dict[str, str]:
     for name, value in (
         ("statement_timeout_ms", statement_timeout_ms),
@@ -34,12 +44,17 @@ def _server_settings(
     ):
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-    return {
+    settings = {
         "application_name": application_name,
         "statement_timeout": str(statement_timeout_ms),
         "lock_timeout": str(lock_timeout_ms),
         "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
     }
+    if work_mem:
+        settings["work_mem"] = work_mem
+    if read_only:
+        settings["default_transaction_read_only"] = "on"
+    return settings
 
 
 def make_engine(
@@ -47,39 +62,57 @@ def make_engine(
     *,
     application_name: str = "platform-db",
     pool_size: int = 5,
-    max_overflow: int = 15,
+    max_overflow: int = 0,
     pool_timeout: float = 30.0,
+    pool_recycle: int = 1800,
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     idle_in_transaction_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    work_mem: str | None = None,
+    read_only: bool = False,
     pgbouncer: bool = False,
+    pool_label: str | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
-    """A psycopg 3 engine with pre-ping and per-connection timeouts.
+    """A psycopg 3 engine.
 
     `pgbouncer=True` is for PgBouncer in transaction mode: psycopg never prepares
     statements, and only application_name is sent at startup (PgBouncer refuses other
     startup parameters); set the timeouts on the login role (ALTER ROLE ... SET) instead.
     """
     settings = _server_settings(
-        application_name, statement_timeout_ms, lock_timeout_ms, idle_in_transaction_timeout_ms
+        application_name=application_name,
+        statement_timeout_ms=statement_timeout_ms,
+        lock_timeout_ms=lock_timeout_ms,
+        idle_in_transaction_timeout_ms=idle_in_transaction_timeout_ms,
+        work_mem=work_mem,
+        read_only=read_only,
     )
-    options = " ".join(f"-c {k}={v}" for k, v in settings.items() if k != "application_name")
     connect_args: dict[str, Any] = {"application_name": application_name}
     if pgbouncer:
         connect_args["prepare_threshold"] = None
     else:
-        connect_args["options"] = options
+        connect_args["options"] = " ".join(
+            f"-c {k}={v}" for k, v in settings.items() if k != "application_name"
+        )
     connect_args.update(engine_kwargs.pop("connect_args", {}))
-    return create_engine(
+    if "poolclass" not in engine_kwargs:
+        engine_kwargs.update(
+            poolclass=TimedQueuePool,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=pool_recycle,
+        )
+    engine = create_engine(
         with_driver(url, SYNC_DRIVER),
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         connect_args=connect_args,
         **engine_kwargs,
     )
+    if isinstance(engine.pool, TimedQueuePool):
+        engine.pool.label = pool_label or application_name
+    return engine
 
 
 def make_async_engine(
@@ -87,15 +120,19 @@ def make_async_engine(
     *,
     application_name: str = "platform-db",
     pool_size: int = 5,
-    max_overflow: int = 15,
+    max_overflow: int = 0,
     pool_timeout: float = 30.0,
+    pool_recycle: int = 1800,
     statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     idle_in_transaction_timeout_ms: int = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+    work_mem: str | None = None,
+    read_only: bool = False,
     pgbouncer: bool = False,
+    pool_label: str | None = None,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
-    """An asyncpg engine with pre-ping and per-connection timeouts.
+    """An asyncpg engine.
 
     `pgbouncer=True` is for PgBouncer in transaction mode: asyncpg's statement caches are
     off and every prepared statement gets a unique name, so a statement prepared on one
@@ -104,7 +141,12 @@ def make_async_engine(
     sent; set the timeouts on the login role (ALTER ROLE ... SET) behind PgBouncer.
     """
     settings = _server_settings(
-        application_name, statement_timeout_ms, lock_timeout_ms, idle_in_transaction_timeout_ms
+        application_name=application_name,
+        statement_timeout_ms=statement_timeout_ms,
+        lock_timeout_ms=lock_timeout_ms,
+        idle_in_transaction_timeout_ms=idle_in_transaction_timeout_ms,
+        work_mem=work_mem,
+        read_only=read_only,
     )
     connect_args: dict[str, Any] = {}
     if pgbouncer:
@@ -117,17 +159,45 @@ def make_async_engine(
     else:
         connect_args["server_settings"] = settings
     connect_args.update(engine_kwargs.pop("connect_args", {}))
-    pool_args: dict[str, Any] = {}
-    if engine_kwargs.get("poolclass") is not NullPool:
-        pool_args = {
-            "pool_size": pool_size,
-            "max_overflow": max_overflow,
-            "pool_timeout": pool_timeout,
-        }
-    return create_async_engine(
+    if "poolclass" not in engine_kwargs:
+        engine_kwargs.update(
+            poolclass=TimedAsyncQueuePool,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_recycle=pool_recycle,
+        )
+    engine = create_async_engine(
         with_driver(url, ASYNC_DRIVER),
         pool_pre_ping=True,
         connect_args=connect_args,
-        **pool_args,
         **engine_kwargs,
     )
+    if isinstance(engine.sync_engine.pool, TimedAsyncQueuePool):
+        engine.sync_engine.pool.label = pool_label or application_name
+    return engine
+
+
+def _pool_kwargs(pool: PoolSettings) -> dict[str, Any]:
+    return {
+        "application_name": pool.application_name,
+        "pool_label": pool.name,
+        "pool_size": pool.max_size,
+        "pool_timeout": pool.acquire_timeout_ms / 1000.0,
+        "pool_recycle": pool.recycle_s,
+        "statement_timeout_ms": pool.statement_timeout_ms,
+        "lock_timeout_ms": pool.lock_timeout_ms,
+        "idle_in_transaction_timeout_ms": pool.idle_in_transaction_timeout_ms,
+        "work_mem": pool.work_mem,
+        "read_only": pool.read_only,
+    }
+
+
+def engine_for(pool: PoolSettings, *, pgbouncer: bool = False, **kwargs: Any) -> Engine:
+    """A sync engine configured from one named pool's settings."""
+    return make_engine(pool.url, pgbouncer=pgbouncer, **_pool_kwargs(pool), **kwargs)
+
+
+def async_engine_for(pool: PoolSettings, *, pgbouncer: bool = False, **kwargs: Any) -> AsyncEngine:
+    """An async engine configured from one named pool's settings."""
+    return make_async_engine(pool.url, pgbouncer=pgbouncer, **_pool_kwargs(pool), **kwargs)

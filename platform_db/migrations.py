@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
 
-from alembic import command
 from platform_db.models import metadata
 
 _PACKAGE_DIR = Path(__file__).resolve().parent

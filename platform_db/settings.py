@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -48,3 +51,169 @@ def redact(url: URL | str) -> str:
 def database_url_from_env(name: str = "DATABASE_URL") -> URL | None:
     raw = os.environ.get(name, "").strip()
     return parse_database_url(raw, name=name) if raw else None
+
+
+# --- Named pools -----------------------------------------------------------------------
+
+POOL_NAMES = ("main", "analytics", "background")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """How one named pool connects. Sizes are connections; timeouts are milliseconds."""
+
+    name: str
+    url: URL
+    min_size: int
+    max_size: int
+    acquire_timeout_ms: int
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    idle_in_transaction_timeout_ms: int
+    work_mem: str | None = None
+    read_only: bool = False
+    recycle_s: int = 1800
+
+    @property
+    def application_name(self) -> str:
+        return f"platform-db:{self.name}"
+
+    def server_settings(self) -> dict[str, str]:
+        """Per-connection settings, all of which PostgreSQL accepts at connection start."""
+        settings = {
+            "application_name": self.application_name,
+            "statement_timeout": str(self.statement_timeout_ms),
+            "lock_timeout": str(self.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
+        }
+        if self.work_mem:
+            settings["work_mem"] = self.work_mem
+        if self.read_only:
+            settings["default_transaction_read_only"] = "on"
+        return settings
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything platform-db reads from the environment, validated."""
+
+    database_url: URL
+    replica_url: URL | None
+    main: PoolSettings
+    analytics: PoolSettings
+    background: PoolSettings
+
+    def pool(self, name: str) -> PoolSettings:
+        if name not in POOL_NAMES:
+            raise ConfigurationError(f"unknown pool {name!r}; pools are {', '.join(POOL_NAMES)}")
+        pool: PoolSettings = getattr(self, name)
+        return pool
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings; every problem is reported at once, without secrets.
+
+        Variables (defaults in brackets; timeouts in milliseconds):
+          DATABASE_URL (required), POSTGRES_REPLICA_URL (optional, analytics pool)
+          POSTGRES_POOL_MIN [5], POSTGRES_POOL_MAX [20], POSTGRES_POOL_ACQUIRE_TIMEOUT [5000]
+          POSTGRES_STATEMENT_TIMEOUT [30000], POSTGRES_LOCK_TIMEOUT [10000],
+          POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT [60000], POSTGRES_WORK_MEM [unset]
+          POSTGRES_ANALYTICS_POOL_MIN [2], POSTGRES_ANALYTICS_POOL_MAX [10],
+          POSTGRES_ANALYTICS_STATEMENT_TIMEOUT [300000], POSTGRES_ANALYTICS_WORK_MEM [64MB], ...
+          POSTGRES_BACKGROUND_POOL_MIN [1], POSTGRES_BACKGROUND_POOL_MAX [5],
+          POSTGRES_BACKGROUND_STATEMENT_TIMEOUT [600000], ...
+        Every POSTGRES_<X> of the main pool exists as POSTGRES_ANALYTICS_<X> and
+        POSTGRES_BACKGROUND_<X>.
+        """
+        source = os.environ if env is None else env
+        reader = _Reader(source)
+        url = reader.url("DATABASE_URL", required=True)
+        replica = reader.url("POSTGRES_REPLICA_URL", required=False)
+        pools = {
+            name: reader.pool(name, prefix, url if name != "analytics" else (replica or url))
+            for name, prefix in (
+                ("main", "POSTGRES_"),
+                ("analytics", "POSTGRES_ANALYTICS_"),
+                ("background", "POSTGRES_BACKGROUND_"),
+            )
+        }
+        if reader.errors:
+            raise ConfigurationError("invalid settings:\n  " + "\n  ".join(reader.errors))
+        assert url is not None
+        return cls(url, replica, pools["main"], pools["analytics"], pools["background"])
+
+
+# name: (min, max, acquire, statement, lock, idle in transaction, work_mem, read_only)
+_POOL_DEFAULTS: dict[str, tuple[int, int, int, int, int, int, str | None, bool]] = {
+    "main": (5, 20, 5_000, 30_000, 10_000, 60_000, None, False),
+    "analytics": (2, 10, 10_000, 300_000, 10_000, 300_000, "64MB", True),
+    "background": (1, 5, 30_000, 600_000, 30_000, 600_000, None, False),
+}
+_MEMORY = re.compile(r"^\d+\s*(kB|MB|GB)$")
+MAX_POOL_SIZE = 1000
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.errors: list[str] = []
+
+    def raw(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def url(self, name: str, *, required: bool) -> URL | None:
+        raw = self.raw(name)
+        if raw is None:
+            if required:
+                self.errors.append(f"{name} is not set")
+            return None
+        try:
+            return parse_database_url(raw, name=name)
+        except ConfigurationError as exc:
+            self.errors.append(str(exc))
+            return None
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self.errors.append(f"{name} must be a whole number, got {raw!r}")
+            return default
+        if not minimum <= value <= maximum:
+            self.errors.append(f"{name} must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def pool(self, name: str, prefix: str, url: URL | None) -> PoolSettings:
+        lo, hi, acquire, statement, lock, idle, work_mem, read_only = _POOL_DEFAULTS[name]
+        day = 86_400_000
+        min_size = self.integer(f"{prefix}POOL_MIN", lo, minimum=0, maximum=MAX_POOL_SIZE)
+        max_size = self.integer(f"{prefix}POOL_MAX", hi, minimum=1, maximum=MAX_POOL_SIZE)
+        if max_size < min_size:
+            self.errors.append(
+                f"{prefix}POOL_MAX ({max_size}) is below {prefix}POOL_MIN ({min_size})"
+            )
+        mem = self.raw(f"{prefix}WORK_MEM") or work_mem
+        if mem is not None and not _MEMORY.match(mem):
+            self.errors.append(f"{prefix}WORK_MEM must look like 64MB or 512kB, got {mem!r}")
+        return PoolSettings(
+            name=name,
+            url=url if url is not None else make_url("postgresql://invalid/invalid"),
+            min_size=min_size,
+            max_size=max_size,
+            acquire_timeout_ms=self.integer(
+                f"{prefix}POOL_ACQUIRE_TIMEOUT", acquire, minimum=1, maximum=day
+            ),
+            statement_timeout_ms=self.integer(
+                f"{prefix}STATEMENT_TIMEOUT", statement, minimum=0, maximum=day
+            ),
+            lock_timeout_ms=self.integer(f"{prefix}LOCK_TIMEOUT", lock, minimum=0, maximum=day),
+            idle_in_transaction_timeout_ms=self.integer(
+                f"{prefix}IDLE_IN_TRANSACTION_TIMEOUT", idle, minimum=0, maximum=day
+            ),
+            work_mem=mem.replace(" ", "") if mem else None,
+            read_only=read_only,
+        )

@@ -12,8 +12,8 @@ CREATEROLE for the roles and BYPASSRLS for platform_admin.
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
+
 from platform_db.ddl import partitions, security
 
 revision: str = "5a0c1e7d2b01"

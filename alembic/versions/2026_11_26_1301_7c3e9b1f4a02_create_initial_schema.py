@@ -8,9 +8,9 @@ Create Date: 2026-11-26 12:15:01.252960+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from alembic import op
 from platform_db.ddl import partitions
 
 revision: str = "7c3e9b1f4a02"

@@ -12,7 +12,6 @@ plain CREATE INDEX is used; an index added later to a live table goes CONCURRENT
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
 
 revision: str = "9d4f2a6c8b03"

@@ -13,8 +13,8 @@ row rights everywhere for platform-wide work.
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-
 from alembic import op
+
 from platform_db.ddl import security
 
 revision: str = "b2e8d5f1c604"

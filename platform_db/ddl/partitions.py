@@ -201,3 +201,65 @@ REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.ensure_form_submission_partitions(integ
 DROP_ENSURE_PARTITIONS = f"""
 DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.ensure_form_submission_partitions(integer, date);
 """
+
+CREATE_RETIRE_PARTITIONS = f"""
+CREATE FUNCTION {PLATFORM_SCHEMA}.retire_form_submission_partitions(
+    retention interval,
+    drop_tables boolean DEFAULT false
+)
+RETURNS TABLE (partition_name text, action text, links_cleared bigint)
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    r record;
+    cutoff timestamptz;
+    n bigint;
+BEGIN
+    IF retention IS NULL OR retention < interval '1 month' THEN
+        RAISE EXCEPTION 'retention must be at least 1 month, got %', retention;
+    END IF;
+    cutoff := pg_catalog.now() - retention;
+    PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+    PERFORM pg_catalog.pg_advisory_xact_lock(
+        pg_catalog.hashtext('{PLATFORM_SCHEMA}.ensure_form_submission_partitions'));
+
+    FOR r IN
+        SELECT c.relname,
+               (regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                             'FROM \\(''([^'']+)''\\) TO \\(''([^'']+)''\\)')) AS b
+        FROM pg_catalog.pg_inherits i
+        JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'public.{PARENT}'::regclass
+          AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+        ORDER BY c.relname
+    LOOP
+        CONTINUE WHEN r.b IS NULL OR r.b[2]::timestamptz > cutoff;
+        -- Leads keep their data; only the link to a submission that leaves the table goes.
+        UPDATE public.leads
+        SET source_submission_id = NULL, source_submission_created_at = NULL
+        WHERE source_submission_created_at >= r.b[1]::timestamptz
+          AND source_submission_created_at < r.b[2]::timestamptz;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        EXECUTE format('ALTER TABLE public.{PARENT} DETACH PARTITION public.%I', r.relname);
+        IF drop_tables THEN
+            EXECUTE format('DROP TABLE public.%I', r.relname);
+        END IF;
+        partition_name := r.relname;
+        action := CASE WHEN drop_tables THEN 'dropped' ELSE 'detached' END;
+        links_cleared := n;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$;
+
+COMMENT ON FUNCTION {PLATFORM_SCHEMA}.retire_form_submission_partitions(interval, boolean) IS
+    'Detach (or drop) monthly form_submissions partitions that ended more than retention ago. '
+    'A detached partition stays as a table of its own, still under RLS, for archiving.';
+
+REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.retire_form_submission_partitions(interval, boolean)
+    FROM PUBLIC;
+"""
+
+DROP_RETIRE_PARTITIONS = f"""
+DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.retire_form_submission_partitions(interval, boolean);
+"""

@@ -1,0 +1,153 @@
+"""`Database`: the three named pools (main, analytics, background) of one service.
+
+    db = Database.from_env()                      # validates the environment, connects nothing
+    with db.session(tenant_id=t) as s, s.begin():  # main pool, tenant hook
+        ...
+    async with db.async_session(tenant_id=t) as s: # asyncpg
+        ...
+    db.session(pool="analytics")                  # read-only, on the replica if configured
+
+Engines are created on first use and shared by every session of that pool. Call
+`warm_up()` at start-up to open each pool's minimum of connections, `acquire_stats()` to
+see how long checkouts take, `dispose()` at shut-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from contextlib import ExitStack
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from platform_db.engines import async_engine_for, engine_for
+from platform_db.pools import AcquireStats, TimedAsyncQueuePool, TimedQueuePool
+from platform_db.settings import POOL_NAMES, Settings, redact
+from platform_db.tenancy import TenantSession
+
+
+class Database:
+    """Lazily created sync and async engines for each named pool, and tenant sessions."""
+
+    def __init__(self, settings: Settings, *, pgbouncer: bool = False) -> None:
+        self.settings = settings
+        self.pgbouncer = pgbouncer
+        self._engines: dict[str, Engine] = {}
+        self._async_engines: dict[str, AsyncEngine] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, pgbouncer: bool = False) -> Self:
+        return cls(Settings.from_env(env), pgbouncer=pgbouncer)
+
+    def engine(self, pool: str = "main") -> Engine:
+        settings = self.settings.pool(pool)
+        with self._lock:
+            if pool not in self._engines:
+                self._engines[pool] = engine_for(settings, pgbouncer=self.pgbouncer)
+            return self._engines[pool]
+
+    def async_engine(self, pool: str = "main") -> AsyncEngine:
+        settings = self.settings.pool(pool)
+        with self._lock:
+            if pool not in self._async_engines:
+                self._async_engines[pool] = async_engine_for(settings, pgbouncer=self.pgbouncer)
+            return self._async_engines[pool]
+
+    def session(
+        self, *, tenant_id: object | None = None, user_id: object | None = None, pool: str = "main"
+    ) -> TenantSession:
+        """A TenantSession on the pool; without a tenant it uses tenant_context()'s."""
+        return TenantSession(self.engine(pool), tenant_id=tenant_id, user_id=user_id)
+
+    def async_session(
+        self, *, tenant_id: object | None = None, user_id: object | None = None, pool: str = "main"
+    ) -> AsyncSession:
+        return AsyncSession(
+            self.async_engine(pool),
+            sync_session_class=TenantSession,
+            expire_on_commit=False,
+            tenant_id=tenant_id,
+            user_id=user_id,
+        )
+
+    def warm_up(self, *pools: str) -> None:
+        """Open each pool's minimum of connections now rather than on the first requests."""
+        for pool in pools or POOL_NAMES:
+            engine = self.engine(pool)
+            with ExitStack() as stack:
+                conns: list[Connection] = [
+                    stack.enter_context(engine.connect())
+                    for _ in range(self.settings.pool(pool).min_size)
+                ]
+                del conns
+
+    async def warm_up_async(self, *pools: str) -> None:
+        for pool in pools or POOL_NAMES:
+            engine = self.async_engine(pool)
+            conns: list[AsyncConnection] = await asyncio.gather(
+                *(engine.connect() for _ in range(self.settings.pool(pool).min_size))
+            )
+            await asyncio.gather(*(c.close() for c in conns))
+
+    def acquire_stats(self) -> list[AcquireStats]:
+        """Checkout times of every pool created so far (sync and async)."""
+        stats = []
+        for engine in self._engines.values():
+            if isinstance(engine.pool, TimedQueuePool):
+                stats.append(engine.pool.acquire_stats())
+        for aengine in self._async_engines.values():
+            if isinstance(aengine.sync_engine.pool, TimedAsyncQueuePool):
+                stats.append(aengine.sync_engine.pool.acquire_stats())
+        return stats
+
+    def dispose(self) -> None:
+        """Close the sync pools (async engines: `await dispose_async()`)."""
+        with self._lock:
+            engines, self._engines = self._engines, {}
+        for engine in engines.values():
+            engine.dispose()
+
+    async def dispose_async(self) -> None:
+        self.dispose()
+        with self._lock:
+            engines, self._async_engines = self._async_engines, {}
+        for engine in engines.values():
+            await engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database(main={self.settings.main.url!r})"
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The pools' settings, without passwords (for logs and the CLI)."""
+
+        out = []
+        for name in POOL_NAMES:
+            p = self.settings.pool(name)
+            out.append(
+                {
+                    "pool": name,
+                    "url": redact(p.url),
+                    "min": p.min_size,
+                    "max": p.max_size,
+                    "acquire_timeout_ms": p.acquire_timeout_ms,
+                    "statement_timeout_ms": p.statement_timeout_ms,
+                    "read_only": p.read_only,
+                }
+            )
+        return out

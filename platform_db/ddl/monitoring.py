@@ -1,0 +1,363 @@
+"""Monitoring objects in schema `platform`: views, alerts, metric snapshots.
+
+pg_stat_statements is optional. `platform.slow_query_stats()` looks for it at run time
+(in whatever schema it was created) and returns no rows when it is missing or not
+preloaded; `platform.check_performance_alerts()` then reports an `info` alert saying so.
+Every object here is readable by platform_admin (with pg_read_all_stats, to see other
+sessions' queries) and closed to platform_app.
+"""
+
+from __future__ import annotations
+
+from platform_db.ddl.security import ADMIN_ROLE, PLATFORM_SCHEMA
+
+S = PLATFORM_SCHEMA
+
+CREATE_MONITORING = f"""
+CREATE TABLE {S}.performance_metrics (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    captured_at timestamptz NOT NULL DEFAULT now(),
+    metric text NOT NULL,
+    value double precision,
+    details jsonb NOT NULL DEFAULT '{{}}'::jsonb
+);
+CREATE INDEX ix_performance_metrics_captured ON {S}.performance_metrics (captured_at);
+CREATE INDEX ix_performance_metrics_metric ON {S}.performance_metrics (metric, captured_at);
+COMMENT ON TABLE {S}.performance_metrics IS
+    'Snapshots written by platform.snapshot_performance_metrics(); pruned by cleanup_old_performance_metrics().';
+
+-- Whether pg_stat_statements can be queried here, and where it lives.
+CREATE FUNCTION {S}.pg_stat_statements_relation() RETURNS regclass
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    rel regclass;
+BEGIN
+    SELECT format('%I.pg_stat_statements', n.nspname)::regclass INTO rel
+    FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+    WHERE e.extname = 'pg_stat_statements';
+    IF rel IS NULL
+       OR pg_catalog.current_setting('shared_preload_libraries') NOT LIKE '%pg_stat_statements%' THEN
+        RETURN NULL;
+    END IF;
+    RETURN rel;
+END
+$fn$;
+
+CREATE FUNCTION {S}.slow_query_stats(min_mean_ms double precision DEFAULT 100)
+RETURNS TABLE (
+    queryid bigint, query text, calls bigint, mean_ms double precision,
+    total_ms double precision, rows bigint, cache_hit_ratio double precision
+)
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    rel regclass := {S}.pg_stat_statements_relation();
+BEGIN
+    IF rel IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT s.queryid, s.query, s.calls, s.mean_exec_time, s.total_exec_time, s.rows,
+                CASE WHEN s.shared_blks_hit + s.shared_blks_read = 0 THEN NULL
+                     ELSE s.shared_blks_hit::double precision
+                          / (s.shared_blks_hit + s.shared_blks_read) END
+         FROM %s s
+         JOIN pg_catalog.pg_database d ON d.oid = s.dbid AND d.datname = current_database()
+         WHERE s.mean_exec_time > $1
+         ORDER BY s.mean_exec_time DESC
+         LIMIT 100', rel)
+    USING min_mean_ms;
+END
+$fn$;
+
+CREATE VIEW {S}.slow_queries AS
+    SELECT * FROM {S}.slow_query_stats(100);
+COMMENT ON VIEW {S}.slow_queries IS
+    'Statements of this database whose mean execution time is over 100 ms (pg_stat_statements; empty without it).';
+
+-- Leaf indexes (a partitioned index has no statistics of its own; its partitions do).
+CREATE VIEW {S}.index_usage_stats AS
+    SELECT s.schemaname AS schema_name,
+           s.relname AS table_name,
+           s.indexrelname AS index_name,
+           coalesce(pi.inhparent::regclass::text, s.indexrelname) AS parent_index,
+           coalesce(pt.inhparent::regclass::text, s.relname) AS parent_table,
+           s.idx_scan,
+           s.idx_tup_read,
+           s.idx_tup_fetch,
+           pg_catalog.pg_relation_size(s.indexrelid) AS index_bytes,
+           i.indisunique AS is_unique,
+           i.indisprimary AS is_primary,
+           CASE WHEN s.idx_scan = 0 THEN 'UNUSED'
+                WHEN s.idx_scan < 100 THEN 'LOW_USAGE'
+                ELSE 'HIGH_USAGE' END AS usage
+    FROM pg_catalog.pg_stat_user_indexes s
+    JOIN pg_catalog.pg_index i ON i.indexrelid = s.indexrelid
+    LEFT JOIN pg_catalog.pg_inherits pi ON pi.inhrelid = s.indexrelid
+    LEFT JOIN pg_catalog.pg_inherits pt ON pt.inhrelid = s.relid
+    WHERE s.schemaname IN ('public', '{S}');
+
+CREATE VIEW {S}.table_bloat_stats AS
+    SELECT s.schemaname AS schema_name,
+           s.relname AS table_name,
+           s.n_live_tup AS live_rows,
+           s.n_dead_tup AS dead_rows,
+           CASE WHEN s.n_live_tup + s.n_dead_tup = 0 THEN 0
+                ELSE round(s.n_dead_tup::numeric / (s.n_live_tup + s.n_dead_tup), 4) END
+               AS dead_ratio,
+           pg_catalog.pg_total_relation_size(s.relid) AS total_bytes,
+           s.seq_scan, s.idx_scan,
+           s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze
+    FROM pg_catalog.pg_stat_user_tables s
+    WHERE s.schemaname IN ('public', '{S}');
+
+CREATE VIEW {S}.cache_hit_ratios AS
+    SELECT 'tables'::text AS kind,
+           sum(heap_blks_hit)::bigint AS hits,
+           sum(heap_blks_read)::bigint AS reads,
+           CASE WHEN sum(heap_blks_hit) + sum(heap_blks_read) = 0 THEN NULL
+                ELSE round(sum(heap_blks_hit) / (sum(heap_blks_hit) + sum(heap_blks_read)), 4)
+           END AS ratio
+    FROM pg_catalog.pg_statio_user_tables
+    UNION ALL
+    SELECT 'indexes', sum(idx_blks_hit)::bigint, sum(idx_blks_read)::bigint,
+           CASE WHEN sum(idx_blks_hit) + sum(idx_blks_read) = 0 THEN NULL
+                ELSE round(sum(idx_blks_hit) / (sum(idx_blks_hit) + sum(idx_blks_read)), 4) END
+    FROM pg_catalog.pg_statio_user_indexes
+    UNION ALL
+    SELECT 'database', blks_hit, blks_read,
+           CASE WHEN blks_hit + blks_read = 0 THEN NULL
+                ELSE round(blks_hit::numeric / (blks_hit + blks_read), 4) END
+    FROM pg_catalog.pg_stat_database WHERE datname = current_database();
+
+CREATE VIEW {S}.blocking_locks AS
+    SELECT blocked.pid AS blocked_pid,
+           blocked.usename AS blocked_user,
+           blocked.application_name AS blocked_application,
+           now() - blocked.query_start AS waiting_for,
+           blocked.query AS blocked_query,
+           blocking.pid AS blocking_pid,
+           blocking.usename AS blocking_user,
+           blocking.application_name AS blocking_application,
+           blocking.state AS blocking_state,
+           blocking.query AS blocking_query
+    FROM pg_catalog.pg_stat_activity blocked
+    CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(blocked.pid)) AS b(pid)
+    JOIN pg_catalog.pg_stat_activity blocking ON blocking.pid = b.pid
+    WHERE blocked.datname = current_database();
+
+CREATE VIEW {S}.partition_status AS
+    SELECT c.relname AS partition_name,
+           pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bounds,
+           c.relpartbound IS NOT NULL
+               AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
+           c.reltuples::bigint AS estimated_rows,
+           c.relrowsecurity AND c.relforcerowsecurity AS rls_forced,
+           pg_catalog.pg_total_relation_size(c.oid) AS total_bytes
+    FROM pg_catalog.pg_inherits i
+    JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'public.form_submissions'::regclass;
+
+CREATE FUNCTION {S}.check_performance_alerts(
+    cache_hit_threshold double precision DEFAULT 0.95,
+    slow_query_ms double precision DEFAULT 100,
+    dead_ratio_threshold double precision DEFAULT 0.2,
+    min_dead_rows bigint DEFAULT 1000,
+    connection_ratio_threshold double precision DEFAULT 0.8,
+    blocked_seconds double precision DEFAULT 5,
+    min_table_scans bigint DEFAULT 1000,
+    min_partitions_ahead integer DEFAULT 2
+)
+RETURNS TABLE (metric text, subject text, value numeric, threshold numeric,
+               severity text, detail text)
+LANGUAGE plpgsql STABLE
+AS $fn$
+DECLARE
+    r record;
+    n bigint;
+    ratio numeric;
+    ahead integer;
+BEGIN
+    -- Buffer cache: only meaningful once enough blocks were asked for.
+    FOR r IN SELECT * FROM {S}.cache_hit_ratios
+             WHERE kind IN ('tables', 'indexes') AND hits + reads >= 10000 LOOP
+        IF r.ratio < cache_hit_threshold THEN
+            metric := 'cache_hit_ratio'; subject := r.kind; value := r.ratio;
+            threshold := cache_hit_threshold;
+            severity := CASE WHEN r.ratio < cache_hit_threshold - 0.1 THEN 'critical' ELSE 'warning' END;
+            detail := format('%s of %s %s block reads came from shared_buffers',
+                             r.hits, r.hits + r.reads, r.kind);
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+
+    IF {S}.pg_stat_statements_relation() IS NULL THEN
+        metric := 'pg_stat_statements'; subject := NULL; value := NULL; threshold := NULL;
+        severity := 'info';
+        detail := 'pg_stat_statements is not available (add it to shared_preload_libraries and '
+                  'CREATE EXTENSION pg_stat_statements): slow-query alerts are off';
+        RETURN NEXT;
+    ELSE
+        FOR r IN SELECT * FROM {S}.slow_query_stats(slow_query_ms) LIMIT 20 LOOP
+            metric := 'slow_query'; subject := r.queryid::text;
+            value := round(r.mean_ms::numeric, 1); threshold := slow_query_ms::numeric;
+            severity := CASE WHEN r.mean_ms > 10 * slow_query_ms THEN 'critical' ELSE 'warning' END;
+            detail := format('%s calls, mean %s ms: %s', r.calls, round(r.mean_ms::numeric, 1),
+                             left(regexp_replace(r.query, '\\s+', ' ', 'g'), 200));
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+
+    -- An index nobody uses on a table that is being read: it only costs writes.
+    FOR r IN
+        SELECT u.parent_index, u.parent_table, sum(u.index_bytes) AS bytes
+        FROM {S}.index_usage_stats u
+        JOIN {S}.table_bloat_stats t
+          ON t.schema_name = u.schema_name AND t.table_name = u.table_name
+        WHERE NOT u.is_unique AND NOT u.is_primary
+        GROUP BY u.parent_index, u.parent_table
+        HAVING sum(u.idx_scan) = 0 AND sum(t.seq_scan + coalesce(t.idx_scan, 0)) >= min_table_scans
+    LOOP
+        metric := 'unused_index'; subject := r.parent_index; value := 0; threshold := 0;
+        severity := 'warning';
+        detail := format('never scanned since statistics were reset, on a busy table %s (%s)',
+                         r.parent_table, pg_catalog.pg_size_pretty(r.bytes));
+        RETURN NEXT;
+    END LOOP;
+
+    FOR r IN SELECT * FROM {S}.table_bloat_stats
+             WHERE dead_rows >= min_dead_rows AND dead_ratio > dead_ratio_threshold LOOP
+        metric := 'table_bloat'; subject := r.schema_name || '.' || r.table_name;
+        value := r.dead_ratio; threshold := dead_ratio_threshold;
+        severity := CASE WHEN r.dead_ratio > 0.5 THEN 'critical' ELSE 'warning' END;
+        detail := format('%s dead of %s rows; last vacuum %s', r.dead_rows,
+                         r.dead_rows + r.live_rows,
+                         coalesce(greatest(r.last_vacuum, r.last_autovacuum)::text, 'never'));
+        RETURN NEXT;
+    END LOOP;
+
+    SELECT count(*) INTO n FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend';
+    ratio := round(n::numeric / pg_catalog.current_setting('max_connections')::numeric, 4);
+    IF ratio >= connection_ratio_threshold THEN
+        metric := 'connections'; subject := NULL; value := ratio;
+        threshold := connection_ratio_threshold;
+        severity := CASE WHEN ratio >= 0.95 THEN 'critical' ELSE 'warning' END;
+        detail := format('%s of max_connections = %s in use', n,
+                         pg_catalog.current_setting('max_connections'));
+        RETURN NEXT;
+    END IF;
+
+    SELECT count(DISTINCT blocked_pid) INTO n FROM {S}.blocking_locks
+    WHERE waiting_for > make_interval(secs => blocked_seconds);
+    IF n > 0 THEN
+        metric := 'blocked_queries'; subject := NULL; value := n; threshold := 0;
+        severity := 'warning';
+        detail := format('%s sessions waiting more than %s s on locks (see platform.blocking_locks)',
+                         n, blocked_seconds);
+        RETURN NEXT;
+    END IF;
+
+    -- Partition upkeep: rows piling up in the default partition, or months running out.
+    SELECT count(*) INTO n FROM public.form_submissions_default;
+    IF n > 0 THEN
+        metric := 'default_partition_rows'; subject := 'form_submissions_default'; value := n;
+        threshold := 0; severity := 'warning';
+        detail := 'rows outside every monthly partition: run platform-db maintain '
+                  '(platform.ensure_form_submission_partitions) to give them their months';
+        RETURN NEXT;
+    END IF;
+    SELECT count(*) INTO ahead FROM {S}.partition_status p
+    WHERE NOT p.is_default
+      AND substring(p.partition_name from '(\\d{{4}}_\\d{{2}})$')
+          > to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM');
+    IF ahead < min_partitions_ahead THEN
+        metric := 'partitions_ahead'; subject := 'form_submissions'; value := ahead;
+        threshold := min_partitions_ahead; severity := CASE WHEN ahead = 0 THEN 'critical' ELSE 'warning' END;
+        detail := format('only %s monthly partitions exist after the current month', ahead);
+        RETURN NEXT;
+    END IF;
+END
+$fn$;
+
+CREATE FUNCTION {S}.snapshot_performance_metrics() RETURNS integer
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    n integer;
+BEGIN
+    INSERT INTO {S}.performance_metrics (metric, value, details)
+    SELECT 'cache_hit_ratio_' || kind, ratio, jsonb_build_object('hits', hits, 'reads', reads)
+    FROM {S}.cache_hit_ratios
+    UNION ALL
+    SELECT 'connections', count(*), jsonb_build_object(
+               'max_connections', pg_catalog.current_setting('max_connections')::int)
+    FROM pg_catalog.pg_stat_activity WHERE backend_type = 'client backend'
+    UNION ALL
+    SELECT 'dead_rows', sum(dead_rows), jsonb_build_object('tables', count(*))
+    FROM {S}.table_bloat_stats
+    UNION ALL
+    SELECT 'database_bytes', pg_catalog.pg_database_size(current_database()), '{{}}'::jsonb
+    UNION ALL
+    SELECT 'slow_queries', count(*), jsonb_build_object(
+               'pg_stat_statements', {S}.pg_stat_statements_relation() IS NOT NULL)
+    FROM {S}.slow_query_stats(100)
+    UNION ALL
+    SELECT 'alerts', count(*), coalesce(jsonb_object_agg(severity, c), '{{}}'::jsonb)
+    FROM (SELECT severity, count(*) AS c FROM {S}.check_performance_alerts() GROUP BY severity) a;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+
+CREATE FUNCTION {S}.cleanup_old_performance_metrics(retention interval DEFAULT '30 days')
+RETURNS bigint
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    IF retention IS NULL OR retention < interval '1 hour' THEN
+        RAISE EXCEPTION 'retention must be at least 1 hour, got %', retention;
+    END IF;
+    DELETE FROM {S}.performance_metrics WHERE captured_at < now() - retention;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$fn$;
+
+REVOKE ALL ON {S}.performance_metrics, {S}.slow_queries, {S}.index_usage_stats,
+    {S}.table_bloat_stats, {S}.cache_hit_ratios, {S}.blocking_locks, {S}.partition_status
+    FROM PUBLIC;
+GRANT SELECT ON {S}.performance_metrics, {S}.slow_queries, {S}.index_usage_stats,
+    {S}.table_bloat_stats, {S}.cache_hit_ratios, {S}.blocking_locks, {S}.partition_status
+    TO {ADMIN_ROLE};
+REVOKE ALL ON FUNCTION {S}.pg_stat_statements_relation(), {S}.slow_query_stats(double precision),
+    {S}.check_performance_alerts(double precision, double precision, double precision,
+                                 bigint, double precision, double precision, bigint, integer),
+    {S}.snapshot_performance_metrics(), {S}.cleanup_old_performance_metrics(interval)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION {S}.pg_stat_statements_relation(), {S}.slow_query_stats(double precision),
+    {S}.check_performance_alerts(double precision, double precision, double precision,
+                                 bigint, double precision, double precision, bigint, integer)
+    TO {ADMIN_ROLE};
+GRANT pg_read_all_stats TO {ADMIN_ROLE};
+"""
+
+# The membership in pg_read_all_stats is left in place: roles are cluster-wide and another
+# database of the cluster may still rely on it.
+DROP_MONITORING = f"""
+DROP FUNCTION IF EXISTS {S}.cleanup_old_performance_metrics(interval);
+DROP FUNCTION IF EXISTS {S}.snapshot_performance_metrics();
+DROP FUNCTION IF EXISTS {S}.check_performance_alerts(double precision, double precision,
+    double precision, bigint, double precision, double precision, bigint, integer);
+DROP VIEW IF EXISTS {S}.partition_status;
+DROP VIEW IF EXISTS {S}.blocking_locks;
+DROP VIEW IF EXISTS {S}.cache_hit_ratios;
+DROP VIEW IF EXISTS {S}.table_bloat_stats;
+DROP VIEW IF EXISTS {S}.index_usage_stats;
+DROP VIEW IF EXISTS {S}.slow_queries;
+DROP FUNCTION IF EXISTS {S}.slow_query_stats(double precision);
+DROP FUNCTION IF EXISTS {S}.pg_stat_statements_relation();
+DROP TABLE IF EXISTS {S}.performance_metrics;
+"""

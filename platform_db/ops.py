@@ -1,0 +1,295 @@
+"""Operations: `doctor` (health report) and `maintain` (what pg_cron would run).
+
+Both take a connection of a superuser or of a login that can SET ROLE to platform_admin
+and owns the maintenance functions (in practice: the migration login).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class SettingCheck:
+    name: str
+    current: str
+    recommendation: str
+    status: str  # ok | advice | warning
+
+
+@dataclass(slots=True)
+class DoctorReport:
+    server_version: str
+    database: str
+    extensions: dict[str, bool]
+    alerts: list[dict[str, Any]]
+    slow_queries: list[dict[str, Any]]
+    index_usage: dict[str, int]
+    unused_indexes: list[dict[str, Any]]
+    bloat: list[dict[str, Any]]
+    cache_hit: list[dict[str, Any]]
+    partitions: dict[str, Any]
+    settings: list[SettingCheck] = field(default_factory=list)
+    materialized_views: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def worst_severity(self) -> str | None:
+        if not self.alerts:
+            return None
+        worst: str = max((str(a["severity"]) for a in self.alerts), key=SEVERITY_ORDER.__getitem__)
+        return worst
+
+    @property
+    def healthy(self) -> bool:
+        return self.worst_severity in (None, "info")
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["healthy"] = self.healthy
+        return data
+
+
+def _rows(conn: Connection, sql: str, **params: Any) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
+
+
+def _clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: _json_safe(v) for k, v in r.items()} for r in rows]
+
+
+# (setting, test on the current value, recommendation, status when the test fails)
+_SETTING_RULES: list[tuple[str, Callable[[str], bool], str, str]] = [
+    (
+        "shared_preload_libraries",
+        lambda v: "pg_stat_statements" in v,
+        "include pg_stat_statements (and pg_cron to schedule maintenance)",
+        "warning",
+    ),
+    ("autovacuum", lambda v: v == "on", "on", "warning"),
+    (
+        "shared_buffers",
+        lambda v: v != "128MB",
+        "about 25% of the server's RAM (128MB is the built-in default)",
+        "advice",
+    ),
+    (
+        "effective_cache_size",
+        lambda v: v != "4GB",
+        "50-75% of the server's RAM (4GB is the built-in default)",
+        "advice",
+    ),
+    (
+        "maintenance_work_mem",
+        lambda v: v != "64MB",
+        "256MB-1GB, so VACUUM and index builds run in memory",
+        "advice",
+    ),
+    ("random_page_cost", lambda v: float(v) <= 2, "1.1 on SSD storage", "advice"),
+    ("track_io_timing", lambda v: v == "on", "on, so slow queries show their I/O time", "advice"),
+    (
+        "log_min_duration_statement",
+        lambda v: v != "-1",
+        "e.g. 500ms, so slow statements reach the server log",
+        "advice",
+    ),
+    ("wal_compression", lambda v: v not in ("off", ""), "on (lz4 where available)", "advice"),
+]
+
+
+def check_settings(conn: Connection) -> list[SettingCheck]:
+    current: dict[str, str] = dict(
+        conn.execute(
+            text("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(:n)"),
+            {"n": [r[0] for r in _SETTING_RULES]},
+        ).all()
+    )
+    checks = []
+    for name, test, recommendation, failing in _SETTING_RULES:
+        value = current.get(name)
+        if value is None:
+            continue
+        try:
+            ok = test(value)
+        except ValueError:
+            ok = False
+        checks.append(SettingCheck(name, value, recommendation, "ok" if ok else failing))
+    return checks
+
+
+def doctor(conn: Connection) -> DoctorReport:
+    """Collect the health report. Read-only; works without pg_stat_statements."""
+    version = conn.scalar(text("SHOW server_version")) or "?"
+    database = conn.scalar(text("SELECT current_database()")) or "?"
+    available = set(
+        conn.scalars(
+            text(
+                "SELECT name FROM pg_available_extensions "
+                "WHERE name IN ('pg_stat_statements', 'pg_cron')"
+            )
+        )
+    )
+    installed = set(
+        conn.scalars(
+            text(
+                "SELECT extname FROM pg_extension WHERE extname IN ('pg_stat_statements', 'pg_cron')"
+            )
+        )
+    )
+    pgss_usable = conn.scalar(text("SELECT platform.pg_stat_statements_relation() IS NOT NULL"))
+    extensions = {
+        "pg_stat_statements_available": "pg_stat_statements" in available,
+        "pg_stat_statements_installed": "pg_stat_statements" in installed,
+        "pg_stat_statements_usable": bool(pgss_usable),
+        "pg_cron_available": "pg_cron" in available,
+        "pg_cron_installed": "pg_cron" in installed,
+    }
+    alerts = _clean(_rows(conn, "SELECT * FROM platform.check_performance_alerts()"))
+    slow = _clean(
+        _rows(
+            conn,
+            "SELECT queryid, calls, round(mean_ms::numeric, 1) AS mean_ms, "
+            "round(total_ms::numeric, 1) AS total_ms, left(query, 160) AS query "
+            "FROM platform.slow_queries LIMIT 10",
+        )
+    )
+    usage: dict[str, int] = dict(
+        conn.execute(
+            text("SELECT usage, count(*) FROM platform.index_usage_stats GROUP BY usage")
+        ).all()
+    )
+    unused = _clean(
+        _rows(
+            conn,
+            "SELECT parent_index AS index, parent_table AS table, "
+            "sum(index_bytes)::bigint AS bytes FROM platform.index_usage_stats "
+            "WHERE NOT is_unique GROUP BY parent_index, parent_table "
+            "HAVING sum(idx_scan) = 0 ORDER BY 3 DESC LIMIT 20",
+        )
+    )
+    bloat = _clean(
+        _rows(
+            conn,
+            "SELECT schema_name || '.' || table_name AS table, live_rows, dead_rows, dead_ratio, "
+            "greatest(last_vacuum, last_autovacuum) AS last_vacuum, "
+            "greatest(last_analyze, last_autoanalyze) AS last_analyze "
+            "FROM platform.table_bloat_stats WHERE dead_rows > 0 "
+            "ORDER BY dead_ratio DESC, dead_rows DESC LIMIT 10",
+        )
+    )
+    cache = _clean(_rows(conn, "SELECT * FROM platform.cache_hit_ratios"))
+    partitions = conn.execute(
+        text(
+            """
+            SELECT count(*) FILTER (WHERE NOT is_default) AS monthly,
+                   count(*) FILTER (WHERE NOT is_default AND
+                       substring(partition_name from '(\\d{4}_\\d{2})$')
+                       > to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')) AS months_ahead,
+                   max(substring(partition_name from '(\\d{4}_\\d{2})$')) AS last_month,
+                   bool_and(rls_forced) AS rls_forced_everywhere,
+                   (SELECT count(*) FROM public.form_submissions_default) AS default_rows
+            FROM platform.partition_status
+            """
+        )
+    ).one()
+    matviews: list[dict[str, Any]] = []
+    if conn.scalar(text("SELECT to_regclass('platform.matview_refresh_log') IS NOT NULL")):
+        matviews = _clean(_rows(conn, "SELECT * FROM platform.matview_freshness"))
+    return DoctorReport(
+        server_version=str(version),
+        database=str(database),
+        extensions=extensions,
+        alerts=alerts,
+        slow_queries=slow,
+        index_usage={str(k): int(v) for k, v in usage.items()},
+        unused_indexes=unused,
+        bloat=bloat,
+        cache_hit=cache,
+        partitions={k: _json_safe(v) for k, v in partitions._mapping.items()},
+        settings=check_settings(conn),
+        materialized_views=matviews,
+    )
+
+
+@dataclass(slots=True)
+class MaintenanceStep:
+    name: str
+    seconds: float
+    result: list[dict[str, Any]] | int | None
+    skipped: str | None = None
+
+
+Progress = Callable[[str], None]
+
+
+def maintain(
+    engine: Engine,
+    *,
+    months_ahead: int = 3,
+    retention_months: int | None = None,
+    drop_retired: bool = False,
+    metrics_retention_days: int = 30,
+    progress: Progress | None = None,
+) -> list[MaintenanceStep]:
+    """Run every maintenance job once, each in its own transaction, in a safe order."""
+    if retention_months is not None and retention_months < 1:
+        raise ValueError("retention_months must be at least 1")
+    say = progress or (lambda _msg: None)
+    steps: list[MaintenanceStep] = []
+
+    def run(name: str, sql: str | None, skip: str | None = None, **params: Any) -> None:
+        say(f"{name} ...")
+        start = time.perf_counter()
+        result: list[dict[str, Any]] | int | None = None
+        if sql is not None and skip is None:
+            with engine.begin() as conn:
+                rows = conn.execute(text(sql), params)
+                result = _clean([dict(r._mapping) for r in rows]) if rows.returns_rows else None
+        seconds = time.perf_counter() - start
+        steps.append(MaintenanceStep(name, round(seconds, 3), result, skip))
+        say(f"{name}: {'skipped (' + skip + ')' if skip else 'done'} in {seconds:.2f} s")
+
+    run(
+        "create partitions ahead",
+        "SELECT * FROM platform.ensure_form_submission_partitions(months_ahead => :m)",
+        m=months_ahead,
+    )
+    run(
+        "retire old partitions",
+        "SELECT * FROM platform.retire_form_submission_partitions("
+        "make_interval(months => :r), drop_tables => :d)",
+        None if retention_months is not None else "no --retention-months given",
+        r=retention_months or 0,
+        d=drop_retired,
+    )
+    with engine.connect() as conn:
+        has_refresh = conn.scalar(
+            text("SELECT to_regprocedure('platform.refresh_performance_views()') IS NOT NULL")
+        )
+    run(
+        "refresh materialized views",
+        "SELECT * FROM platform.refresh_performance_views()",
+        None if has_refresh else "no materialized views in this schema version",
+    )
+    run("snapshot performance metrics", "SELECT platform.snapshot_performance_metrics() AS rows")
+    run(
+        "clean up old performance metrics",
+        "SELECT platform.cleanup_old_performance_metrics(make_interval(days => :d)) AS deleted",
+        d=metrics_retention_days,
+    )
+    return steps
