@@ -1,0 +1,238 @@
+"""Committed multi-tenant data and assertions shared by the isolation test modules.
+
+Rows are written by the superuser (which row-level security does not filter) and read
+back by the app login (member of platform_app only), so every check compares what RLS
+lets through with what is really in the tables. Subdomains carry a random suffix: the
+database is shared by the whole test run, and each module deletes its tenants at the end
+(ON DELETE CASCADE takes their rows with them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from platform_db.tenancy import TenantSession
+
+# Every tenant-owned table of the schema (the RLS revision protects exactly these).
+TENANT_TABLES: tuple[str, ...] = ("users", "pages", "forms", "leads", "form_submissions")
+
+# Submissions land in several partitions: this month, next month (both created by the
+# migration, which makes this month and three ahead) and the default partition (a date
+# long before any monthly partition, and one long after).
+FAR_PAST = dt.datetime(2001, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
+FAR_FUTURE = dt.datetime(2199, 6, 7, 8, 9, 10, tzinfo=dt.UTC)
+
+
+def submission_times(now: dt.datetime | None = None) -> tuple[dt.datetime, ...]:
+    now = now or dt.datetime.now(dt.UTC)
+    this_month = now.replace(day=2, hour=12, minute=0, second=0, microsecond=0)
+    next_month = (this_month + dt.timedelta(days=32)).replace(day=3)
+    return (this_month, next_month, FAR_PAST, FAR_FUTURE)
+
+
+@dataclass(frozen=True)
+class SeededTenant:
+    """One tenant and the ids of the rows it owns in every tenant table."""
+
+    tenant_id: uuid.UUID
+    subdomain: str
+    ids: dict[str, tuple[uuid.UUID, ...]] = field(default_factory=dict)
+    user_emails: tuple[str, ...] = ()
+    lead_emails: tuple[str, ...] = ()
+    submission_keys: tuple[tuple[uuid.UUID, dt.datetime], ...] = ()
+
+    def count(self, table: str) -> int:
+        return len(self.ids[table])
+
+    def first(self, table: str) -> uuid.UUID:
+        return self.ids[table][0]
+
+
+def seed_tenant(conn: Connection, label: str) -> SeededTenant:
+    """Insert a tenant with rows in every tenant table (caller commits)."""
+    suffix = secrets.token_hex(4)
+    subdomain = f"iso-{label}-{suffix}"
+    tenant_id = uuid.uuid4()
+    conn.execute(
+        text("INSERT INTO tenants (id, name, subdomain) VALUES (:id, :name, :sub)"),
+        {"id": tenant_id, "name": f"Isolation {label}", "sub": subdomain},
+    )
+    users = (uuid.uuid4(), uuid.uuid4())
+    user_emails = tuple(f"user{i}-{suffix}@{label}.example.com" for i in range(len(users)))
+    for uid, email in zip(users, user_emails, strict=True):
+        conn.execute(
+            text(
+                "INSERT INTO users (tenant_id, id, email, role) VALUES (:t, :id, :email, 'editor')"
+            ),
+            {"t": tenant_id, "id": uid, "email": email},
+        )
+    forms = (uuid.uuid4(),)
+    conn.execute(
+        text(
+            "INSERT INTO forms (tenant_id, id, name, slug) VALUES (:t, :id, 'Contact', 'contact')"
+        ),
+        {"t": tenant_id, "id": forms[0]},
+    )
+    leads = (uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
+    lead_emails = tuple(f"lead{i}-{suffix}@{label}.example.com" for i in range(len(leads)))
+    for i, (lid, email) in enumerate(zip(leads, lead_emails, strict=True)):
+        conn.execute(
+            text(
+                "INSERT INTO leads (tenant_id, id, email, status, form_id, company) "
+                "VALUES (:t, :id, :email, :status, :form, :company)"
+            ),
+            {
+                "t": tenant_id,
+                "id": lid,
+                "email": email,
+                "status": ("new", "contacted", "new")[i],
+                "form": forms[0],
+                "company": f"{label} corp",
+            },
+        )
+    pages = (uuid.uuid4(), uuid.uuid4())
+    for i, pid in enumerate(pages):
+        conn.execute(
+            text(
+                "INSERT INTO pages (tenant_id, id, slug, title, content, author_id) "
+                "VALUES (:t, :id, :slug, :title, 'secret body', :author)"
+            ),
+            {
+                "t": tenant_id,
+                "id": pid,
+                "slug": f"page-{i}",
+                "title": f"{label} page {i}",
+                "author": users[0],
+            },
+        )
+    keys: list[tuple[uuid.UUID, dt.datetime]] = []
+    for when in submission_times():
+        sid = uuid.uuid4()
+        conn.execute(
+            text(
+                "INSERT INTO form_submissions (tenant_id, id, created_at, form_id, lead_id, data) "
+                'VALUES (:t, :id, :at, :form, :lead, \'{"secret": "yes"}\')'
+            ),
+            {"t": tenant_id, "id": sid, "at": when, "form": forms[0], "lead": leads[0]},
+        )
+        keys.append((sid, when))
+    # The last lead points back at the submission it came from (composite key).
+    conn.execute(
+        text(
+            "UPDATE leads SET source_submission_id = :sid, source_submission_created_at = :at "
+            "WHERE tenant_id = :t AND id = :id"
+        ),
+        {"sid": keys[0][0], "at": keys[0][1], "t": tenant_id, "id": leads[2]},
+    )
+    return SeededTenant(
+        tenant_id=tenant_id,
+        subdomain=subdomain,
+        ids={
+            "users": users,
+            "forms": forms,
+            "leads": leads,
+            "pages": pages,
+            "form_submissions": tuple(k[0] for k in keys),
+        },
+        user_emails=user_emails,
+        lead_emails=lead_emails,
+        submission_keys=tuple(keys),
+    )
+
+
+def seed_tenants(engine: Engine, labels: Sequence[str]) -> list[SeededTenant]:
+    with engine.begin() as conn:
+        return [seed_tenant(conn, label) for label in labels]
+
+
+def delete_tenants(engine: Engine, tenant_ids: Sequence[uuid.UUID]) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM tenants WHERE id = ANY(:ids)"), {"ids": list(tenant_ids)})
+
+
+def fingerprint(engine: Engine, tenant_id: uuid.UUID) -> dict[str, tuple[int, str]]:
+    """Row count and a digest of every row of one tenant, per table (read as superuser)."""
+    out: dict[str, tuple[int, str]] = {}
+    with engine.connect() as conn:
+        for table in TENANT_TABLES:
+            row = conn.execute(
+                text(
+                    f"SELECT count(*), md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), ''))"
+                    f" FROM {table} x WHERE tenant_id = :t"
+                ),
+                {"t": tenant_id},
+            ).one()
+            out[table] = (int(row[0]), str(row[1]))
+    return out
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error wrapped by SQLAlchemy (psycopg or asyncpg)."""
+    orig: Any = getattr(exc, "orig", exc)
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+INSUFFICIENT_PRIVILEGE = "42501"  # permission denied, and RLS WITH CHECK failures
+FOREIGN_KEY_VIOLATION = "23503"
+FEATURE_NOT_SUPPORTED = "0A000"
+
+
+@contextlib.contextmanager
+def expect_db_error(state: str, match: str = "") -> Iterator[list[Exception]]:
+    """Expect a database error with this SQLSTATE (and text, if given) inside the block.
+
+    Accepts SQLAlchemy-wrapped errors and raw driver errors (psycopg COPY, asyncpg);
+    anything without a SQLSTATE propagates unchanged.
+    """
+    caught: list[Exception] = []
+    try:
+        yield caught
+    except Exception as exc:
+        got = sqlstate(exc)
+        if got is None:
+            raise
+        message = str(exc.orig if isinstance(exc, DBAPIError) else exc)
+        assert got == state, f"expected SQLSTATE {state}, got {got}: {message}"
+        assert match.lower() in message.lower(), f"{match!r} not in {message}"
+        caught.append(exc)
+    else:
+        raise AssertionError(f"expected a database error with SQLSTATE {state}; none was raised")
+
+
+@contextlib.contextmanager
+def tenant_connection(
+    app_engine: Engine, tenant_id: uuid.UUID | None, *, commit: bool = False
+) -> Iterator[Connection]:
+    """The connection of a TenantSession transaction as the app login (the real hook runs).
+
+    Rolled back at the end unless `commit` (and the block raised nothing).
+    """
+    with TenantSession(app_engine, tenant_id=tenant_id) as session:
+        conn = session.connection()
+        try:
+            yield conn
+        except BaseException:
+            session.rollback()
+            raise
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+
+
+def visible_tenant_ids(conn: Connection, table: str) -> list[uuid.UUID]:
+    """tenant_id of every row of `table` the connection can see (an unfiltered scan)."""
+    return [r[0] for r in conn.execute(text(f"SELECT tenant_id FROM {table}"))]

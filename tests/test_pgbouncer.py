@@ -1,0 +1,392 @@
+"""The engines through a real PgBouncer in transaction pooling mode.
+
+A module fixture starts `pgbouncer` (Debian package `pgbouncer`) on a free local port in
+front of the test server, with few server connections (default_pool_size = 4) shared by
+many client connections, so consecutive transactions of different tenants run on the
+same server session. Without the binary the module is skipped, unless
+PLATFORM_DB_REQUIRE_PGBOUNCER=1 (CI), which turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from platform_db.engines import make_async_engine, make_engine
+from platform_db.models import Lead
+from platform_db.tenancy import (
+    TenantSession,
+    tenant_async_sessionmaker,
+    tenant_context,
+)
+from tests.isolation_helpers import (
+    INSUFFICIENT_PRIVILEGE,
+    SeededTenant,
+    delete_tenants,
+    expect_db_error,
+    seed_tenants,
+)
+
+pytestmark = pytest.mark.pgbouncer
+
+SERVER_POOL_SIZE = 4
+TENANT_SQL = text("SELECT current_setting('app.current_tenant_id', true)")
+
+
+@dataclass(frozen=True)
+class Bouncer:
+    url: URL  # the app login through PgBouncer, pool of SERVER_POOL_SIZE server connections
+    single_url: URL  # the same through a pool of exactly one server connection
+    log: Path
+
+
+def _binary() -> str | None:
+    found = shutil.which("pgbouncer")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_address(url: URL) -> tuple[str, int]:
+    """Host (or unix-socket directory) and port of the server behind `url`."""
+    query_host = url.query.get("host")
+    if isinstance(query_host, tuple):
+        query_host = query_host[0] if query_host else None
+    host = query_host or url.host or "127.0.0.1"
+    return host, url.port or 5432
+
+
+def _unprivileged_user(host: str) -> pwd.struct_passwd:
+    """Whom to run PgBouncer as when the tests run as root.
+
+    Behind a unix socket (the embedded server), the owner of the socket directory, the
+    one user sure to reach it; otherwise `postgres`, or `nobody`.
+    """
+    if host.startswith("/"):
+        owner = Path(host).stat().st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner)
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+@pytest.fixture(scope="module")
+def bouncer(
+    app_login: URL, database_url: URL, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Bouncer]:
+    binary = _binary()
+    if binary is None:
+        reason = "pgbouncer binary not found (install the Debian package `pgbouncer`)"
+        if os.environ.get("PLATFORM_DB_REQUIRE_PGBOUNCER") == "1":
+            pytest.fail(f"{reason}; PLATFORM_DB_REQUIRE_PGBOUNCER=1 requires it")
+        pytest.skip(reason)
+
+    host, server_port = _server_address(database_url)
+    dbname = str(database_url.database)
+    username, password = str(app_login.username), str(app_login.password)
+    port = _free_port()
+
+    workdir = Path(tempfile.mkdtemp(prefix="pdb-pgbouncer-"))
+    ini = workdir / "pgbouncer.ini"
+    userlist = workdir / "userlist.txt"
+    log = tmp_path_factory.mktemp("pgbouncer") / "pgbouncer.log"
+    userlist.write_text(f"{_quote(username)} {_quote(password)}\n")
+    server = f"host={host} port={server_port} dbname={dbname}"
+    ini.write_text(
+        f"""[databases]
+{dbname} = {server}
+{dbname}_one = {server} pool_size=1
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {userlist}
+pool_mode = transaction
+default_pool_size = {SERVER_POOL_SIZE}
+min_pool_size = 0
+reserve_pool_size = 0
+max_client_conn = 200
+ignore_startup_parameters = extra_float_digits,options
+server_reset_query =
+server_reset_query_always = 0
+pidfile =
+logfile =
+log_connections = 0
+log_disconnections = 0
+"""
+    )
+    cmd = [binary]
+    if os.geteuid() == 0:
+        # PgBouncer refuses to run as root; hand it the files and switch user.
+        pw = _unprivileged_user(host)
+        for path in (workdir, ini, userlist):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        cmd += ["-u", pw.pw_name]
+    workdir.chmod(0o700)
+    userlist.chmod(0o600)
+    cmd.append(str(ini))
+
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"pgbouncer exited with {proc.returncode}:\n{log.read_text()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=0.2),
+            ):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"pgbouncer did not listen on {port}:\n{log.read_text()}")
+            time.sleep(0.05)
+        through = app_login.set(host="127.0.0.1", port=port, query={})
+        yield Bouncer(url=through, single_url=through.set(database=f"{dbname}_one"), log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tenants(engine: Engine) -> Iterator[tuple[SeededTenant, SeededTenant]]:
+    a, b = seed_tenants(engine, ["pa", "pb"])
+    yield a, b
+    delete_tenants(engine, [a.tenant_id, b.tenant_id])
+
+
+def _conninfo(url: URL) -> str:
+    return psycopg.conninfo.make_conninfo(
+        host=url.host,
+        port=url.port,
+        dbname=url.database,
+        user=url.username,
+        password=url.password,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_transaction_local_setting_does_not_reach_the_next_client(
+    bouncer: Bouncer, tenants: tuple[SeededTenant, SeededTenant]
+) -> None:
+    """Two clients, one server connection: only a transaction-local setting is safe."""
+    a, _ = tenants
+    info = _conninfo(bouncer.single_url)
+    with (
+        psycopg.connect(info, prepare_threshold=None) as x,
+        psycopg.connect(info, prepare_threshold=None, autocommit=True) as y,
+    ):
+
+        def y_view() -> tuple[int, str | None, int]:
+            row = y.execute(
+                "SELECT pg_backend_pid(), current_setting('app.current_tenant_id', true), "
+                "(SELECT count(*) FROM leads)"
+            ).fetchone()
+            assert row is not None
+            return int(row[0]), row[1], int(row[2])
+
+        # Positive control: a session-level setting made by X is seen by Y, which proves
+        # both clients really share one server session through PgBouncer.
+        with x.transaction():
+            x_pid = x.execute("SELECT pg_backend_pid()").fetchone()
+            x.execute("SELECT set_config('app.current_tenant_id', %s, false)", (str(a.tenant_id),))
+        assert x_pid is not None
+        assert y_view() == (x_pid[0], str(a.tenant_id), a.count("leads"))
+        y.execute("SELECT set_config('app.current_tenant_id', '', false)")
+
+        # What the hook does: transaction-local, gone when the transaction ends.
+        with x.transaction():
+            x.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(a.tenant_id),))
+            row = x.execute("SELECT count(*) FROM leads").fetchone()
+            assert row is not None
+            assert row[0] == a.count("leads")
+        assert y_view() == (x_pid[0], "", 0)
+
+
+def test_sync_engine_through_pgbouncer(
+    bouncer: Bouncer, tenants: tuple[SeededTenant, SeededTenant]
+) -> None:
+    a, b = tenants
+    eng = make_engine(bouncer.url, pgbouncer=True, pool_size=12, max_overflow=0)
+    try:
+
+        def work(i: int) -> tuple[SeededTenant | None, list[uuid.UUID], str | None, int, int]:
+            owner = (a, b, None)[i % 3]
+            with TenantSession(eng, tenant_id=owner.tenant_id if owner else None) as s:
+                client = id(s.connection().connection.driver_connection)
+                seen = list(s.scalars(text("SELECT tenant_id FROM users")))
+                pid = s.scalar(text("SELECT pg_backend_pid()"))
+                assert isinstance(pid, int)
+                setting = s.scalar(TENANT_SQL)
+                # Commit, not roll back: psycopg forgets its prepared statements on
+                # ROLLBACK, which would hide statements prepared on another server.
+                s.commit()
+                return owner, seen, setting, pid, client
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            results = list(pool.map(work, range(300)))
+        servers_of_client: dict[int, set[int]] = defaultdict(set)
+        for owner, seen, setting, pid, client in results:
+            servers_of_client[client].add(pid)
+            if owner is None:
+                assert (seen, setting) == ([], "")
+            else:
+                assert seen == [owner.tenant_id] * owner.count("users")
+                assert setting == str(owner.tenant_id)
+        all_pids = set().union(*servers_of_client.values())
+        assert len(all_pids) <= SERVER_POOL_SIZE < len(servers_of_client)
+        # Clients moved between server sessions (what breaks prepared statements).
+        assert any(len(pids) > 1 for pids in servers_of_client.values())
+    finally:
+        eng.dispose()
+
+
+TASKS = 50
+ITERATIONS = 6
+
+
+async def test_async_engine_through_pgbouncer_many_tasks(
+    bouncer: Bouncer, engine: Engine, tenants: tuple[SeededTenant, SeededTenant]
+) -> None:
+    a, b = tenants
+    owners: dict[str, SeededTenant] = {"a": a, "b": b}
+    eng = make_async_engine(
+        bouncer.url,
+        pgbouncer=True,
+        application_name="pdb-pgbouncer-test",
+        pool_size=20,
+        max_overflow=20,
+    )
+    factory = tenant_async_sessionmaker(eng)
+    run = secrets.token_hex(3)
+    server_pids: dict[int, set[str]] = defaultdict(set)
+    servers_of_client: dict[int, set[int]] = defaultdict(set)
+    writes: list[tuple[str, str]] = []
+    refused_writes = 0
+    problems: list[str] = []
+
+    async def transaction(label: str, use_context: bool, task: int, it: int) -> None:
+        nonlocal refused_writes
+        owner = owners.get(label)
+        tenant_id = owner.tenant_id if owner else None
+        ctx = (
+            tenant_context(tenant_id)
+            if use_context and tenant_id is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            kwargs: dict[str, Any] = {} if use_context else {"tenant_id": tenant_id}
+            async with factory(**kwargs) as session:
+                conn = await session.connection()
+                raw = await conn.get_raw_connection()
+                pid = await session.scalar(text("SELECT pg_backend_pid()"))
+                assert isinstance(pid, int)
+                servers_of_client[id(raw.driver_connection)].add(pid)
+                server_pids[pid].add(label)
+                await asyncio.sleep(0)
+                setting = await session.scalar(TENANT_SQL)
+                users = list(await session.scalars(text("SELECT tenant_id FROM users")))
+                leads = list(await session.scalars(text("SELECT tenant_id FROM leads")))
+                await asyncio.sleep(0)
+                if owner is None:
+                    if (setting, users, leads) != ("", [], []):
+                        problems.append(f"no tenant saw {setting!r} {users} {leads}")
+                    if it % 2 == 0:
+                        with expect_db_error(INSUFFICIENT_PRIVILEGE, "row-level security"):
+                            await session.execute(
+                                text("INSERT INTO leads (tenant_id, email) VALUES (:t, :e)"),
+                                {"t": a.tenant_id, "e": f"pgb-none-{run}@x.example.com"},
+                            )
+                        refused_writes += 1
+                    await session.rollback()
+                    return
+                if setting != str(owner.tenant_id):
+                    problems.append(f"{label} had setting {setting!r}")
+                if users != [owner.tenant_id] * owner.count("users"):
+                    problems.append(f"{label} saw users {users}")
+                if set(leads) != {owner.tenant_id} or len(leads) < owner.count("leads"):
+                    problems.append(f"{label} saw leads {leads}")
+                if (task + it) % 2 == 0:
+                    email = f"pgb-{run}-{label}-{task}-{it}@x.example.com"
+                    session.add(Lead(email=email, source="pgbouncer"))
+                    await session.commit()
+                    writes.append((label, email))
+                else:
+                    await session.commit()
+
+    async def task(n: int) -> None:
+        for it in range(ITERATIONS):
+            label = ("a", "b", "none")[(n + it) % 3]
+            await transaction(label, use_context=(n % 2 == 1), task=n, it=it)
+
+    try:
+        results = await asyncio.gather(*(task(n) for n in range(TASKS)), return_exceptions=True)
+    finally:
+        await eng.dispose()
+    errors = [repr(r) for r in results if isinstance(r, BaseException)]
+    assert errors == [], errors[:5]
+    assert problems == [], problems[:10]
+
+    # PgBouncer really multiplexed: many client connections, few server sessions, and
+    # server sessions that served more than one tenant (or none) in turn.
+    assert len(servers_of_client) > SERVER_POOL_SIZE
+    assert 1 <= len(server_pids) <= SERVER_POOL_SIZE
+    assert any(len(labels) > 1 for labels in server_pids.values()), server_pids
+    assert any(len(pids) > 1 for pids in servers_of_client.values())
+    assert refused_writes > 0
+
+    # Every write landed in the tenant of the session that made it, and only those.
+    with engine.connect() as conn:
+        stored = {
+            r[0]: r[1]
+            for r in conn.execute(
+                text("SELECT email, tenant_id FROM leads WHERE email LIKE :p"),
+                {"p": f"pgb-%{run}%"},
+            )
+        }
+    assert len(writes) > 0
+    assert stored == {email: owners[label].tenant_id for label, email in writes}
