@@ -7,10 +7,11 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
@@ -18,7 +19,7 @@ from sqlalchemy.pool import NullPool
 from platform_db import migrations
 from platform_db.ddl.security import APP_ROLE
 from platform_db.engines import make_engine
-from platform_db.models import TENANT_OWNED_TABLES
+from platform_db.models import TENANT_OWNED_TABLES, Tenant, TenantDashboard
 from platform_db.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
 from platform_db.search import search_pages
 from platform_db.settings import SYNC_DRIVER, database_url_from_env, redact, with_driver
@@ -89,115 +90,166 @@ def _ensure_demo_login(conn: Connection) -> str:
     return password
 
 
-def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
-    with demo_database(data_dir) as (url, origin):
-        engine = make_engine(url, application_name="platform-db-demo")
-        with engine.begin() as conn:
-            migrations.upgrade(conn)
-        created = []
-        with Session(engine, expire_on_commit=False) as session, session.begin():
-            tenants = [ensure_tenant(session, spec) for spec in SAMPLE_TENANTS]
-        for spec, (tenant, is_new) in zip(SAMPLE_TENANTS, tenants, strict=True):
-            if is_new:
-                with TenantSession(engine, tenant_id=tenant.id) as session, session.begin():
-                    fill_tenant(session, spec)
-                created.append(spec.subdomain)
-        moved: list[tuple[str, int]] = []
+@dataclass(slots=True)
+class _Prepared:
+    tenants: list[Tenant]
+    created: list[str]
+    moved: list[tuple[str, int]]
+
+
+def _prepare(engine: Engine) -> _Prepared:
+    """Migrate, create the sample tenants that are missing, run maintenance and refresh."""
+    with engine.begin() as conn:
+        migrations.upgrade(conn)
+    created = []
+    with Session(engine, expire_on_commit=False) as session, session.begin():
+        tenants = [ensure_tenant(session, spec) for spec in SAMPLE_TENANTS]
+    for spec, (tenant, is_new) in zip(SAMPLE_TENANTS, tenants, strict=True):
+        if is_new:
+            with TenantSession(engine, tenant_id=tenant.id) as session, session.begin():
+                fill_tenant(session, spec)
+            created.append(spec.subdomain)
+    moved: list[tuple[str, int]] = []
+    with engine.begin() as conn:
         if created:
             # The sample history reaches months before the first partition: those rows
             # sit in the default partition until maintenance creates their months.
-            with engine.begin() as conn:
-                moved = [
-                    (str(name), int(n))
-                    for name, n in conn.execute(
-                        text(
-                            "SELECT partition_name, rows_moved FROM "
-                            "platform.ensure_form_submission_partitions(months_ahead => 9, "
-                            "start_month => (date_trunc('month', now()) - interval '6 months')::date)"
-                        )
-                    )
-                ]
-
-        with engine.begin() as conn:
-            version = conn.scalar(text("SELECT version_num FROM alembic_version"))
-            server_version = conn.scalar(text("SHOW server_version"))
-            counts = _counts_by_tenant(conn)
-            partitions = conn.execute(
+            rows = conn.execute(
                 text(
-                    """
-                    SELECT c.relname, pg_get_expr(c.relpartbound, c.oid),
-                           (SELECT count(*) FROM form_submissions s
-                            WHERE s.tableoid = c.oid)
-                    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-                    WHERE i.inhparent = 'form_submissions'::regclass
-                    ORDER BY c.relname
-                    """
+                    "SELECT partition_name, rows_moved FROM "
+                    "platform.ensure_form_submission_partitions(months_ahead => 9, "
+                    "start_month => (date_trunc('month', now()) - interval '6 months')::date)"
                 )
-            ).all()
-            rls = conn.execute(
-                text(
-                    "SELECT count(*) FILTER (WHERE relrowsecurity AND relforcerowsecurity), count(*) "
-                    "FROM pg_class WHERE relkind IN ('r', 'p') AND (relname = ANY(:t) "
-                    "OR relispartition AND relname LIKE 'form_submissions%')"
-                ),
-                {"t": list(TENANT_OWNED_TABLES)},
-            ).one()
-            password = _ensure_demo_login(conn)
-        first = tenants[0][0]
+            )
+            moved = [(str(name), int(n)) for name, n in rows]
+        conn.execute(text("SELECT * FROM platform.refresh_performance_views()"))
+    return _Prepared([t for t, _ in tenants], created, moved)
 
+
+def _catalog(conn: Connection) -> dict[str, Any]:
+    return {
+        "version": conn.scalar(text("SELECT version_num FROM alembic_version")),
+        "server_version": conn.scalar(text("SHOW server_version")),
+        "counts": _counts_by_tenant(conn),
+        "partitions": conn.execute(
+            text(
+                """
+                SELECT c.relname, pg_get_expr(c.relpartbound, c.oid),
+                       (SELECT count(*) FROM form_submissions s WHERE s.tableoid = c.oid)
+                FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                WHERE i.inhparent = 'form_submissions'::regclass
+                ORDER BY c.relname
+                """
+            )
+        ).all(),
+        "rls": conn.execute(
+            text(
+                "SELECT count(*) FILTER (WHERE relrowsecurity AND relforcerowsecurity), count(*) "
+                "FROM pg_class WHERE relkind IN ('r', 'p') AND (relname = ANY(:t) "
+                "OR relispartition AND relname LIKE 'form_submissions%')"
+            ),
+            {"t": list(TENANT_OWNED_TABLES)},
+        ).one(),
+    }
+
+
+def _as_tenant(app_engine: Engine, tenant: Tenant) -> dict[str, Any]:
+    """What a platform_app login sees with and without a tenant."""
+    with TenantSession(app_engine, tenant_id=tenant.id) as session, session.begin():
+        seen = {t: session.scalar(text(f"SELECT count(*) FROM {t}")) for t in DISPLAY_ORDER}
+        hits = search_pages(session, "guide", published_only=False)
+        dashboard = session.scalars(select(TenantDashboard)).first()
+    with TenantSession(app_engine) as session, session.begin():
+        unseen = sum(
+            session.scalar(text(f"SELECT count(*) FROM {t}")) or 0 for t in TENANT_OWNED_TABLES
+        )
+    return {"seen": seen, "hits": hits, "dashboard": dashboard, "unseen": unseen}
+
+
+def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
+    with demo_database(data_dir) as (url, origin):
+        engine = make_engine(url, application_name="platform-db-demo")
+        prepared = _prepare(engine)
+        with engine.begin() as conn:
+            catalog = _catalog(conn)
+            password = _ensure_demo_login(conn)
+        engine.dispose()
         app_engine = make_engine(
             url.set(username=DEMO_LOGIN, password=password),
             application_name="platform-db-demo-app",
             pool_size=1,
         )
-        with TenantSession(app_engine, tenant_id=first.id) as session, session.begin():
-            seen = {t: session.scalar(text(f"SELECT count(*) FROM {t}")) for t in DISPLAY_ORDER}
-            hits = search_pages(session, "guide", published_only=False)
-        with TenantSession(app_engine) as session, session.begin():
-            unseen = sum(
-                session.scalar(text(f"SELECT count(*) FROM {t}")) or 0 for t in TENANT_OWNED_TABLES
-            )
+        first = prepared.tenants[0]
+        view = _as_tenant(app_engine, first)
         app_engine.dispose()
-        engine.dispose()
-
-        out.write("platform-db demo\n")
-        out.write(
-            f"  database    {redact(url.set(drivername='postgresql'))} ({origin}; PostgreSQL {server_version})\n"
-        )
-        out.write(f"  migrations  at head, revision {version}\n")
-        out.write(
-            f"  tenants     {len(counts)} ({'created ' + ', '.join(created) if created else 'already there'})\n\n"
-        )
-        out.write("Rows per tenant\n")
-        cols = [t for t in DISPLAY_ORDER if t in TENANT_OWNED_TABLES]
-        write_table(
+        _report(
             out,
-            ["tenant", *cols],
-            [[sub, *[c.get(t, 0) for t in cols]] for sub, c in sorted(counts.items())],
+            url=url,
+            origin=origin,
+            prepared=prepared,
+            catalog=catalog,
+            first=first,
+            view=view,
         )
-        if moved:
-            out.write(
-                f"\nPartition maintenance created {len(moved)} earlier months and moved "
-                f"{sum(n for _, n in moved)} rows out of the default partition\n"
-            )
-        out.write("\nform_submissions partitions (monthly, UTC, plus the default)\n")
-        write_table(
-            out,
-            ["partition", "from", "to", "rows"],
-            [[name, *_bounds(bound), n] for name, bound, n in partitions],
-        )
-        out.write(
-            f"\nRow-level security: enabled and forced on {rls[0]} of {rls[1]} tenant tables and partitions\n"
-        )
-        out.write(
-            f"  as login {DEMO_LOGIN} (member of {APP_ROLE}) with tenant {first.subdomain}:\n"
-        )
-        out.write("    sees " + ", ".join(f"{t} {n}" for t, n in seen.items()) + "\n")
-        out.write(f"  as the same login with no tenant set: sees {unseen} rows in all\n")
-        if hits:
-            page, rank = hits[0]
-            out.write(
-                f"\nFull-text search for 'guide' in {first.subdomain}: "
-                f"{page.title!r} (/{page.slug}, rank {rank:.3f})\n"
-            )
     return 0
+
+
+def _report(
+    out: TextIO,
+    *,
+    url: URL,
+    origin: str,
+    prepared: _Prepared,
+    catalog: dict[str, Any],
+    first: Tenant,
+    view: dict[str, Any],
+) -> None:
+    counts = catalog["counts"]
+    created = prepared.created
+    out.write("platform-db demo\n")
+    out.write(
+        f"  database    {redact(url.set(drivername='postgresql'))} "
+        f"({origin}; PostgreSQL {catalog['server_version']})\n"
+    )
+    out.write(f"  migrations  at head, revision {catalog['version']}\n")
+    done = "created " + ", ".join(created) if created else "already there"
+    out.write(f"  tenants     {len(counts)} ({done})\n\n")
+    out.write("Rows per tenant\n")
+    cols = [t for t in DISPLAY_ORDER if t in TENANT_OWNED_TABLES]
+    write_table(
+        out,
+        ["tenant", *cols],
+        [[sub, *[c.get(t, 0) for t in cols]] for sub, c in sorted(counts.items())],
+    )
+    if prepared.moved:
+        out.write(
+            f"\nPartition maintenance created {len(prepared.moved)} earlier months and moved "
+            f"{sum(n for _, n in prepared.moved)} rows out of the default partition\n"
+        )
+    out.write("\nform_submissions partitions (monthly, UTC, plus the default)\n")
+    write_table(
+        out,
+        ["partition", "from", "to", "rows"],
+        [[name, *_bounds(bound), n] for name, bound, n in catalog["partitions"]],
+    )
+    forced, total = catalog["rls"]
+    out.write(f"\nRow-level security: enabled and forced on {forced} of {total} tenant tables")
+    out.write(" and partitions\n")
+    out.write(f"  as login {DEMO_LOGIN} (member of {APP_ROLE}) with tenant {first.subdomain}:\n")
+    out.write("    sees " + ", ".join(f"{t} {n}" for t, n in view["seen"].items()) + "\n")
+    out.write(f"  as the same login with no tenant set: sees {view['unseen']} rows in all\n")
+    d = view["dashboard"]
+    if d is not None:
+        out.write(
+            f"\nDashboard of {d.subdomain} (view tenant_dashboard, refreshed "
+            f"{d.refreshed_at:%H:%M:%S} UTC): {d.users_active} active users, "
+            f"{d.pages_published} published pages, {d.leads_total} leads "
+            f"({d.leads_converted} converted, rate {d.conversion_rate:.0%}), "
+            f"{d.submissions_30d} submissions in the last 30 days\n"
+        )
+    if view["hits"]:
+        page, rank = view["hits"][0]
+        out.write(
+            f"\nFull-text search for 'guide' in {first.subdomain}: "
+            f"{page.title!r} (/{page.slug}, rank {rank:.3f})\n"
+        )

@@ -8,15 +8,15 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
 
+from platform_db.ddl.dashboards import TENANT_VIEWS
 from platform_db.models import metadata
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # A checkout has alembic/ beside the package; an installed wheel carries a copy inside.
 _CANDIDATES = (_PACKAGE_DIR.parent / "alembic", _PACKAGE_DIR / "_alembic")
 
-# Relations of schema `public` that platform-db owns besides the model tables (views and
-# materialized views of later revisions are added here).
-EXTRA_RELATIONS: tuple[str, ...] = ()
+# Relations of schema `public` that platform-db owns besides the model tables.
+EXTRA_RELATIONS: tuple[str, ...] = TENANT_VIEWS
 
 
 def managed_relations() -> list[str]:

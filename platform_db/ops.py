@@ -132,8 +132,12 @@ def check_settings(conn: Connection) -> list[SettingCheck]:
     return checks
 
 
-def doctor(conn: Connection) -> DoctorReport:
-    """Collect the health report. Read-only; works without pg_stat_statements."""
+def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
+    """Collect the health report. Read-only; works without pg_stat_statements.
+
+    A dashboard materialized view not refreshed for `stale_after_s` seconds (the refresh
+    job runs every 15 minutes) is reported as a `matview_stale` warning.
+    """
     version = conn.scalar(text("SHOW server_version")) or "?"
     database = conn.scalar(text("SELECT current_database()")) or "?"
     available = set(
@@ -210,6 +214,21 @@ def doctor(conn: Connection) -> DoctorReport:
     matviews: list[dict[str, Any]] = []
     if conn.scalar(text("SELECT to_regclass('platform.matview_refresh_log') IS NOT NULL")):
         matviews = _clean(_rows(conn, "SELECT * FROM platform.matview_freshness"))
+        for view in matviews:
+            age = view["age_seconds"]
+            if age is None or age > stale_after_s:
+                alerts.append(
+                    {
+                        "metric": "matview_stale",
+                        "subject": view["view_name"],
+                        "value": age,
+                        "threshold": stale_after_s,
+                        "severity": "warning",
+                        "detail": "never refreshed by platform.refresh_performance_views()"
+                        if age is None
+                        else f"last refreshed {age / 60:.0f} minutes ago: is the refresh job running?",
+                    }
+                )
     return DoctorReport(
         server_version=str(version),
         database=str(database),

@@ -174,8 +174,8 @@ def revoke_platform_table(table: str) -> list[str]:
 
 
 def claim_ownership_sql(relations: list[str]) -> str:
-    """SQL that makes platform_owner own the schema `platform`, everything in it, the
-    given relations of `public` and every partition below them.
+    """SQL that makes platform_owner own the schema `platform`, everything in it but the
+    materialized views, the given relations of `public` and every partition below them.
 
     Run by alembic/env.py after every migration run, so objects created by any revision
     (including ones written later) end up owned by the owner role. Does nothing when the
@@ -196,11 +196,13 @@ BEGIN
     END IF;
     FOR obj IN
         SELECT c.oid::regclass AS rel,
-               CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
-                              WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind
+               CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'S' THEN 'SEQUENCE'
+                              WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END AS kind
         FROM pg_catalog.pg_class c
         WHERE c.relowner <> '{OWNER_ROLE}'::regrole
-          AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+          -- Materialized views are left out on purpose: they belong to platform_admin
+          -- (see platform_db.ddl.dashboards).
+          AND c.relkind IN ('r', 'p', 'v', 'S', 'c')
           AND NOT (c.relkind = 'S' AND EXISTS (
                 SELECT FROM pg_catalog.pg_depend d
                 WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid

@@ -8,6 +8,13 @@ from platform_db.models.base import (
     is_tenant_owned,
     normalize_email,
 )
+from platform_db.models.dashboard import (
+    PlatformTenantSummary,
+    ReadOnlyViewError,
+    TenantDashboard,
+    TenantLeadFunnel,
+    TenantSubmissionActivity,
+)
 from platform_db.models.form import Form, FormSubmission
 from platform_db.models.lead import (
     FUNNEL_ORDER,
@@ -39,10 +46,15 @@ __all__ = [
     "LeadStatus",
     "Page",
     "PageStatus",
+    "PlatformTenantSummary",
+    "ReadOnlyViewError",
     "Tenant",
+    "TenantDashboard",
+    "TenantLeadFunnel",
     "TenantMixin",
     "TenantPlan",
     "TenantStatus",
+    "TenantSubmissionActivity",
     "TimestampMixin",
     "User",
     "UserRole",
