@@ -74,6 +74,14 @@ class _TimedMixin:
         self._recorder.record(time.perf_counter() - start)
         return entry
 
+    def _do_get(self) -> ConnectionPoolEntry:
+        return self._timed_get(super()._do_get)  # type: ignore[misc]
+
+    def recreate(self) -> QueuePool:
+        new: QueuePool = super().recreate()  # type: ignore[misc]
+        new.label = self.label  # type: ignore[attr-defined]
+        return new
+
     def acquire_stats(self) -> AcquireStats:
         if not hasattr(self, "_recorder"):
             self._recorder = _Recorder()
@@ -102,22 +110,6 @@ class _TimedMixin:
 class TimedQueuePool(_TimedMixin, QueuePool):
     """QueuePool for sync engines (psycopg 3)."""
 
-    def _do_get(self) -> ConnectionPoolEntry:
-        return self._timed_get(super()._do_get)
-
-    def recreate(self) -> QueuePool:
-        new = super().recreate()
-        new.label = self.label  # type: ignore[attr-defined]
-        return new
-
 
 class TimedAsyncQueuePool(_TimedMixin, AsyncAdaptedQueuePool):
     """AsyncAdaptedQueuePool for async engines (asyncpg)."""
-
-    def _do_get(self) -> ConnectionPoolEntry:
-        return self._timed_get(super()._do_get)
-
-    def recreate(self) -> QueuePool:
-        new = super().recreate()
-        new.label = self.label  # type: ignore[attr-defined]
-        return new
