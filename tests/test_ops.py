@@ -450,3 +450,35 @@ def test_doctor_report_is_json_serialisable(ops_engine: Engine) -> None:
         report = doctor(conn)
     json.dumps(report.as_dict(), default=str)
     assert isinstance(report.partitions["default_rows"], int)
+
+
+def test_seq_scan_heavy_table_alert(ops_engine: Engine) -> None:
+    with ops_engine.begin() as conn:
+        tenant = new_tenant(conn)
+        conn.execute(
+            text(
+                "INSERT INTO leads (tenant_id, email) "
+                "SELECT :t, 's' || g || '@example.org' FROM generate_series(1, 12000) g"
+            ),
+            {"t": tenant},
+        )
+        conn.execute(text("ANALYZE leads"))
+        flush_stats(conn)
+    quiet = [
+        a
+        for a in metrics(alerts(ops_engine, seq_rows_threshold=50_000), "seq_scan_heavy")
+        if a["subject"] == "public.leads"
+    ]
+    assert quiet == []
+    for _ in range(6):
+        with ops_engine.begin() as conn:
+            # phone has no index: every such query reads the whole table.
+            conn.execute(text("SELECT count(*) FROM leads WHERE phone = '555'"))
+            flush_stats(conn)
+    found = [
+        a
+        for a in metrics(alerts(ops_engine, seq_rows_threshold=50_000), "seq_scan_heavy")
+        if a["subject"] == "public.leads"
+    ]
+    assert len(found) == 1
+    assert "sequential scans" in found[0]["detail"]

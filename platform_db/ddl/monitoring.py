@@ -167,7 +167,9 @@ CREATE FUNCTION {S}.check_performance_alerts(
     connection_ratio_threshold double precision DEFAULT 0.8,
     blocked_seconds double precision DEFAULT 5,
     min_table_scans bigint DEFAULT 1000,
-    min_partitions_ahead integer DEFAULT 2
+    min_partitions_ahead integer DEFAULT 2,
+    seq_rows_threshold bigint DEFAULT 1000000,
+    min_live_rows bigint DEFAULT 10000
 )
 RETURNS TABLE (metric text, subject text, value numeric, threshold numeric,
                severity text, detail text)
@@ -223,6 +225,24 @@ BEGIN
         severity := 'warning';
         detail := format('never scanned since statistics were reset, on a busy table %s (%s)',
                          r.parent_table, pg_catalog.pg_size_pretty(r.bytes));
+        RETURN NEXT;
+    END LOOP;
+
+    -- A big table read mostly by sequential scans: usually a query without a usable index.
+    FOR r IN
+        SELECT s.schemaname, s.relname, s.seq_scan, s.seq_tup_read, coalesce(s.idx_scan, 0) AS idx_scan,
+               s.n_live_tup
+        FROM pg_catalog.pg_stat_user_tables s
+        WHERE s.schemaname IN ('public', '{S}')
+          AND s.n_live_tup >= min_live_rows
+          AND s.seq_tup_read >= seq_rows_threshold
+          AND s.seq_scan > coalesce(s.idx_scan, 0)
+    LOOP
+        metric := 'seq_scan_heavy'; subject := r.schemaname || '.' || r.relname;
+        value := r.seq_tup_read; threshold := seq_rows_threshold; severity := 'warning';
+        detail := format('%s sequential scans read %s rows (%s index scans) of a %s-row table: '
+                         'a query lacks a usable index (see slow_queries)',
+                         r.seq_scan, r.seq_tup_read, r.idx_scan, r.n_live_tup);
         RETURN NEXT;
     END LOOP;
 
@@ -334,12 +354,14 @@ GRANT SELECT ON {S}.performance_metrics, {S}.slow_queries, {S}.index_usage_stats
     TO {ADMIN_ROLE};
 REVOKE ALL ON FUNCTION {S}.pg_stat_statements_relation(), {S}.slow_query_stats(double precision),
     {S}.check_performance_alerts(double precision, double precision, double precision,
-                                 bigint, double precision, double precision, bigint, integer),
+                                 bigint, double precision, double precision, bigint, integer,
+                                 bigint, bigint),
     {S}.snapshot_performance_metrics(), {S}.cleanup_old_performance_metrics(interval)
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION {S}.pg_stat_statements_relation(), {S}.slow_query_stats(double precision),
     {S}.check_performance_alerts(double precision, double precision, double precision,
-                                 bigint, double precision, double precision, bigint, integer)
+                                 bigint, double precision, double precision, bigint, integer,
+                                 bigint, bigint)
     TO {ADMIN_ROLE};
 GRANT pg_read_all_stats TO {ADMIN_ROLE};
 """
@@ -350,7 +372,7 @@ DROP_MONITORING = f"""
 DROP FUNCTION IF EXISTS {S}.cleanup_old_performance_metrics(interval);
 DROP FUNCTION IF EXISTS {S}.snapshot_performance_metrics();
 DROP FUNCTION IF EXISTS {S}.check_performance_alerts(double precision, double precision,
-    double precision, bigint, double precision, double precision, bigint, integer);
+    double precision, bigint, double precision, double precision, bigint, integer, bigint, bigint);
 DROP VIEW IF EXISTS {S}.partition_status;
 DROP VIEW IF EXISTS {S}.blocking_locks;
 DROP VIEW IF EXISTS {S}.cache_hit_ratios;
