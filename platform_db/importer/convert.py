@@ -213,6 +213,8 @@ class Converter:
                 raise RejectError(
                     f"missing required field {label} ({self.table.name}.{spec.column})"
                 )
+            if spec.kind in (Kind.JSON_ARRAY, Kind.SUBMISSION_DATA):
+                return dumps(spec.default)  # JSON text for the jsonb column
             return spec.default
         converter = _CONVERTERS[spec.kind]
         return converter(self, value, spec, label)

@@ -112,11 +112,19 @@ def load_collection(
                 loader.verify()
         else:
             with conn.transaction():
+                if state.mode is Mode.DRY_RUN and table.name == "form_submissions":
+                    report.partitions = [
+                        f"form_submissions_{m:%Y_%m} (would be created)"
+                        for m in loader.missing_months()
+                    ]
                 loader.verify()
     except psycopg.Error as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         report.error = f"{table.name}: {message}"
         raise CollectionFailedError(report.error) from exc
+    except CollectionFailedError as exc:
+        report.error = f"{table.name}: {exc}"
+        raise CollectionFailedError(report.error) from None
     finally:
         if state.mode is Mode.IMPORT or report.error is not None:
             _drop(conn, stage)
@@ -473,26 +481,43 @@ class _Loader:
 
     # -- 3. partitions and the move ---------------------------------------------------
 
-    def ensure_partitions(self) -> list[str]:
-        months = [
+    def missing_months(self) -> list[Any]:
+        """Months (first days) of accepted rows that have no partition of their own."""
+        return [
             r[0]
             for r in self.conn.execute(
                 sql.SQL(
                     """
-                    SELECT DISTINCT date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS m
-                    FROM {s} WHERE reject IS NULL ORDER BY m
+                    SELECT m FROM (SELECT DISTINCT
+                                      date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS m
+                                  FROM {s} WHERE reject IS NULL) months
+                    WHERE to_regclass(format('public.form_submissions_%s', to_char(m, 'YYYY_MM')))
+                          IS NULL
+                    ORDER BY m
                     """
                 ).format(s=self.stage)
             )
         ]
+
+    def ensure_partitions(self) -> list[str]:
+        months = self.missing_months()
+        if not months:
+            return []
+        allowed = self.conn.execute(
+            "SELECT has_function_privilege("
+            "'platform.ensure_form_submission_partitions(integer, date)', 'EXECUTE')"
+        ).fetchone()
+        if not (allowed and allowed[0]):
+            statements = "; ".join(
+                f"SELECT platform.ensure_form_submission_partitions(0, DATE '{m:%Y-%m-%d}')"
+                for m in months
+            )
+            raise CollectionFailedError(
+                f"{len(months)} months of submissions have no partition and this role may not "
+                f"create them; as a superuser run: {statements}"
+            )
         created: list[str] = []
         for month in months:
-            name = f"form_submissions_{month:%Y_%m}"
-            exists = self.conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL", [f"public.{name}"]
-            ).fetchone()
-            if exists and exists[0]:
-                continue
             for part, action, _moved in self.conn.execute(
                 "SELECT * FROM platform.ensure_form_submission_partitions("
                 "months_ahead => 0, start_month => %s)",

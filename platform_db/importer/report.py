@@ -182,7 +182,7 @@ class ImportReport:
             total = c.total
             for t, counts in [(None, total), *sorted(c.tenants.items(), key=lambda kv: str(kv[0]))]:
                 label = c.collection if counts is total else "  " + self._tenant_label(t)
-                ok = counts.balanced(compare_target=c.compare_target)
+                ok = counts.balanced(compare_target=c.compare_target) and not c.error
                 refs = ", ".join(f"{col} {f}/{e}" for col, (e, f) in counts.refs.items())
                 rows.append(
                     [
@@ -195,7 +195,13 @@ class ImportReport:
                         f"{counts.inserted}/{counts.updated}" if c.mode == "import" else "-",
                         f"{counts.target_checksum & MASK64:016x}" if c.compare_target else "-",
                         refs or "-",
-                        ("ok" if ok else "NOT BALANCED")
+                        (
+                            "ok"
+                            if ok
+                            else "FAILED"
+                            if c.error and counts is total
+                            else "NOT BALANCED"
+                        )
                         + (f" ({c.error})" if c.error and counts is total else ""),
                     ]
                 )

@@ -195,11 +195,13 @@ def generate(  # noqa: PLR0912, PLR0915 - the sample, read top to bottom
         "mixed": {"tenants", "forms", "form-submissions"},
     }[form]
     writers: dict[str, _Writer] = {}
+    # Its own generator, so the documents are the same whatever the form and mode.
+    mode_rng = random.Random(f"{seed}:modes")  # noqa: S311 - sample data, not secrets
 
     def writer(name: str) -> _Writer:
         if name not in writers:
             writers[name] = _Writer(
-                directory / f"{name}.json", array=name in arrays, mode=mode, rng=rng
+                directory / f"{name}.json", array=name in arrays, mode=mode, rng=mode_rng
             )
         return writers[name]
 
