@@ -155,6 +155,22 @@ def test_relaxed_and_canonical_parse_to_the_same_values() -> None:
     assert iso["u"] == SAMPLE["uuid"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31)),
+    st.sampled_from(["%Y-%m-%dT%H:%M:%S.{ms}Z", "%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.{cs}Z"]),
+)
+def test_fast_iso_dates_equal_json_utils(when: dt.datetime, layout: str) -> None:
+    """The fromisoformat shortcut for mongoexport's relaxed dates gives json_util's value."""
+    text_date = when.strftime(
+        layout.format(ms=f"{when.microsecond // 1000:03d}", cs=f"{when.microsecond // 10000:02d}")
+    )
+    text_date = text_date.rjust(len(text_date) + (4 - len(text_date.split("-")[0])), "0")
+    doc = json.dumps({"d": {"$date": text_date}})
+    expected = json_util.loads(doc, json_options=RELAXED.with_options(tz_aware=True, tzinfo=dt.UTC))
+    assert parse_document(doc.encode()) == expected
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [

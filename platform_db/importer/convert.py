@@ -52,6 +52,20 @@ def staging_columns(table: TableSpec) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class _FieldPlan:
+    """How one column is read: the paths (pre-split) and the conversion."""
+
+    spec: FieldSpec
+    paths: tuple[tuple[str, tuple[str, ...], bool], ...]  # (path, parts, in the element)
+    label: str
+    convert: Callable[[Converter, Any, FieldSpec, str], Any]
+
+
+def _unreachable(c: Converter, value: Any, spec: FieldSpec, label: str) -> Any:
+    raise AssertionError(f"{spec.kind} is filled by the converter itself")
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     tenant_id: uuid.UUID | None
     values: dict[str, Any]
@@ -107,6 +121,25 @@ class Converter:
         self.dropped_fields: dict[str, int] = {}
         tenant_paths = mapping.paths.get("tenant_id", ())
         self.fan_arrays = {p.split("[]", 1)[0] for p in tenant_paths if "[]" in p}
+        self.plans = [self._plan(spec) for spec in self.table.fields]
+        self.has_extras = self.table.extras_column is not None
+
+    def _plan(self, spec: FieldSpec) -> _FieldPlan:
+        paths = self.mapping.paths.get(spec.column, ())
+        compiled = []
+        for path in paths:
+            if "[]" in path:
+                array_key, rest = path.split("[].", 1)
+                if array_key in self.fan_arrays:  # read in the current tenant's element
+                    compiled.append((path, tuple(rest.split(".")), True))
+            else:
+                compiled.append((path, tuple(path.split(".")), False))
+        return _FieldPlan(
+            spec,
+            tuple(compiled),
+            "/".join(paths) or spec.column,
+            _CONVERTERS.get(spec.kind, _unreachable),
+        )
 
     # -- tenants ---------------------------------------------------------------------
 
@@ -169,55 +202,47 @@ class Converter:
         rows = []
         for tenant, element in contexts:
             values: dict[str, Any] = {}
-            for spec in self.table.fields:
+            for plan in self.plans:
+                spec = plan.spec
                 if spec.kind is Kind.TENANT:
                     values[spec.column] = tenant
                 elif spec.kind is Kind.EXTRAS:
                     values[spec.column] = self._extras(doc, values)
                 else:
-                    values[spec.column] = self._field(doc, element, spec, values)
+                    values[spec.column] = self._field(doc, element, plan, values)
             self._finish(doc, values)
             rows.append(Row(tenant, values))
         return rows
-
-    def _lookup(
-        self, doc: dict[str, Any], element: dict[str, Any] | None, spec: FieldSpec
-    ) -> tuple[str, Any]:
-        for path in self.mapping.paths.get(spec.column, ()):
-            if "[]" in path:
-                array_key, rest = path.split("[].", 1)
-                if element is None or array_key not in self.fan_arrays:
-                    continue
-                value = get_path(element, rest)
-            else:
-                value = get_path(doc, path)
-            if value is not _MISSING:
-                return path, value
-        return "", _MISSING
 
     def _field(
         self,
         doc: dict[str, Any],
         element: dict[str, Any] | None,
-        spec: FieldSpec,
+        plan: _FieldPlan,
         values: dict[str, Any],
     ) -> Any:
-        path, value = self._lookup(doc, element, spec)
-        label = path or "/".join(self.mapping.paths.get(spec.column, ())) or spec.column
-        if value is _MISSING:
-            if spec.kind is Kind.CREATED:
-                return self._created_fallback(doc)
-            if spec.kind is Kind.UPDATED:
-                return values["created_at"]
-            if spec.required:
-                raise RejectError(
-                    f"missing required field {label} ({self.table.name}.{spec.column})"
-                )
-            if spec.kind in (Kind.JSON_ARRAY, Kind.SUBMISSION_DATA):
-                return dumps(spec.default)  # JSON text for the jsonb column
-            return spec.default
-        converter = _CONVERTERS[spec.kind]
-        return converter(self, value, spec, label)
+        spec = plan.spec
+        for path, parts, in_element in plan.paths:
+            node: Any = element if in_element else doc
+            if node is None:
+                continue
+            for part in parts:
+                node = node.get(part) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if node is not None:
+                return plan.convert(self, node, spec, path)
+        if spec.kind is Kind.CREATED:
+            return self._created_fallback(doc)
+        if spec.kind is Kind.UPDATED:
+            return values["created_at"]
+        if spec.required:
+            raise RejectError(
+                f"missing required field {plan.label} ({self.table.name}.{spec.column})"
+            )
+        if spec.kind in (Kind.JSON_ARRAY, Kind.SUBMISSION_DATA):
+            return dumps(spec.default)  # JSON text for the jsonb column
+        return spec.default
 
     def _created_fallback(self, doc: dict[str, Any]) -> dt.datetime:
         oid = doc.get("_id")
@@ -267,7 +292,7 @@ class Converter:
                 v["subdomain"] = slugify(v["name"], max_length=63)
                 if not v["subdomain"]:
                     raise RejectError("missing subdomain, and the name gives none")
-        if not self.table.extras_column:
+        if not self.has_extras:
             self.note_dropped(doc)
 
     def staging_row(self, row: Row, src: tuple[int, int, int, int, int]) -> tuple[Any, ...]:

@@ -27,6 +27,7 @@ recoverable from the UUID (it is kept in the row's JSON column where the table h
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from typing import Any
@@ -46,10 +47,25 @@ class InvalidReferenceError(ValueError):
 
 def uuid_from_object_id(oid: ObjectId | str) -> uuid.UUID:
     """The UUID of an ObjectId (or of its 24 hex digits)."""
-    h = str(oid).lower()
+    if isinstance(oid, ObjectId):
+        return _from_binary(oid.binary)
+    h = str(oid)
     if not _HEX24.match(h):
         raise InvalidReferenceError(f"not an ObjectId: {oid!r}")
-    return uuid.UUID(h[0:12] + "8" + h[12:15] + "8" + h[15:24] + MARKER)
+    return _from_binary(bytes.fromhex(h))
+
+
+@functools.lru_cache(maxsize=8192)  # tenants and forms are referenced over and over
+def _from_binary(raw: bytes) -> uuid.UUID:
+    o = int.from_bytes(raw, "big")  # 96 bits: 12 + 3 + 9 hex digits
+    return uuid.UUID(
+        int=(o >> 48) << 80
+        | 0x8 << 76
+        | ((o >> 36) & 0xFFF) << 64
+        | 0x8 << 60
+        | (o & 0xF_FFFF_FFFF) << 24
+        | int(MARKER, 16)
+    )
 
 
 def object_id_from_uuid(value: uuid.UUID | str) -> str | None:

@@ -71,7 +71,7 @@ class CollectionFailedError(RuntimeError):
 ProgressFactory = Callable[[str, int], Progress]
 
 
-def load_collection(
+def load_collection(  # noqa: PLR0915 - the steps of one collection, in order
     conn: psycopg.Connection[Any],
     mapping: CollectionMapping,
     path: Path,
@@ -94,22 +94,36 @@ def load_collection(
         report=report,
     )
     bar = progress(f"{mapping.name}", path.stat().st_size) if progress else NoProgress()
+    phases = report.phases
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        phases[name] = phases.get(name, 0.0) + now - clock
+        clock = now
+
     try:
         with conn.transaction():
             loader.create_staging()
             loader.copy(bar)
+            lap("read+copy")
             bar.status("checking tenants, references and unique keys")
             loader.check()
         loader.report_sql_rejects()
+        lap("check")
         if state.mode is Mode.IMPORT:
             if table.name == "form_submissions":
                 with conn.transaction():
                     report.partitions = loader.ensure_partitions()
+                lap("partitions")
             bar.status("moving rows into " + table.name)
             with conn.transaction():
                 loader.move()
+                lap("move")
                 bar.status("verifying")
                 loader.verify()
+            lap("verify")
         else:
             with conn.transaction():
                 if state.mode is Mode.DRY_RUN and table.name == "form_submissions":
@@ -118,6 +132,7 @@ def load_collection(
                         for m in loader.missing_months()
                     ]
                 loader.verify()
+            lap("verify")
     except psycopg.Error as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         report.error = f"{table.name}: {message}"

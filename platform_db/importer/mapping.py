@@ -24,6 +24,7 @@ the importer checks exactly what the schema will enforce.
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -125,8 +126,13 @@ class TableSpec:
         return str(col.type.compile(dialect=postgresql.dialect()))  # type: ignore[no-untyped-call]
 
     def max_length(self, column: str) -> int | None:
-        col_type = metadata.tables[self.name].c[column].type
-        return col_type.length if isinstance(col_type, String) else None
+        return _max_length(self.name, column)
+
+
+@functools.cache
+def _max_length(table: str, column: str) -> int | None:
+    col_type = metadata.tables[table].c[column].type
+    return col_type.length if isinstance(col_type, String) else None
 
 
 def _enum(values: type[StrEnum]) -> tuple[str, ...]:

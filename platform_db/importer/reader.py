@@ -19,8 +19,10 @@ through gzip.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +37,16 @@ MAX_DOCUMENT_BYTES = 128 << 20
 # Rejected text longer than this is cut in the rejects file.
 MAX_PROBLEM_TEXT = 4096
 
-# A complete string on one line (JSON strings cannot hold a raw newline), a structural
-# byte, a newline, or a quote that does not close on this line or in this chunk.
-_TOKEN = re.compile(rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"|[{}\[\],\n]|"')
 _WS = b" \t\r\n\x0c"
+# A complete string on one line (JSON strings cannot hold a raw newline), a structural
+# character, or a quote that does not close on this line or in this chunk.
+_TOKEN = re.compile(r'"[^"\\\n]*(?:\\.[^"\\\n]*)*"|[{}\[\],]|"')
+_STR_GAP = re.compile(r"[ \t\r\n\x0c,]*")
+_PLAIN = json.JSONDecoder()
+_UNCLOSED = (
+    f"document not closed before the end of the file (the export may be truncated), "
+    f"or longer than {MAX_DOCUMENT_BYTES} bytes"
+)
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -177,143 +185,131 @@ def _line_documents(reader: BinaryIO) -> Iterator[RawDocument]:
 class _ArrayScanner:
     """Cut a JSON array into its elements, reading fixed-size chunks.
 
-    Only strings (skipped whole), brackets and commas are looked at; the bytes kept in
-    memory are the current element and at most one chunk beyond it.
+    Fast path: the C JSON scanner (`json.JSONDecoder.raw_decode`) finds where a
+    well-formed element ends. When it fails (a broken element, or one longer than what
+    is buffered), a structural scan that looks only at strings and brackets finds the
+    end instead, so a broken element is cut out whole and the next ones are found.
+    Text is decoded with surrogateescape: invalid UTF-8 survives, byte for byte, to be
+    rejected by the parser with its position. Memory: the current element and about
+    two chunks.
     """
 
     def __init__(self, reader: BinaryIO, base: int) -> None:
         self.reader = reader
-        self.buf = bytearray()
-        self.base = base  # stream offset of buf[0]
-        self.pos = 0  # scan position in buf
-        self.keep = base  # stream offset from which bytes must stay in buf
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        self.s = ""
+        self.pos = 0  # index in self.s
+        self.byte = base  # byte offset of self.s[self.pos] in the stream
+        self.line = 1
         self.eof = False
+        self.item = 0
 
-    def _fill(self) -> None:
-        if self.pos > CHUNK and self.keep - self.base > CHUNK:
-            drop = min(self.keep - self.base, self.pos)
-            del self.buf[:drop]
-            self.base += drop
-            self.pos -= drop
+    def _fill(self, *, compact: bool = True) -> bool:
+        """Read one more chunk; False at the end of the data."""
+        if self.eof:
+            return False
+        if compact and self.pos > CHUNK:
+            self.s = self.s[self.pos :]
+            self.pos = 0
         chunk = self.reader.read(CHUNK)
-        if chunk:
-            self.buf.extend(chunk)
-        else:
+        if not chunk:
             self.eof = True
+            self.s += self.decoder.decode(b"", final=True)
+            return False
+        self.s += self.decoder.decode(chunk)
+        return True
 
-    def _tokens(self) -> Iterator[tuple[bytes, int, int]]:
-        buf = self.buf
-        while True:
-            m = _TOKEN.search(buf, self.pos)
-            if m is None:
-                if self.eof:
-                    self.pos = len(buf)
-                    return
-                self.pos = len(buf)
-                self._fill()
-                continue
-            start = m.start()
-            if (
-                m.end() - start == 1
-                and buf[start] == 0x22
-                and not self.eof
-                and buf.find(b"\n", start) < 0
-            ):
-                # A string that may continue in the next chunk: read on, then look again.
-                self.pos = start
-                self._fill()
-                continue
-            self.pos = m.end()
-            yield m.group(), self.base + start, self.base + m.end()
+    def _advance(self, end: int) -> str:
+        """Consume s[pos:end], keeping the byte offset and the line number."""
+        text = self.s[self.pos : end]
+        self.byte += len(text.encode("utf-8", "surrogateescape"))
+        self.line += text.count("\n")
+        self.pos = end
+        return text
 
-    def _text(self, start: int, end: int) -> bytes:
-        return bytes(self.buf[start - self.base : end - self.base])
+    def _doc(self, end: int, problem: str | None = None) -> RawDocument:
+        line, offset = self.line, self.byte
+        text = self._advance(end).encode("utf-8", "surrogateescape")
+        self.item += 1
+        if problem is not None:
+            text = text[:MAX_PROBLEM_TEXT]
+        return RawDocument(text.rstrip(_WS), line, self.item, offset, problem)
 
-    def documents(self) -> Iterator[RawDocument]:  # noqa: PLR0912, PLR0915 - a state machine
-        line = 1
+    def _scan_end(self, *, stop_at_separator: bool) -> int | None:
+        """Where the value at pos ends, by strings and brackets only (the slow, sure way).
+
+        With stop_at_separator (a stray value between elements): the next ',' or closing
+        bracket at depth 0. None when the data ends first (or the value is too long).
+        """
         depth = 0
-        started = closed = False
-        elem_start: int | None = None
-        elem_line = 1
-        gap = self.base  # stream offset after the last separator at depth 0
-        item = 0
-
-        def doc(start: int, end: int, at_line: int, problem: str | None = None) -> RawDocument:
-            nonlocal item
-            item += 1
-            text = self._text(start, end)
-            if problem is not None:
-                text = text[:MAX_PROBLEM_TEXT]
-            return RawDocument(text.strip(_WS), at_line, item, start, problem)
-
-        self._fill()
-        for tok, start, end in self._tokens():
-            if tok == b"\n":
-                line += 1
-                continue
-            if not started:
-                started = tok == b"["
-                gap = self.keep = end
-                continue
-            if closed:
-                yield doc(
-                    start, len(self.buf) + self.base, line, "content after the end of the array"
-                )
-                return
-            if depth == 0:
-                stray = self._text(gap, start).strip(_WS)
-                if tok in (b"{", b"["):
-                    if stray:
-                        yield doc(gap, start, line, "not a document: a value outside any object")
-                    elem_start, elem_line, depth = start, line, 1
-                    self.keep = start
-                elif tok in (b",", b"]"):
-                    if stray:
-                        yield doc(gap, start, line)  # a scalar: json_util says what it is
-                    gap = self.keep = end
-                    closed = tok == b"]"
-                elif tok == b"}":
-                    yield doc(start, end, line, "unmatched '}'")
-                    gap = self.keep = end
-                # A string at depth 0 belongs to a stray value: the gap check reports it.
-                continue
-            if tok in (b"{", b"["):
-                depth += 1
-            elif tok in (b"}", b"]"):
-                depth -= 1
-                if depth == 0:
-                    assert elem_start is not None
-                    yield doc(elem_start, end, elem_line)
-                    elem_start = None
-                    gap = self.keep = end
-            if (
-                elem_start is not None
-                and self.base + len(self.buf) - elem_start > MAX_DOCUMENT_BYTES
+        at = self.pos
+        while True:
+            m = _TOKEN.search(self.s, at)
+            if m is None or (
+                m.group() == '"' and not self.eof and self.s.find("\n", m.start()) < 0
             ):
-                yield doc(
-                    elem_start, end, elem_line, f"document longer than {MAX_DOCUMENT_BYTES} bytes"
+                # Out of data, or a string that may go on in the next chunk.
+                too_long = len(self.s) - self.pos > MAX_DOCUMENT_BYTES
+                if too_long or (not self._fill(compact=False) and m is None):
+                    return None
+                at = m.start() if m is not None else at
+                continue
+            tok = m.group()
+            at = m.end()
+            if tok in "{[":
+                depth += 1
+            elif tok in "}]":
+                if depth == 0:
+                    return m.start() if stop_at_separator else m.end()
+                depth -= 1
+                if depth == 0 and not stop_at_separator:
+                    return m.end()
+            elif tok == "," and depth == 0 and stop_at_separator:
+                return m.start()
+
+    def documents(self) -> Iterator[RawDocument]:  # noqa: PLR0912 - a state machine
+        self._fill()
+        m = _STR_GAP.match(self.s, self.pos)
+        self._advance(m.end() if m else self.pos)
+        if self.s[self.pos : self.pos + 1] != "[":
+            return
+        self._advance(self.pos + 1)
+        while True:
+            while True:
+                gap = _STR_GAP.match(self.s, self.pos)
+                end = gap.end() if gap else self.pos
+                if end < len(self.s) or not self._fill():
+                    break
+            self._advance(end)
+            if self.pos >= len(self.s):
+                yield self._doc(
+                    self.pos, "file ends before the array is closed (the export may be truncated)"
                 )
                 return
-        end_of_data = self.base + len(self.buf)
-        if elem_start is not None:
-            yield doc(
-                elem_start,
-                end_of_data,
-                elem_line,
-                "file ends inside a document (the export may be truncated)",
-            )
-        elif started and not closed:
-            if self._text(gap, end_of_data).strip(_WS):
-                yield doc(
-                    gap,
-                    end_of_data,
-                    line,
-                    "file ends inside a document (the export may be truncated)",
-                )
-            else:
-                yield doc(
-                    end_of_data,
-                    end_of_data,
-                    line,
-                    "file ends before the array is closed (the export may be truncated)",
-                )
+            c = self.s[self.pos]
+            if c == "]":
+                self._advance(self.pos + 1)
+                while not self.eof:
+                    self._fill()
+                if self.s[self.pos :].strip():
+                    yield self._doc(len(self.s), "content after the end of the array")
+                return
+            if c in "{[":
+                while len(self.s) - self.pos < CHUNK and self._fill():
+                    pass
+                try:
+                    _, end = _PLAIN.raw_decode(self.s, self.pos)
+                except json.JSONDecodeError:
+                    found = self._scan_end(stop_at_separator=False)
+                    if found is None:
+                        yield self._doc(len(self.s), _UNCLOSED)
+                        return
+                    end = found
+                yield self._doc(end)
+                continue
+            # A stray value (a number, a string, garbage): up to the next separator.
+            found = self._scan_end(stop_at_separator=True)
+            if found is None:
+                yield self._doc(len(self.s), _UNCLOSED)
+                return
+            yield self._doc(max(found, self.pos + 1), "not a document: a value outside any object")

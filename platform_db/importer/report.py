@@ -75,6 +75,7 @@ class CollectionReport:
     error: str | None = None
     skipped: str | None = None
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     def tenant(self, tenant: uuid.UUID | None) -> TenantCounts:
         counts = self.tenants.get(tenant)
@@ -121,6 +122,7 @@ class CollectionReport:
             "skipped": self.skipped,
             "error": self.error,
             "seconds": round(self.seconds, 3),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
             "partitions_created": self.partitions,
             "fields_not_imported": self.dropped_fields,
             "balanced": self.balanced,
