@@ -255,7 +255,7 @@ def test_a_document_cannot_reach_another_tenants_data(
 
 
 def test_verification_catches_a_dropped_row(
-    empty: Engine, import_url: URL, sample: SampleManifest
+    empty: Engine, import_url: URL, sample: SampleManifest, tmp_path: Path
 ) -> None:
     # A trigger silently swallows one lead during the move: the import itself notices.
     with empty.begin() as conn:
@@ -294,7 +294,15 @@ def test_verification_catches_a_dropped_row(
                 "(SELECT tenant_id, id FROM form_submissions ORDER BY created_at LIMIT 1)"
             )
         )
-    result = cli(import_url, str(sample.directory), "--verify", "--json", "--quiet")
+    result = cli(
+        import_url,
+        str(sample.directory),
+        "--verify",
+        "--json",
+        "--quiet",
+        "--rejects",
+        str(tmp_path / "rejects.jsonl"),
+    )
     assert result.returncode == 1, result.stderr
     data = json.loads(result.stdout)
     subs = next(c for c in data["collections"] if c["table"] == "form_submissions")
