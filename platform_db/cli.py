@@ -252,6 +252,102 @@ def _summarise(result: Any) -> str:
     return "done"
 
 
+# --- import-mongo (MongoDB / Payload migration; implementation in platform_db.importer) ---
+
+EXIT_REJECTS = 3  # balanced, but some documents were rejected (see the rejects file)
+
+
+def _cmd_import_mongo(args: argparse.Namespace) -> int:
+    import psycopg  # noqa: PLC0415 - keep `--help` fast
+
+    from platform_db.importer import (  # noqa: PLC0415
+        ImportOptions,
+        ImportSetupError,
+        MappingError,
+        Mode,
+        load_mapping,
+        run_import,
+    )
+
+    try:
+        mapping = load_mapping(Path(args.mapping) if args.mapping else None)
+    except MappingError as exc:
+        raise ConfigurationError(str(exc)) from None
+    if args.show_mapping:
+        _emit_json(mapping.as_dict())
+        return EXIT_OK
+    if args.directory is None:
+        raise ConfigurationError("import-mongo needs the directory of the mongoexport files")
+    url = database_url_from_env()
+    if url is None:
+        raise ConfigurationError("DATABASE_URL is not set: point it at the target database")
+    mode = Mode.DRY_RUN if args.dry_run else Mode.VERIFY if args.verify else Mode.IMPORT
+    options = ImportOptions(
+        directory=Path(args.directory),
+        mapping=mapping,
+        mode=mode,
+        rejects_path=Path(args.rejects),
+        role=args.role,
+        progress=not args.quiet,
+        only=tuple(n for part in args.only for n in part.split(",") if n),
+    )
+    try:
+        report = run_import(url, options)
+    except ImportSetupError as exc:
+        raise ConfigurationError(str(exc)) from None
+    except psycopg.Error as exc:
+        print(f"platform-db: database error: {str(exc).strip()}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
+    if args.json:
+        _emit_json(report.as_dict())
+    else:
+        report.write_text(sys.stdout)
+    if not report.balanced:
+        return EXIT_UNHEALTHY
+    return EXIT_REJECTS if report.rejected else EXIT_OK
+
+
+def _add_import_mongo(sub: Any) -> None:
+    p = sub.add_parser(
+        "import-mongo",
+        help="import mongoexport files (Payload CMS on MongoDB) into the tenant tables",
+        description="Reads one mongoexport file per collection from DIR (JSON lines or "
+        "--jsonArray, relaxed or canonical Extended JSON, optionally .gz), checks every "
+        "document, loads each collection in one transaction (COPY into staging, then an "
+        "upsert: re-running is safe) and verifies the result per collection and tenant. "
+        "Run it as a superuser, or a platform_admin member with --role platform_admin. "
+        "Exit status: 0 balanced, 3 balanced with rejected documents, 1 not balanced or "
+        "failed, 2 bad usage. See docs/MIGRATION.md.",
+    )
+    p.add_argument("directory", nargs="?", help="the directory of <collection>.json files")
+    p.add_argument("--mapping", help="a mapping file (JSON or .toml) over the Payload defaults")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="check everything, write nothing")
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="write nothing; compare the dump with what the tables hold (after an import)",
+    )
+    p.add_argument(
+        "--rejects",
+        default="import-mongo-rejects.jsonl",
+        help="where rejected documents go, one JSON object a line (import-mongo-rejects.jsonl)",
+    )
+    p.add_argument("--role", help="SET ROLE to this role first (e.g. platform_admin)")
+    p.add_argument(
+        "--only", action="append", default=[], help="only these collections (comma-separated)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--show-mapping", action="store_true", help="print the effective mapping as JSON and exit"
+    )
+    p.set_defaults(func=_cmd_import_mongo)
+
+
+# --- end import-mongo -------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="platform-db",
@@ -324,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     current = sub.add_parser("current", help="the database's revision and whether it is at head")
     current.add_argument("--json", action="store_true")
     current.set_defaults(func=_cmd_current)
+
+    _add_import_mongo(sub)
     return parser
 
 
