@@ -76,8 +76,12 @@ BEGIN
     LOOP
         BEGIN
             EXECUTE format('DROP ROLE %I', r.rolname);
-        EXCEPTION WHEN SQLSTATE '2BP01' THEN  -- dependent objects still exist
-            RAISE NOTICE 'role % kept: other databases of this cluster still use it', r.rolname;
+        EXCEPTION
+            WHEN SQLSTATE '2BP01' THEN  -- dependent objects still exist
+                RAISE NOTICE 'role % kept: other databases of this cluster still use it',
+                    r.rolname;
+            WHEN SQLSTATE '55P03' THEN  -- lock_not_available: a session elsewhere uses it
+                RAISE NOTICE 'role % kept: a session of another database holds it', r.rolname;
         END;
     END LOOP;
 END
