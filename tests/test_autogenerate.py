@@ -143,14 +143,15 @@ def test_new_tenant_model_gets_rls_policy_grants_and_audit_from_autogenerate(
         with engine.connect() as conn:
             notes = _catalog(conn, "notes")
             drafts = _catalog(conn, "drafts")
-        assert notes["relrowsecurity"] and notes["relforcerowsecurity"]
+        assert (notes["relrowsecurity"], notes["relforcerowsecurity"]) == (True, True)
         assert notes["policies"] == [
             "tenant_isolation:(tenant_id = platform.current_tenant_id()):"
             "(tenant_id = platform.current_tenant_id())"
         ]
         assert notes["triggers"] == ["audit_row_change"]
         assert (notes["app_rows"], notes["app_truncate"]) == (True, False)
-        assert drafts["relforcerowsecurity"] and drafts["policies"]
+        assert drafts["relforcerowsecurity"] is True
+        assert drafts["policies"]
         assert drafts["triggers"] is None  # opted out of auditing, with its reason
 
         checked = _alembic(tmp_path, url, "check")
