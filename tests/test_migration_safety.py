@@ -14,7 +14,7 @@ from alembic import command, op
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from platform_db import migration_lint, migrations
 from platform_db.migration_lint import Allowance, Violation
@@ -63,9 +63,11 @@ def test_create_index_concurrently_replaces_an_invalid_leftover_and_reruns(
     # meets a duplicate.
     with engine.begin() as conn:
         conn.execute(text(f"UPDATE {scratch_table} SET v = 1 WHERE id = 2"))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        with pytest.raises(Exception, match="could not create unique index"):
-            conn.execute(text(f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON {scratch_table} (v)"))
+    with (
+        engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        pytest.raises(IntegrityError, match="could not create unique index"),
+    ):
+        conn.execute(text(f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON {scratch_table} (v)"))
     assert _index_state(engine, index) == (False, True)
     with engine.begin() as conn:
         conn.execute(text(f"UPDATE {scratch_table} SET v = 2 WHERE id = 2"))
