@@ -248,7 +248,7 @@ def _cmd_bench_audit(args: argparse.Namespace) -> int:
     url = database_url_from_env()
     if url is None:
         raise ConfigurationError("DATABASE_URL is not set")
-    report = run(url, rows=args.rows, repeats=args.repeats, out=None if args.json else sys.stderr)
+    report = run(url, rows=args.rows, rounds=args.rounds, out=None if args.json else sys.stderr)
     if args.json:
         _emit_json(report)
     else:
@@ -348,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
         "and a login on that server. Results go to docs/PERFORMANCE.md by hand.",
     )
     bench_audit.add_argument("--rows", type=int, default=2000, help="rows per workload (2000)")
-    bench_audit.add_argument("--repeats", type=int, default=3, help="runs per side (3)")
+    bench_audit.add_argument(
+        "--rounds", type=int, default=20, help="alternating rounds per workload (20)"
+    )
     bench_audit.add_argument("--json", action="store_true", help="print the results as JSON")
     bench_audit.set_defaults(func=_cmd_bench_audit)
     # --- end audit trail ---
