@@ -39,6 +39,7 @@ from alembic.operations import MigrateOperation
 from alembic.operations.ops import CreateTableOp, UpgradeOps
 from alembic.util import DispatchPriority, PriorityDispatchResult
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
 
 from platform_db.ddl import audit, dashboards
 from platform_db.ddl.dashboards import MaterializedView
@@ -408,14 +409,23 @@ def compare_materialized_views(
             ops.append(CreateMaterializedViewOp(view))
             continue
         reasons = []
+        ref = f"platform_db_view_ref_{i}"
+        want_query: str | None = None
         savepoint = conn.begin_nested()
         try:
-            ref = f"platform_db_view_ref_{i}"
             conn.execute(text(f"CREATE TEMP VIEW {ref} AS\n{view.query}"))
             want_query = conn.scalar(
                 text("SELECT pg_catalog.pg_get_viewdef(CAST(:r AS regclass))"),
                 {"r": f"pg_temp.{ref}"},
             )
+        except DBAPIError as exc:
+            # The new query does not run on the schema as it is (it needs something
+            # this same revision adds): it differs, by definition.
+            reasons.append(f"its new query does not run on the current schema: {exc.orig}")
+        finally:
+            savepoint.rollback()
+        savepoint = conn.begin_nested()
+        try:
             conn.execute(
                 text(
                     f"CREATE TEMP VIEW {ref}_tenant WITH (security_barrier) AS "
@@ -428,7 +438,7 @@ def compare_materialized_views(
             )
         finally:
             savepoint.rollback()
-        if live.definition != want_query:
+        if want_query is not None and live.definition != want_query:
             reasons.append("its query differs from the definition")
         if tuple(live.unique_columns or ()) != view.unique_columns:
             reasons.append(

@@ -253,3 +253,24 @@ def test_tenant_view_without_its_filter_is_reported(conn: Connection) -> None:
         "platform.tenant_performance_summary",
     )
     assert re.search(r"tenant view public\.tenant_dashboard differs", message)
+
+
+def test_a_new_view_query_that_needs_a_new_column_is_reported_not_crashed(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from platform_db.ddl import dashboards  # noqa: PLC0415
+
+    needs_more = dataclasses.replace(
+        LEAD_FUNNEL_MONTHLY,
+        query=LEAD_FUNNEL_MONTHLY.query.replace(
+            "count(*) AS leads_created", "count(priority) AS leads_created"
+        ),
+    )
+    monkeypatch.setattr(
+        dashboards,
+        "MATERIALIZED_VIEWS",
+        tuple(
+            needs_more if v.name == needs_more.name else v for v in dashboards.MATERIALIZED_VIEWS
+        ),
+    )
+    _breaks(conn, [], "platform.lead_funnel_monthly", "does not run on the current schema")
