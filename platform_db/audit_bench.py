@@ -164,6 +164,16 @@ def _bulk_insert_select(conn: psycopg.Connection[Any], tenant: uuid.UUID, n: int
         )
 
 
+def _bulk_update(conn: psycopg.Connection[Any], tenant: uuid.UUID, n: int) -> None:
+    with conn.cursor() as cur, conn.transaction():
+        _begin(cur, tenant, uuid.uuid4())
+        cur.execute(
+            "UPDATE leads SET score = (score + 1) % 100, company = company || '.' "
+            "WHERE id IN (SELECT id FROM leads ORDER BY id LIMIT %s)",
+            (n,),
+        )
+
+
 # (name, function, rows as a multiple of --rows). Inserts run first so updates and
 # deletes have rows to work on.
 WORKLOADS: tuple[tuple[str, Workload, int], ...] = (
@@ -171,6 +181,7 @@ WORKLOADS: tuple[tuple[str, Workload, int], ...] = (
     ("INSERT, 100 rows per transaction", _insert_batches_of_100, 1),
     ("INSERT ... SELECT, one statement", _bulk_insert_select, 4),
     ("UPDATE 1 column, 1 row per transaction", _update_one_per_transaction, 1),
+    ("UPDATE 2 columns, one statement", _bulk_update, 4),
     ("DELETE, 1 row per transaction", _delete_one_per_transaction, 1),
 )
 
