@@ -168,7 +168,7 @@ def _bulk_update(conn: psycopg.Connection[Any], tenant: uuid.UUID, n: int) -> No
     with conn.cursor() as cur, conn.transaction():
         _begin(cur, tenant, uuid.uuid4())
         cur.execute(
-            "UPDATE leads SET score = (score + 1) % 100, company = company || '.' "
+            "UPDATE leads SET score = (score + 1) %% 100, company = company || '.' "
             "WHERE id IN (SELECT id FROM leads ORDER BY id LIMIT %s)",
             (n,),
         )
