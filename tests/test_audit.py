@@ -265,6 +265,23 @@ def test_platform_wide_writes_without_a_tenant_are_recorded(
     assert trail[0]["db_user"] == engine.url.username
 
 
+def test_writes_with_row_security_off_are_recorded(
+    engine: Engine, two_tenants: tuple[uuid.UUID, uuid.UUID]
+) -> None:
+    """A BYPASSRLS importer sets row_security = off to get errors instead of filtering;
+    the trigger's insert into audit_log must not be caught by that."""
+    tenant, _ = two_tenants
+    with engine.begin() as conn:
+        conn.execute(text("SET LOCAL ROLE platform_admin"))
+        conn.execute(text("SET LOCAL row_security = off"))
+        lead_id = conn.scalar(
+            text("INSERT INTO leads (tenant_id, email) VALUES (:t, :e) RETURNING id"),
+            {"t": tenant, "e": _email()},
+        )
+    assert lead_id is not None
+    assert [r["action"] for r in _trail(engine, "leads", lead_id)] == ["INSERT"]
+
+
 def test_deleting_a_tenant_is_recorded_and_its_trail_survives(engine: Engine) -> None:
     with engine.begin() as conn:
         tenant = new_tenant(conn)

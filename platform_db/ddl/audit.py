@@ -56,6 +56,9 @@ CREATE FUNCTION {AUDIT_FUNCTION}() RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+-- A caller with row_security = off (a BYPASSRLS import that wants an error rather than
+-- silent filtering) must still be audited: the insert below runs under audit_log's RLS.
+SET row_security = on
 AS $fn$
 DECLARE
     -- TG_ARGV[0]: the audited table (a partition's cloned trigger reports its parent);
