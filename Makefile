@@ -26,10 +26,11 @@ demo: $(STAMP) ## migrate, create sample tenants, print a summary (embedded Post
 test: $(STAMP) ## run the tests (TEST_DATABASE_URL, else Docker, else an embedded PostgreSQL)
 	$(BIN)/pytest
 
-lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict
+lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, squawk on the revisions' SQL
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m platform_db.migration_lint
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -7,7 +7,6 @@ of what it created to platform_owner.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -17,7 +16,9 @@ from alembic.operations import MigrationScript
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, pool, text
 
+from platform_db import autogen  # noqa: F401 - registers the RLS/policy/audit/view comparator
 from platform_db.ddl.security import claim_ownership_sql
+from platform_db.migration_ops import migration_lock_timeout
 from platform_db.migrations import managed_relations
 from platform_db.models import metadata
 from platform_db.settings import SYNC_DRIVER, database_url_from_env, with_driver
@@ -25,11 +26,12 @@ from platform_db.settings import SYNC_DRIVER, database_url_from_env, with_driver
 config = context.config
 target_metadata = metadata
 
+# Partitions detached by retirement stay as tables of their own.
+RETIRED_PARTITION = re.compile(r"^(form_submissions|audit_log)_(\d{4}_\d{2}|default)$")
+
 # A deploy must never queue behind a long-running lock and stall the application's
 # queries behind it: give up after this long instead, and retry the deploy.
-RETIRED_PARTITION = re.compile(r"^form_submissions_(\d{4}_\d{2}|default)$")
-
-LOCK_TIMEOUT = os.environ.get("PLATFORM_DB_MIGRATION_LOCK_TIMEOUT", "5s")
+LOCK_TIMEOUT = migration_lock_timeout()
 
 
 def _partition_children(connection: Connection) -> set[str]:
@@ -110,7 +112,12 @@ def run_migrations_offline() -> None:
 
 
 def _run(connection: Connection) -> None:
+    callers_transaction = connection.in_transaction()
     partitions = _partition_children(connection)
+    if not callers_transaction:
+        # End the transaction the catalog read began, so that Alembic begins (and owns)
+        # the migration's: an autocommit block (CREATE INDEX CONCURRENTLY) needs that.
+        connection.rollback()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -242,6 +242,25 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench_audit(args: argparse.Namespace) -> int:
+    from platform_db.audit_bench import markdown, run  # noqa: PLC0415
+
+    url = database_url_from_env()
+    if url is None:
+        raise ConfigurationError("DATABASE_URL is not set")
+    report = run(url, rows=args.rows, rounds=args.rounds, out=None if args.json else sys.stderr)
+    if args.json:
+        _emit_json(report)
+    else:
+        print(markdown(report))  # noqa: T201
+        print(  # noqa: T201
+            f"\naudit_log: {report['audit_rows']} rows, "
+            f"{report['audit_bytes_per_row']} bytes per row with its indexes "
+            f"(PostgreSQL {report['server_version']})"
+        )
+    return EXIT_OK
+
+
 def _summarise(result: Any) -> str:
     if isinstance(result, list):
         if not result:
@@ -416,6 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("revision", nargs="?", default=default)
         p.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
         p.set_defaults(func=_cmd_upgrade if name == "upgrade" else _cmd_downgrade)
+
+    # --- audit trail (issue 7) ---
+    bench_audit = sub.add_parser(
+        "bench-audit",
+        help="measure what the audit trigger costs on writes (a scratch database)",
+        description="Needs DATABASE_URL of a superuser: creates and drops a scratch database "
+        "and a login on that server. Results go to docs/PERFORMANCE.md by hand.",
+    )
+    bench_audit.add_argument("--rows", type=int, default=2000, help="rows per workload (2000)")
+    bench_audit.add_argument(
+        "--rounds", type=int, default=20, help="alternating rounds per workload (20)"
+    )
+    bench_audit.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench_audit.set_defaults(func=_cmd_bench_audit)
+    # --- end audit trail ---
 
     current = sub.add_parser("current", help="the database's revision and whether it is at head")
     current.add_argument("--json", action="store_true")

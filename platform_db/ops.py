@@ -288,6 +288,21 @@ def maintain(
         "SELECT * FROM platform.ensure_form_submission_partitions(months_ahead => :m)",
         m=months_ahead,
     )
+    # The audit trail (revision e5f7a9b1d407): the same months ahead for audit_log.
+    with engine.connect() as conn:
+        has_audit = conn.scalar(
+            text(
+                "SELECT to_regprocedure('platform.ensure_monthly_partitions(regclass, integer, "
+                "date)') IS NOT NULL AND to_regclass('public.audit_log') IS NOT NULL"
+            )
+        )
+    run(
+        "create audit_log partitions ahead",
+        "SELECT * FROM platform.ensure_monthly_partitions("
+        "'public.audit_log'::regclass, months_ahead => :m)",
+        None if has_audit else "no audit trail in this schema version",
+        m=months_ahead,
+    )
     run(
         "retire old partitions",
         "SELECT * FROM platform.retire_form_submission_partitions("

@@ -149,3 +149,15 @@ async def app_async_engine(app_login: URL) -> AsyncIterator[AsyncEngine]:
     eng = make_async_engine(app_login, application_name="platform-db-tests-app-async")
     yield eng
     await eng.dispose()
+
+
+# The isolation plugin (platform_db.testing, enabled in pyproject's addopts) runs on this
+# run's database and login.
+@pytest.fixture(scope="session")
+def platform_db_url(database_url: URL) -> URL:
+    return database_url
+
+
+@pytest.fixture(scope="session")
+def platform_db_app_login(app_login: URL) -> URL:
+    return app_login

@@ -298,6 +298,7 @@ def test_revisions_schedule_jobs_with_pg_cron(cron_database: URL) -> None:
     assert "cleanup-performance-metrics" in jobs
     assert "ensure-form-submission-partitions" in jobs
     assert "cleanup-cron-history" in jobs  # pg_cron's run history does not grow forever
+    assert jobs["ensure-audit-log-partitions"] == "9 2 * * *"  # added by the audit revision
     # Scheduling again replaces, never duplicates.
     with engine.begin() as conn:
         conn.execute(text("SELECT * FROM platform.schedule_maintenance_jobs()"))

@@ -229,8 +229,9 @@ DROP FUNCTION IF EXISTS {S}.refresh_performance_views();
 DROP TABLE IF EXISTS {S}.matview_refresh_log;
 """
 
-# name, schedule, command. pg_cron runs each as the role that scheduled it.
-CRON_JOBS: tuple[tuple[str, str, str], ...] = (
+# name, schedule, command. pg_cron runs each as the role that scheduled it. These are the
+# jobs revision d4e6b8a0c306 schedules; CRON_JOBS below adds the later ones.
+DASHBOARD_CRON_JOBS: tuple[tuple[str, str, str], ...] = (
     ("refresh-performance-views", "*/15 * * * *", f"SELECT {S}.refresh_performance_views()"),
     ("snapshot-performance-metrics", "*/5 * * * *", f"SELECT {S}.snapshot_performance_metrics()"),
     (
@@ -249,19 +250,24 @@ CRON_JOBS: tuple[tuple[str, str, str], ...] = (
         "DELETE FROM cron.job_run_details WHERE end_time < now() - interval '7 days'",
     ),
 )
+# Scheduled by the audit trail's revision (e5f7a9b1d407).
+AUDIT_PARTITIONS_JOB = (
+    "ensure-audit-log-partitions",
+    "9 2 * * *",
+    f"SELECT * FROM {S}.ensure_monthly_partitions('public.audit_log'::regclass, 3)",
+)
+CRON_JOBS: tuple[tuple[str, str, str], ...] = (*DASHBOARD_CRON_JOBS, AUDIT_PARTITIONS_JOB)
 
 
-def _jobs_array() -> str:
-    rows = ", ".join(
-        "ROW(" + ", ".join("$q$" + part + "$q$" for part in job) + ")" for job in CRON_JOBS
-    )
+def _jobs_array(jobs: tuple[tuple[str, str, str], ...] = CRON_JOBS) -> str:
+    rows = ", ".join("ROW(" + ", ".join("$q$" + part + "$q$" for part in job) + ")" for job in jobs)
     return f"ARRAY[{rows}]::{S}.cron_job[]"
 
 
-CREATE_SCHEDULING = f"""
-CREATE TYPE {S}.cron_job AS (name text, schedule text, command text);
-
-CREATE FUNCTION {S}.schedule_maintenance_jobs()
+def scheduling_functions(jobs: tuple[tuple[str, str, str], ...] = CRON_JOBS) -> str:
+    """(Re)define schedule_/unschedule_maintenance_jobs() over `jobs`."""
+    return f"""
+CREATE OR REPLACE FUNCTION {S}.schedule_maintenance_jobs()
 RETURNS TABLE (job_name text, schedule text, job_id bigint)
 LANGUAGE plpgsql
 AS $fn$
@@ -272,7 +278,7 @@ BEGIN
         RAISE EXCEPTION 'pg_cron is not installed in database %', current_database()
             USING HINT = 'Without pg_cron, run `platform-db maintain` from cron (see docs/OPERATIONS.md).';
     END IF;
-    FOREACH j IN ARRAY {_jobs_array()} LOOP
+    FOREACH j IN ARRAY {_jobs_array(jobs)} LOOP
         job_name := j.name;
         schedule := j.schedule;
         -- cron.schedule with a job name replaces the job of that name: re-runnable.
@@ -282,7 +288,7 @@ BEGIN
 END
 $fn$;
 
-CREATE FUNCTION {S}.unschedule_maintenance_jobs() RETURNS integer
+CREATE OR REPLACE FUNCTION {S}.unschedule_maintenance_jobs() RETURNS integer
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -292,7 +298,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
         RETURN 0;
     END IF;
-    FOREACH j IN ARRAY {_jobs_array()} LOOP
+    FOREACH j IN ARRAY {_jobs_array(jobs)} LOOP
         IF EXISTS (SELECT FROM cron.job WHERE jobname = j.name) THEN
             PERFORM cron.unschedule(j.name);
             n := n + 1;
@@ -304,7 +310,12 @@ $fn$;
 
 REVOKE ALL ON FUNCTION {S}.schedule_maintenance_jobs(), {S}.unschedule_maintenance_jobs()
     FROM PUBLIC;
+"""
 
+
+CREATE_SCHEDULING = f"""
+CREATE TYPE {S}.cron_job AS (name text, schedule text, command text);
+{scheduling_functions(DASHBOARD_CRON_JOBS)}
 -- With pg_cron in this database, schedule now; without it nothing fails.
 DO $do$
 BEGIN

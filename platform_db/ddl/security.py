@@ -7,6 +7,7 @@ revisions; partitions copy their parent's policies (see platform_db.ddl.partitio
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 OWNER_ROLE = "platform_owner"
 APP_ROLE = "platform_app"
@@ -126,40 +127,109 @@ DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.current_tenant_id();
 
 TENANT_PREDICATE = f"tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
 
+ROW_PRIVILEGES: tuple[str, ...] = ("SELECT", "INSERT", "UPDATE", "DELETE")
+_COMMANDS = ("ALL", "SELECT", "INSERT", "UPDATE", "DELETE")
 
-def protect_tenant_table(table: str) -> list[str]:
-    """What every tenant-owned table gets: forced RLS, one policy, precise grants.
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A row-level security policy as code: compared by meaning with the catalog's copy."""
+
+    name: str
+    using: str | None
+    check: str | None
+    command: str = "ALL"
+    roles: tuple[str, ...] = ("PUBLIC",)
+    permissive: bool = True
+
+    def __post_init__(self) -> None:
+        ident(self.name)
+        if self.command not in _COMMANDS:
+            raise ValueError(f"policy command must be one of {_COMMANDS}, not {self.command!r}")
+        for role in self.roles:
+            if role != "PUBLIC":
+                ident(role)
+
+    def create_sql(self, relation: str) -> str:
+        """CREATE POLICY on `relation` (a schema-qualified name built from code)."""
+        kind = "PERMISSIVE" if self.permissive else "RESTRICTIVE"
+        sql = (
+            f"CREATE POLICY {self.name} ON {relation}\n"
+            f"    AS {kind} FOR {self.command} TO {', '.join(self.roles)}"
+        )
+        if self.using is not None:
+            sql += f"\n    USING ({self.using})"
+        if self.check is not None:
+            sql += f"\n    WITH CHECK ({self.check})"
+        return sql
+
+    def drop_sql(self, relation: str) -> str:
+        return f"DROP POLICY IF EXISTS {self.name} ON {relation}"
+
+
+# The policy of every tenant-owned table: a session sees and writes its tenant's rows only.
+TENANT_POLICY = Policy(POLICY_NAME, using=TENANT_PREDICATE, check=TENANT_PREDICATE)
+
+
+def protect_tenant_table(
+    table: str,
+    *,
+    rls: bool = True,
+    policies: tuple[Policy, ...] = (TENANT_POLICY,),
+    app_privileges: tuple[str, ...] = ROW_PRIVILEGES,
+    admin_privileges: tuple[str, ...] = ROW_PRIVILEGES,
+) -> list[str]:
+    """What every tenant-owned table gets: forced RLS, its policies, precise grants.
 
     `platform_app` reads and writes rows (no TRUNCATE, REFERENCES or TRIGGER); RLS is
     forced so even the owner is filtered. For a partitioned table the existing
     partitions get the same RLS (platform.protect_partitions) but no grants: they are
-    reached only through the parent.
+    reached only through the parent. The full definition of a tenant-owned table (this
+    plus the audit trigger, and the explicit opt-outs) is
+    platform_db.ddl.tenant_table.TenantProtection.
     """
     t = ident(table)
-    return [
-        f"ALTER TABLE public.{t} ENABLE ROW LEVEL SECURITY",
-        f"ALTER TABLE public.{t} FORCE ROW LEVEL SECURITY",
-        f"""CREATE POLICY {POLICY_NAME} ON public.{t}
-    AS PERMISSIVE FOR ALL TO PUBLIC
-    USING ({TENANT_PREDICATE})
-    WITH CHECK ({TENANT_PREDICATE})""",
-        f"REVOKE ALL ON public.{t} FROM PUBLIC",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {APP_ROLE}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {ADMIN_ROLE}",
-        f"SELECT {PLATFORM_SCHEMA}.protect_partitions('public.{t}'::regclass)",
-    ]
+    statements: list[str] = []
+    if rls:
+        statements += [
+            f"ALTER TABLE public.{t} ENABLE ROW LEVEL SECURITY",
+            f"ALTER TABLE public.{t} FORCE ROW LEVEL SECURITY",
+            *(policy.create_sql(f"public.{t}") for policy in policies),
+        ]
+    statements.append(f"REVOKE ALL ON public.{t} FROM PUBLIC")
+    for role, privileges in ((APP_ROLE, app_privileges), (ADMIN_ROLE, admin_privileges)):
+        if privileges:
+            statements.append(f"GRANT {', '.join(_privileges(privileges))} ON public.{t} TO {role}")
+    statements.append(f"SELECT {PLATFORM_SCHEMA}.protect_partitions('public.{t}'::regclass)")
+    return statements
 
 
-def unprotect_tenant_table(table: str) -> list[str]:
+def unprotect_tenant_table(
+    table: str, *, rls: bool = True, policies: tuple[Policy, ...] = (TENANT_POLICY,)
+) -> list[str]:
     """The exact reverse of protect_tenant_table (partitions included)."""
     t = ident(table)
-    return [
+    statements = [
         f"SELECT {PLATFORM_SCHEMA}.unprotect_partitions('public.{t}'::regclass)",
         f"REVOKE ALL ON public.{t} FROM {APP_ROLE}, {ADMIN_ROLE}",
-        f"DROP POLICY IF EXISTS {POLICY_NAME} ON public.{t}",
-        f"ALTER TABLE public.{t} NO FORCE ROW LEVEL SECURITY",
-        f"ALTER TABLE public.{t} DISABLE ROW LEVEL SECURITY",
     ]
+    if rls:
+        statements += [
+            *(policy.drop_sql(f"public.{t}") for policy in reversed(policies)),
+            f"ALTER TABLE public.{t} NO FORCE ROW LEVEL SECURITY",
+            f"ALTER TABLE public.{t} DISABLE ROW LEVEL SECURITY",
+        ]
+    return statements
+
+
+_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+
+
+def _privileges(privileges: tuple[str, ...]) -> tuple[str, ...]:
+    for p in privileges:
+        if p not in _PRIVILEGES:
+            raise ValueError(f"unknown table privilege {p!r}")
+    return privileges
 
 
 def grant_platform_table(table: str) -> list[str]:

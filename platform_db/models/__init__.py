@@ -1,5 +1,6 @@
 """Typed SQLAlchemy models of every platform table, one module per aggregate."""
 
+from platform_db.models.audit import AuditAction, AuditLog, AuditLogReadOnlyError
 from platform_db.models.base import (
     NAMING_CONVENTION,
     Base,
@@ -38,6 +39,9 @@ __all__ = [
     "FUNNEL_ORDER",
     "NAMING_CONVENTION",
     "TENANT_OWNED_TABLES",
+    "AuditAction",
+    "AuditLog",
+    "AuditLogReadOnlyError",
     "Base",
     "Form",
     "FormSubmission",

@@ -12,6 +12,13 @@ from sqlalchemy import DateTime, Enum, ForeignKey, MetaData, String, Uuid, func,
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 
+from platform_db.ddl.tenant_table import (
+    FULL_PROTECTION,
+    TenantProtection,
+    protection_of,
+    register_tenant_table,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_N_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -77,12 +84,28 @@ class TimestampMixin:
 class TenantMixin:
     """Marks a tenant-owned table: `tenant_id` leads its primary key and unique keys.
 
-    Every class with this mixin is protected by row-level security (see
-    platform_db.tenancy and the RLS revision); a session must have a tenant to see or
-    write its rows.
+    Every class with this mixin gets what platform_db.ddl.tenant_table defines: row-level
+    security enabled and forced with the tenant policy, row grants for platform_app and
+    platform_admin, and the audit trigger. `alembic revision --autogenerate` adds them to
+    the revision that creates the table and `alembic check` reports any drift. A session
+    must have a tenant to see or write its rows (platform_db.tenancy).
+
+    To protect a table differently, say so in the model, with a reason when RLS or
+    auditing is turned off::
+
+        __tenant_protection__ = TenantProtection(audit=False, reason="...")
     """
 
     __tenant_owned__: ClassVar[bool] = True
+    __tenant_protection__: ClassVar[TenantProtection] = FULL_PROTECTION
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        # Declarative builds __table__ in super().__init_subclass__; the protection is
+        # recorded for the Table, where autogenerate and the test plugin find it.
+        super().__init_subclass__(**kw)
+        table = cls.__dict__.get("__table__")
+        if table is not None:
+            register_tenant_table(table, protection_of(cls))
 
     @declared_attr
     @classmethod

@@ -1,0 +1,197 @@
+"""The one definition of what a tenant-owned table gets.
+
+Every model with `TenantMixin` (platform_db.models.base) is, in the database:
+
+1. under row-level security, enabled and forced, with the `tenant_isolation` policy
+   (platform_db.ddl.security.TENANT_POLICY) and any extra policy its model declares;
+2. granted to `platform_app` and `platform_admin` for row work only (SELECT, INSERT,
+   UPDATE, DELETE unless the model says less), with nothing for PUBLIC;
+3. audited: the `audit_row_change` trigger (platform_db.ddl.audit) records every row
+   change in `audit_log`, except the columns the model excludes and generated columns.
+
+A model changes this only through `__tenant_protection__ = TenantProtection(...)`, and
+turning RLS or auditing off requires a reason: an unprotected tenant table is a decision
+written in the model, never an accident. The revisions (`protect_tenant_table` in
+platform_db.migration_ops), `alembic check` (platform_db.autogen) and the test plugin
+(platform_db.testing) all read the same objects defined here.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Computed, Table
+
+from platform_db.ddl import audit, security
+from platform_db.ddl.security import ROW_PRIVILEGES, TENANT_POLICY, Policy, ident
+
+# Table -> its model's protection, filled by TenantMixin. Not Table.info: Alembic renders
+# a table's info into the create_table of a revision.
+_PROTECTIONS: weakref.WeakKeyDictionary[Table, TenantProtection] = weakref.WeakKeyDictionary()
+_KNOWN_PRIVILEGES = frozenset(
+    ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantProtection:
+    """How a tenant-owned table is protected; the default is the full protection.
+
+    `rls=False` or `audit=False` must come with `reason`, which is kept in the model and
+    rendered into the revision that applies it.
+    """
+
+    rls: bool = True
+    audit: bool = True
+    reason: str | None = None
+    audit_exclude: tuple[str, ...] = ()
+    app_privileges: tuple[str, ...] = ROW_PRIVILEGES
+    admin_privileges: tuple[str, ...] = ROW_PRIVILEGES
+    extra_policies: tuple[Policy, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if (not self.rls or not self.audit) and not (self.reason and self.reason.strip()):
+            off = " and ".join(
+                w
+                for w, on in (("row-level security", self.rls), ("auditing", self.audit))
+                if not on
+            )
+            raise ValueError(
+                f"turning off {off} of a tenant-owned table needs a reason: "
+                "TenantProtection(..., reason='why this table may skip it')"
+            )
+        for privileges in (self.app_privileges, self.admin_privileges):
+            unknown = set(privileges) - _KNOWN_PRIVILEGES
+            if unknown:
+                raise ValueError(f"unknown table privileges {sorted(unknown)}")
+        for column in self.audit_exclude:
+            ident(column)
+        if not self.rls and self.extra_policies:
+            raise ValueError("extra policies without row-level security would never apply")
+
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The policies the table must have, exactly (none without RLS)."""
+        return (TENANT_POLICY, *self.extra_policies) if self.rls else ()
+
+    @property
+    def is_default(self) -> bool:
+        return self == FULL_PROTECTION
+
+
+FULL_PROTECTION = TenantProtection()
+
+
+@dataclass(frozen=True, slots=True)
+class TenantTable:
+    """A tenant-owned table as the database must have it."""
+
+    name: str
+    key: tuple[str, ...] = ("id",)
+    audit_exclude: tuple[str, ...] = ()
+    protection: TenantProtection = FULL_PROTECTION
+    schema: str = "public"
+
+    def __post_init__(self) -> None:
+        ident(self.name)
+        if self.schema != "public":
+            raise ValueError("tenant-owned tables live in schema public")
+        for column in (*self.key, *self.audit_exclude):
+            ident(column)
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def audited_exclude(self) -> tuple[str, ...]:
+        """Columns the audit trigger never records (declared plus generated)."""
+        return tuple(sorted({*self.audit_exclude, *self.protection.audit_exclude}))
+
+    @property
+    def audit_trigger_args(self) -> list[str]:
+        return audit.audit_trigger_args(self.name, self.key, self.audited_exclude)
+
+    def rls_and_grants(self) -> list[str]:
+        p = self.protection
+        return security.protect_tenant_table(
+            self.name,
+            rls=p.rls,
+            policies=p.policies,
+            app_privileges=p.app_privileges,
+            admin_privileges=p.admin_privileges,
+        )
+
+    def protect(self) -> list[str]:
+        """Every statement that makes a freshly created table a protected tenant table."""
+        statements = self.rls_and_grants()
+        if self.protection.audit:
+            statements.append(audit.create_audit_trigger(self.name, self.key, self.audited_exclude))
+        return statements
+
+    def unprotect(self) -> list[str]:
+        """The exact reverse of protect()."""
+        statements = []
+        if self.protection.audit:
+            statements.append(audit.drop_audit_trigger(self.name))
+        statements += security.unprotect_tenant_table(
+            self.name, rls=self.protection.rls, policies=self.protection.policies
+        )
+        return statements
+
+
+def protection_of(cls: type[Any]) -> TenantProtection:
+    """The protection a model class declares (`__tenant_protection__`), validated."""
+    protection = getattr(cls, "__tenant_protection__", FULL_PROTECTION)
+    if not isinstance(protection, TenantProtection):
+        raise TypeError(
+            f"{cls.__name__}.__tenant_protection__ must be a TenantProtection, "
+            f"not {type(protection).__name__}"
+        )
+    return protection
+
+
+def register_tenant_table(table: Table, protection: TenantProtection) -> None:
+    """Record that `table` is tenant-owned, protected as `protection` (TenantMixin does)."""
+    _PROTECTIONS[table] = protection
+
+
+def describe(table: Table) -> TenantTable | None:
+    """The TenantTable of a mapped table, or None when it is not tenant-owned."""
+    protection = _PROTECTIONS.get(table)
+    if protection is None:
+        return None
+    key = tuple(c.name for c in table.primary_key.columns if c.name != "tenant_id")
+    generated = tuple(c.name for c in table.columns if isinstance(c.computed, Computed))
+    return TenantTable(
+        name=table.name,
+        key=key,
+        audit_exclude=generated,
+        protection=protection,
+        schema=table.schema or "public",
+    )
+
+
+def tenant_tables(metadata: Any) -> list[TenantTable]:
+    """Every tenant-owned table of a MetaData (or of a sequence of them), sorted by name."""
+    metadatas = metadata if isinstance(metadata, list | tuple) else [metadata]
+    found = [
+        spec
+        for md in metadatas
+        for table in md.tables.values()
+        if (spec := describe(table)) is not None
+    ]
+    return sorted(found, key=lambda s: s.name)
+
+
+__all__ = [
+    "FULL_PROTECTION",
+    "TenantProtection",
+    "TenantTable",
+    "describe",
+    "protection_of",
+    "register_tenant_table",
+    "tenant_tables",
+]

@@ -1,0 +1,348 @@
+"""A pytest plugin that proves tenant isolation for every tenant-owned table.
+
+Enable it with ``pytest -p platform_db.testing`` (or ``addopts = "-p platform_db.testing"``)
+and write one test::
+
+    def test_tenant_tables_are_closed(tenant_isolation):
+        tenant_isolation.assert_closed()
+
+It gives two committed tenants with rows in every tenant-owned table, a login that is
+only a member of `platform_app`, and an assertion that, for every table of the metadata
+whose model has `TenantMixin`:
+
+- the catalog holds exactly the package's definition (the same comparison as
+  `alembic check`: RLS forced, policies by meaning, grants, audit trigger, partitions);
+- as tenant A, the app login sees all of A's rows and none of B's, and with no tenant it
+  sees nothing;
+- as tenant A, it cannot insert a row for B, and updates and deletes aimed at B's rows
+  change nothing (or are refused outright);
+- it has no TRUNCATE, REFERENCES or TRIGGER on the table.
+
+Fixtures (override any of them in your conftest.py):
+
+- ``platform_db_url``: superuser URL of a database migrated to your head. Default: a
+  database of its own on ``TEST_DATABASE_URL``, migrated with platform-db's revisions
+  and dropped at the end.
+- ``platform_db_metadata``: the MetaData to check (default: platform_db.models.metadata).
+- ``platform_db_row_factories``: ``{table: factory(conn, tenant_id)}`` inserting at least
+  one row of that table for a tenant, as the superuser. Default: the package's own
+  tables (``default_row_factories()``); add yours to it. `audit_log` needs none: the
+  other factories' writes fill it.
+- ``platform_db_app_login``, ``platform_db_app_engine``, ``platform_db_admin_engine``,
+  ``platform_db_tenants`` (a ``TwoTenants``), ``tenant_isolation``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from platform_db.autogen import drift
+from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
+from platform_db.ddl.tenant_table import TenantTable, tenant_tables
+from platform_db.settings import SYNC_DRIVER, with_driver
+
+RowFactory = Callable[[Connection, uuid.UUID], None]
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+@dataclass(frozen=True, slots=True)
+class TwoTenants:
+    a: uuid.UUID
+    b: uuid.UUID
+
+
+def _exec(sql: str) -> RowFactory:
+    def insert(conn: Connection, tenant_id: uuid.UUID) -> None:
+        conn.execute(text(sql), {"t": tenant_id, "s": secrets.token_hex(4)})
+
+    return insert
+
+
+def _form_submission(conn: Connection, tenant_id: uuid.UUID) -> None:
+    form = conn.scalar(
+        text("INSERT INTO forms (tenant_id, name, slug) VALUES (:t, 'Isolation', :s) RETURNING id"),
+        {"t": tenant_id, "s": f"iso-{secrets.token_hex(4)}"},
+    )
+    conn.execute(
+        text("INSERT INTO form_submissions (tenant_id, form_id) VALUES (:t, :f)"),
+        {"t": tenant_id, "f": form},
+    )
+
+
+def default_row_factories() -> dict[str, RowFactory]:
+    """Row factories for platform-db's own tenant tables."""
+    return {
+        "users": _exec(
+            "INSERT INTO users (tenant_id, email) VALUES (:t, 'iso-' || :s || '@example.com')"
+        ),
+        "pages": _exec(
+            "INSERT INTO pages (tenant_id, slug, title) VALUES (:t, 'iso-' || :s, 'Isolation')"
+        ),
+        "forms": _exec(
+            "INSERT INTO forms (tenant_id, name, slug) VALUES (:t, 'Isolation', 'iso-' || :s)"
+        ),
+        "leads": _exec(
+            "INSERT INTO leads (tenant_id, email) VALUES (:t, 'iso-' || :s || '@example.com')"
+        ),
+        "form_submissions": _form_submission,
+    }
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig: Any = getattr(exc, "orig", exc)
+    state = getattr(orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+@dataclass(slots=True)
+class TableReport:
+    table: str
+    rows_of_a: int
+    rows_of_b: int
+    checked: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class IsolationChecker:
+    """What the `tenant_isolation` fixture gives: `assert_closed()` and its report."""
+
+    admin_engine: Engine
+    app_engine: Engine
+    metadata: Any
+    tenants: TwoTenants
+    reports: dict[str, TableReport] = field(default_factory=dict)
+
+    def assert_closed(self, *, check_catalog: bool = True) -> dict[str, TableReport]:
+        """Assert every tenant-owned table of the metadata is closed to the other tenant."""
+        specs = tenant_tables(self.metadata)
+        assert specs, "the metadata has no tenant-owned table (no model with TenantMixin)"
+        if check_catalog:
+            with self.admin_engine.connect() as conn:
+                problems = drift(conn, self.metadata)
+            assert not problems, (
+                "the database differs from the tenant-table definition "
+                f"(run `alembic check`): {problems}"
+            )
+        failures: list[str] = []
+        for spec in specs:
+            try:
+                self.reports[spec.name] = self._check_table(spec)
+            except AssertionError as exc:
+                failures.append(f"{spec.qualified}: {exc}")
+        assert not failures, "tenant isolation broken:\n" + "\n".join(failures)
+        return self.reports
+
+    # -- one table -------------------------------------------------------------------
+
+    def _check_table(self, spec: TenantTable) -> TableReport:
+        a, b = self.tenants.a, self.tenants.b
+        t = spec.qualified
+        with self.admin_engine.connect() as conn:
+            count_a = int(
+                conn.scalar(text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": a}) or 0
+            )
+            count_b = int(
+                conn.scalar(text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": b}) or 0
+            )
+        for label, count in (("A", count_a), ("B", count_b)):
+            assert count, (
+                f"tenant {label} has no rows in {t}, so isolation cannot be shown: "
+                f"add a factory for {spec.name!r} to platform_db_row_factories"
+            )
+        report = TableReport(spec.name, count_a, count_b)
+        if not spec.protection.rls:
+            report.checked.append(f"not under RLS by decision: {spec.protection.reason}")
+            return report
+
+        with self._as_tenant(a) as conn:
+            seen = conn.execute(text(f"SELECT tenant_id, count(*) FROM {t} GROUP BY 1")).all()
+            assert [(r[0], r[1]) for r in seen] == [(a, count_a)], (
+                f"tenant A should see exactly its {count_a} rows, saw {seen}"
+            )
+            other = conn.scalar(text(f"SELECT count(*) FROM {t} WHERE tenant_id = :b"), {"b": b})
+            assert other == 0, f"tenant A sees {other} rows of tenant B"
+        report.checked.append("reads: own rows only")
+
+        with self._as_tenant(None) as conn:
+            n = conn.scalar(text(f"SELECT count(*) FROM {t}"))
+            assert n == 0, f"a session without a tenant sees {n} rows"
+        report.checked.append("no tenant: no rows")
+
+        for verb, sql in (
+            ("update", f"UPDATE {t} SET tenant_id = tenant_id WHERE tenant_id = :b RETURNING 1"),
+            ("delete", f"DELETE FROM {t} WHERE tenant_id = :b RETURNING 1"),
+        ):
+            outcome = self._attempt(a, sql, {"b": b})
+            assert outcome in ("0 rows", "refused"), f"{verb} of tenant B's rows: {outcome}"
+            report.checked.append(f"{verb} of B's rows: {outcome}")
+        outcome = self._attempt(a, f"INSERT INTO {t} (tenant_id) VALUES (:b)", {"b": b})
+        assert outcome == "refused", f"insert of a row for tenant B: {outcome}"
+        report.checked.append("insert for B: refused")
+
+        with self.app_engine.connect() as conn:
+            extra = [
+                p
+                for p in ("TRUNCATE", "REFERENCES", "TRIGGER")
+                if conn.scalar(text("SELECT has_table_privilege(:r, :p)"), {"r": t, "p": p})
+            ]
+        assert not extra, f"{APP_ROLE} has {extra}"
+        report.checked.append("no TRUNCATE, REFERENCES or TRIGGER")
+
+        with self.admin_engine.connect() as conn:
+            after = conn.scalar(text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": b})
+        assert after == count_b, f"tenant B's rows changed: {count_b} -> {after}"
+        return report
+
+    def _as_tenant(self, tenant: uuid.UUID | None) -> Any:
+        return _TenantTransaction(self.app_engine, tenant)
+
+    def _attempt(self, tenant: uuid.UUID, sql: str, params: Mapping[str, Any]) -> str:
+        """Run one write as the app login in a transaction that is rolled back."""
+        with self._as_tenant(tenant) as conn:
+            try:
+                rows = conn.execute(text(sql), dict(params)).all()
+            except DBAPIError as exc:
+                state = _sqlstate(exc)
+                if state == INSUFFICIENT_PRIVILEGE:
+                    return "refused"
+                return f"failed with SQLSTATE {state}: {str(exc.orig).strip()}"
+        return f"{len(rows)} rows" if rows else "0 rows"
+
+
+class _TenantTransaction:
+    """A transaction of the app login with the tenant set as the session hook sets it."""
+
+    def __init__(self, engine: Engine, tenant: uuid.UUID | None) -> None:
+        self.engine, self.tenant = engine, tenant
+
+    def __enter__(self) -> Connection:
+        self.conn = self.engine.connect()
+        self.conn.execute(
+            text("SELECT set_config(:k, :v, true)"),
+            {"k": TENANT_SETTING, "v": str(self.tenant) if self.tenant else ""},
+        )
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def platform_db_url() -> Iterator[URL]:
+    """Superuser URL of a migrated database (default: its own, on TEST_DATABASE_URL)."""
+    raw = os.environ.get("TEST_DATABASE_URL", "").strip()
+    if not raw:
+        pytest.skip("TEST_DATABASE_URL is not set (or override the platform_db_url fixture)")
+    from platform_db import migrations  # noqa: PLC0415
+
+    server = with_driver(make_url(raw), SYNC_DRIVER)
+    name = f"pdb_iso_{secrets.token_hex(4)}"
+    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name)
+    try:
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.connect() as conn:
+            migrations.upgrade(conn)
+            conn.commit()
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def platform_db_metadata() -> Any:
+    from platform_db.models import metadata  # noqa: PLC0415
+
+    return metadata
+
+
+@pytest.fixture(scope="session")
+def platform_db_row_factories() -> dict[str, RowFactory]:
+    return default_row_factories()
+
+
+@pytest.fixture(scope="session")
+def platform_db_admin_engine(platform_db_url: URL) -> Iterator[Engine]:
+    engine = create_engine(with_driver(platform_db_url, SYNC_DRIVER), poolclass=NullPool)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def platform_db_app_login(platform_db_admin_engine: Engine, platform_db_url: URL) -> Iterator[URL]:
+    """URL of a LOGIN role that is only a member of platform_app, as a deployer makes it."""
+    name = f"pdb_iso_app_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(16)
+    with platform_db_admin_engine.begin() as conn:
+        # DDL takes no bind parameters; the name and password are generated here.
+        conn.execute(text(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE {APP_ROLE}"))
+    yield platform_db_url.set(username=name, password=password)
+    with platform_db_admin_engine.begin() as conn:
+        conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+
+
+@pytest.fixture(scope="session")
+def platform_db_app_engine(platform_db_app_login: URL) -> Iterator[Engine]:
+    engine = create_engine(with_driver(platform_db_app_login, SYNC_DRIVER), poolclass=NullPool)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def platform_db_tenants(
+    platform_db_admin_engine: Engine, platform_db_row_factories: dict[str, RowFactory]
+) -> Iterator[TwoTenants]:
+    """Tenants A and B, committed, each with rows from every row factory."""
+    ids = TwoTenants(uuid.uuid4(), uuid.uuid4())
+    with platform_db_admin_engine.begin() as conn:
+        for label, tenant in (("a", ids.a), ("b", ids.b)):
+            conn.execute(
+                text("INSERT INTO tenants (id, name, subdomain) VALUES (:i, :n, :s)"),
+                {"i": tenant, "n": f"Isolation {label}", "s": f"iso-{label}-{tenant.hex[:12]}"},
+            )
+            for factory in platform_db_row_factories.values():
+                factory(conn, tenant)
+    yield ids
+    with platform_db_admin_engine.begin() as conn:
+        conn.execute(text("DELETE FROM tenants WHERE id IN (:a, :b)"), {"a": ids.a, "b": ids.b})
+
+
+@pytest.fixture
+def tenant_isolation(
+    platform_db_admin_engine: Engine,
+    platform_db_app_engine: Engine,
+    platform_db_metadata: Any,
+    platform_db_tenants: TwoTenants,
+) -> IsolationChecker:
+    return IsolationChecker(
+        platform_db_admin_engine, platform_db_app_engine, platform_db_metadata, platform_db_tenants
+    )
+
+
+__all__ = [
+    "IsolationChecker",
+    "RowFactory",
+    "TableReport",
+    "TwoTenants",
+    "default_row_factories",
+]
