@@ -346,6 +346,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             pgbench_scale=args.pgbench_scale,
             keep_pgbench_database=args.keep_pgbench_database,
             explain=not args.no_explain,
+            pgbouncer_clients=args.pgbouncer_clients,
             app_url=parse_database_url(args.app_url, name="--app-url") if args.app_url else None,
             label=args.label,
         )
@@ -426,6 +427,13 @@ def _add_bench_commands(sub: Any) -> None:
         help="keep pgbench's own database (<db>_pgbench) for the next run",
     )
     bench.add_argument("--no-explain", action="store_true", help="skip the EXPLAIN step")
+    bench.add_argument(
+        "--pgbouncer-clients",
+        type=int,
+        default=0,
+        help="also run the RLS pgbench variant with this many client connections through "
+        "a throw-away PgBouncer in transaction mode (0: skip)",
+    )
     bench.add_argument(
         "--app-url",
         help="URL of the platform_app login to measure with (default: the harness "

@@ -188,6 +188,7 @@ class PgbenchRun:
 
     name: str
     command: list[str]
+    clients: int = 0
     latencies: dict[str, list[float]] = field(default_factory=dict)
     window_s: float = 0.0
     failed: int = 0
@@ -212,15 +213,20 @@ def run_pgbench(
     warmup_s: int,
     seed: int,
     timeout_s: float,
+    protocol: str = "prepared",
 ) -> PgbenchRun:
-    """Run pgbench (custom scripts or a built-in one) and read its per-transaction log."""
+    """Run pgbench (custom scripts or a built-in one) and read its per-transaction log.
+
+    `protocol` is pgbench's -M: `prepared` like the package's asyncpg, `extended` through
+    PgBouncer in transaction mode (no named prepared statements there).
+    """
     with tempfile.TemporaryDirectory(prefix="platform-db-pgbench-") as tmp:
         work = Path(tmp)
         cmd = [
             binary,
             "-n",
             "-M",
-            "prepared",
+            protocol,
             "-c",
             str(clients),
             "-j",
@@ -256,7 +262,7 @@ def run_pgbench(
             env.pop("PGPASSWORD", None)
         shown = [c if not c.startswith(str(work)) else "<script>" for c in cmd]
         shown = [re.sub(r"^(-f\s*)?/tmp/\S+@", "<script>@", c) for c in shown]
-        result = PgbenchRun(name=name, command=shown)
+        result = PgbenchRun(name=name, command=shown, clients=clients)
         try:
             proc = subprocess.run(  # noqa: S603 - argv list, no shell
                 cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False

@@ -81,6 +81,7 @@ class BenchConfig:
     pgbench_scale: int = 10
     keep_pgbench_database: bool = False
     explain: bool = True
+    pgbouncer_clients: int = 0
     app_url: URL | None = None
     label: str | None = None
 
@@ -93,6 +94,8 @@ class BenchConfig:
             raise BenchError("warm-up must be between 0 and 600 seconds")
         if not 1 <= self.processes <= max(1, self.clients):
             raise BenchError("processes must be between 1 and the number of clients")
+        if not 0 <= self.pgbouncer_clients <= MAX_CLIENTS:
+            raise BenchError(f"pgbouncer clients must be between 0 and {MAX_CLIENTS}")
 
 
 def require_loopback(url: URL) -> None:
@@ -529,4 +532,83 @@ def _run_pgbench_phases(
         time.sleep(1.5)
         servers[variant] = stats.delta(before, stats.snapshot(admin))
     out["server"] = servers
+    if config.pgbouncer_clients:
+        _run_through_pgbouncer(
+            binary=binary,
+            app_conn=app_conn,
+            app_password=app_password,
+            scripts=scripts["sql_tx_rls"],
+            config=config,
+            admin=admin,
+            out=out,
+            say=say,
+        )
     return out
+
+
+def _run_through_pgbouncer(
+    *,
+    binary: str,
+    app_conn: Mapping[str, str],
+    app_password: str | None,
+    scripts: list[pgb.Script],
+    config: BenchConfig,
+    admin: psycopg.Connection[Any],
+    out: dict[str, Any],
+    say: Progress,
+) -> None:
+    """The RLS variant with many client connections, through PgBouncer (transaction mode)."""
+    from platform_db.bench.bouncer import find_pgbouncer, pgbouncer  # noqa: PLC0415
+    from platform_db.settings import Settings  # noqa: PLC0415
+
+    found = find_pgbouncer()
+    if found is None or not app_password:
+        out["pgbouncer"] = {
+            "available": False,
+            "reason": "pgbouncer not found (Debian package pgbouncer)"
+            if found is None
+            else "the app login has no password (PgBouncer authenticates with scram-sha-256)",
+        }
+        return
+    server_pool = Settings.from_env(
+        {**os.environ, "DATABASE_URL": "postgresql://x@127.0.0.1/x"}
+    ).main.max_size
+    clients = config.pgbouncer_clients
+    with pgbouncer(
+        found,
+        server_host=app_conn["host"],
+        server_port=int(app_conn["port"]),
+        dbname=app_conn["dbname"],
+        user=app_conn["user"],
+        password=app_password,
+        server_pool=server_pool,
+        max_clients=clients,
+    ) as bouncer:
+        say(
+            f"pgbench sql_tx_rls through PgBouncer: {clients} client connections, "
+            f"{server_pool} server connections ..."
+        )
+        before = stats.snapshot(admin)
+        name = "sql_tx_rls_pgbouncer"
+        out["runs"][name] = pgb.run_pgbench(
+            binary,
+            name=name,
+            conn={**app_conn, "host": bouncer.host, "port": str(bouncer.port)},
+            password=app_password,
+            scripts=scripts,
+            clients=clients,
+            threads=os.cpu_count() or 2,
+            duration_s=config.duration_s,
+            warmup_s=config.warmup_s,
+            seed=config.seed,
+            timeout_s=config.duration_s + config.warmup_s + 300.0,
+            protocol="extended",
+        )
+        time.sleep(1.5)
+        out["server"][name] = stats.delta(before, stats.snapshot(admin))
+        out["pgbouncer"] = {
+            "available": True,
+            "version": bouncer.version,
+            "client_connections": clients,
+            "server_connections": server_pool,
+        }
