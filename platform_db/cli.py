@@ -347,6 +347,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             keep_pgbench_database=args.keep_pgbench_database,
             explain=not args.no_explain,
             pgbouncer_clients=args.pgbouncer_clients,
+            gc_freeze=not args.no_gc_freeze,
             app_url=parse_database_url(args.app_url, name="--app-url") if args.app_url else None,
             label=args.label,
         )
@@ -427,6 +428,11 @@ def _add_bench_commands(sub: Any) -> None:
         help="keep pgbench's own database (<db>_pgbench) for the next run",
     )
     bench.add_argument("--no-explain", action="store_true", help="skip the EXPLAIN step")
+    bench.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not gc.freeze() the clients' start-up heap (shows the collector's pauses)",
+    )
     bench.add_argument(
         "--pgbouncer-clients",
         type=int,

@@ -310,6 +310,7 @@ def build_report(
             "duration_s": config.duration_s,
             "warmup_s": config.warmup_s,
             "seed": config.seed,
+            "gc_freeze": config.gc_freeze,
             "mix": dict(config.mix),
             **pools,
         },
@@ -356,7 +357,8 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"{report['data']['database_bytes'] / 1024**3:.2f} GiB, "
         f"{report['data']['partitions']} partitions, {report['tenants_sampled']:,} tenants\n"
         f"  run: {c['clients']} clients, {c['processes']} process(es), "
-        f"{c['warmup_s']} s warm-up + {c['duration_s']} s; load average "
+        f"{c['warmup_s']} s warm-up + {c['duration_s']} s, gc.freeze "
+        f"{'on' if c.get('gc_freeze') else 'off'}; load average "
         f"{_load(report['load_average'].get('before'))} -> "
         f"{_load(report['load_average'].get('after'))}\n\n"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import os
 import random
 import secrets
@@ -82,6 +83,7 @@ class BenchConfig:
     keep_pgbench_database: bool = False
     explain: bool = True
     pgbouncer_clients: int = 0
+    gc_freeze: bool = True
     app_url: URL | None = None
     label: str | None = None
 
@@ -152,6 +154,7 @@ class WorkerTask:
     t_start: float
     t_measure: float
     t_end: float
+    gc_freeze: bool = True
 
 
 @dataclass(slots=True)
@@ -180,6 +183,13 @@ async def _worker(task: WorkerTask) -> WorkerResult:
     result = WorkerResult(latencies={c: [] for c in CLASSES}, setup={c: [] for c in CLASSES})
     try:
         await db.warm_up_async("main", "analytics")
+        if task.gc_freeze:
+            # What a service should do once it has started: move the start-up heap
+            # (modules, mappers, here also the tenant catalog) out of the collector's
+            # reach. Without it, each generation-2 collection walks all of it and stalls
+            # the event loop with every request in flight (docs/PERFORMANCE.md).
+            gc.collect()
+            gc.freeze()
         await asyncio.sleep(max(0.0, task.t_start - time.time()))
 
         async def reset_when_measuring() -> None:
@@ -263,6 +273,7 @@ def run_workload(
             t_start=t_start,
             t_measure=t_measure,
             t_end=t_end,
+            gc_freeze=config.gc_freeze,
         )
         for i, n in enumerate(per_process)
     ]
