@@ -194,6 +194,7 @@ class PgbenchRun:
     failed: int = 0
     stdout: str = ""
     error: str | None = None
+    cpu: dict[str, Any] | None = None
 
 
 _LOG_LINE = re.compile(rb"^(\d+) (\d+) (\d+|failed|skipped) (\d+) (\d+) (\d+)")
@@ -214,11 +215,14 @@ def run_pgbench(
     seed: int,
     timeout_s: float,
     protocol: str = "prepared",
+    probe: Callable[[], Any] | None = None,
 ) -> PgbenchRun:
     """Run pgbench (custom scripts or a built-in one) and read its per-transaction log.
 
     `protocol` is pgbench's -M: `prepared` like the package's asyncpg, `extended` through
-    PgBouncer in transaction mode (no named prepared statements there).
+    PgBouncer in transaction mode (no named prepared statements there). `probe`, called
+    once the warm-up is over, returns a stats.CpuProbe of the server backends to watch
+    until just before the end.
     """
     with tempfile.TemporaryDirectory(prefix="platform-db-pgbench-") as tmp:
         work = Path(tmp)
@@ -263,16 +267,28 @@ def run_pgbench(
         shown = [c if not c.startswith(str(work)) else "<script>" for c in cmd]
         shown = [re.sub(r"^(-f\s*)?/tmp/\S+@", "<script>@", c) for c in shown]
         result = PgbenchRun(name=name, command=shown, clients=clients)
+        started = time.monotonic()
+        proc = subprocess.Popen(  # noqa: S603 - argv list, no shell
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         try:
-            proc = subprocess.run(  # noqa: S603 - argv list, no shell
-                cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False
+            if probe is not None and duration_s > 1:
+                time.sleep(max(0.0, started + warmup_s + 0.5 - time.monotonic()))
+                watch = probe()
+                watch.start()
+                time.sleep(max(0.0, started + warmup_s + duration_s - 0.5 - time.monotonic()))
+                result.cpu = watch.stop()
+            stdout, stderr = proc.communicate(
+                timeout=max(1.0, started + timeout_s - time.monotonic())
             )
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             result.error = f"pgbench did not finish within {timeout_s:.0f} s"
             return result
-        result.stdout = proc.stdout
+        result.stdout = stdout
         if proc.returncode != 0:
-            result.error = (proc.stderr.strip() or proc.stdout.strip())[-2000:]
+            result.error = (stderr.strip() or stdout.strip())[-2000:]
         _read_logs(work, classes, warmup_s, duration_s, result)
     return result
 

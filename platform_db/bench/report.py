@@ -67,6 +67,20 @@ def _per_class(latencies: Mapping[str, Sequence[float]], window_s: float) -> dic
     return {"classes": classes, "overall": summarize(everything, window_s)}
 
 
+def _cpu_per(cpu: Mapping[str, Any] | None, per_s: float | None) -> dict[str, Any] | None:
+    """CPU seconds over the window, and milliseconds of CPU per request/transaction."""
+    if not cpu or not per_s:
+        return dict(cpu) if cpu else None
+    out = dict(cpu)
+    n = per_s * cpu["seconds"]
+    out["server_cpu_ms_per_request"] = round(cpu["server_cpu_s"] * 1000 / n, 3) if n else None
+    if "client_cpu_s" in cpu and n:
+        out["client_cpu_ms_per_request"] = round(
+            cpu["client_cpu_s"] * 1000 / (per_s * cpu["window_s"]), 3
+        )
+    return out
+
+
 def _pgbench_section(pg: Mapping[str, Any], window_s: float) -> dict[str, Any]:
     if not pg.get("available"):
         return dict(pg)
@@ -82,6 +96,7 @@ def _pgbench_section(pg: Mapping[str, Any], window_s: float) -> dict[str, Any]:
     for name, run in pg.get("runs", {}).items():
         r: PgbenchRun = run
         section = _per_class(r.latencies, r.window_s or window_s)
+        section["cpu"] = _cpu_per(r.cpu, section["overall"]["throughput_per_s"])
         section.update(
             {
                 "command": " ".join(r.command),
@@ -281,7 +296,7 @@ def build_report(
                 pool: summarize(times, window) for pool, times in sorted(workload.acquire.items())
             },
             "server": workload_server.as_dict(),
-            "load_average": dict(workload_load),
+            "load_average": {k: v for k, v in workload_load.items() if k != "cpu"},
         }
     )
     from platform_db.settings import Settings  # noqa: PLC0415
@@ -320,6 +335,10 @@ def build_report(
         "pgbench": _pgbench_section(pgbench, window),
         "plans": dict(plans),
     }
+    cpu = dict(workload_load.get("cpu") or {})
+    if cpu:
+        cpu["window_s"] = window
+    report["workload"]["cpu"] = _cpu_per(cpu, w["overall"]["throughput_per_s"])
     report["comparison"] = _comparison(report["workload"], report["pgbench"])
     report["targets"] = _targets(report)
     return report
@@ -402,6 +421,13 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"index scans {_pct(sv['index_scan_share'])} ({sv['index_scans']:,} index, "
         f"{sv['seq_scans']:,} sequential), {sv['commits']:,} commits\n"
     )
+    cpu = w.get("cpu") or {}
+    if cpu.get("server_cpu_ms_per_request") is not None:
+        out.write(
+            f"CPU per request: client {_fmt(cpu.get('client_cpu_ms_per_request'))} ms, server "
+            f"{_fmt(cpu['server_cpu_ms_per_request'])} ms ({cpu['server_backends']} backends); "
+            f"machine busy {_pct(cpu.get('machine_busy'))}\n"
+        )
     if w["errors"]:
         out.write(f"Errors: {w['errors']}\n")
     pg = report["pgbench"]
@@ -410,19 +436,34 @@ def render_text(report: Mapping[str, Any]) -> str:
         rows2 = []
         for name, run in pg["runs"].items():
             o = run["overall"]
+            rcpu = run.get("cpu") or {}
             rows2.append(
                 [
                     name,
+                    _fmt(run.get("clients")),
                     _fmt(o["count"]),
                     _fmt(o["throughput_per_s"]),
                     _fmt(o["p50_ms"]),
                     _fmt(o["p95_ms"]),
                     _fmt(o["p99_ms"]),
+                    _fmt(rcpu.get("server_cpu_ms_per_request")),
                     run.get("error") or "",
                 ]
             )
         write_table(
-            out, ["run", "transactions", "per s", "p50 ms", "p95 ms", "p99 ms", "error"], rows2
+            out,
+            [
+                "run",
+                "clients",
+                "transactions",
+                "per s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "server CPU ms/tx",
+                "error",
+            ],
+            rows2,
         )
         out.write("\nPer class p50 / p95 ms: package vs the same SQL in pgbench\n")
         comp = report["comparison"]

@@ -166,6 +166,7 @@ class WorkerResult:
     acquire: dict[str, list[float]] = field(default_factory=dict)
     tenants: set[uuid.UUID] = field(default_factory=set)
     requests: int = 0
+    client_cpu_s: float = 0.0
     fatal: str | None = None
 
 
@@ -192,9 +193,12 @@ async def _worker(task: WorkerTask) -> WorkerResult:
             gc.freeze()
         await asyncio.sleep(max(0.0, task.t_start - time.time()))
 
+        cpu_at_measure = [0.0]
+
         async def reset_when_measuring() -> None:
             await asyncio.sleep(max(0.0, task.t_measure - time.time()))
             db.reset_acquire_stats(keep=5_000_000)
+            cpu_at_measure[0] = time.process_time()
 
         async def client(i: int) -> None:
             rng = random.Random(f"{task.seed}:{task.index}:{i}")  # noqa: S311
@@ -223,6 +227,7 @@ async def _worker(task: WorkerTask) -> WorkerResult:
                     result.requests += 1
 
         await asyncio.gather(reset_when_measuring(), *(client(i) for i in range(task.clients)))
+        result.client_cpu_s = time.process_time() - cpu_at_measure[0]
         result.acquire = db.acquire_times_ms()
     finally:
         await db.dispose_async()
@@ -244,6 +249,7 @@ def _merge(results: list[WorkerResult]) -> WorkerResult:
             out.acquire.setdefault(pool, []).extend(times)
         out.tenants |= r.tenants
         out.requests += r.requests
+        out.client_cpu_s += r.client_cpu_s
     return out
 
 
@@ -286,13 +292,19 @@ def run_workload(
         time.sleep(max(0.0, t_measure - time.time()))
         before = stats.snapshot(admin)
         load_start = stats.load_average()
+        probe = stats.CpuProbe(
+            stats.backend_pids(admin, application_like="platform-db:%", user=app_url.username)
+        )
+        probe.start()
         time.sleep(max(0.0, t_end - time.time()))
+        cpu = probe.stop()
         load_end = stats.load_average()
         results = [f.result(timeout=max(60.0, t_end - time.time() + 120.0)) for f in futures]
     time.sleep(1.5)  # closed backends have flushed their counters
     after = stats.snapshot(admin)
     merged = _merge(results)
-    return merged, stats.delta(before, after), {"start": load_start, "end": load_end}
+    cpu["client_cpu_s"] = round(merged.client_cpu_s, 2)
+    return merged, stats.delta(before, after), {"start": load_start, "end": load_end, "cpu": cpu}
 
 
 # --- EXPLAIN ----------------------------------------------------------------------------
@@ -529,6 +541,9 @@ def _run_pgbench_phases(
         before = stats.snapshot(admin)
         runs[variant] = pgb.run_pgbench(
             binary,
+            probe=lambda: stats.CpuProbe(
+                stats.backend_pids(admin, application_like="pgbench", user=None)
+            ),
             name=variant,
             conn=app_conn if as_app else conn,
             password=app_password if as_app else url.password,
@@ -603,6 +618,10 @@ def _run_through_pgbouncer(
         name = "sql_tx_rls_pgbouncer"
         out["runs"][name] = pgb.run_pgbench(
             binary,
+            probe=lambda: stats.CpuProbe(
+                stats.backend_pids(admin, application_like="pgbouncer%", user=None)
+                + stats.backend_pids(admin, application_like="pgbench", user=None)
+            ),
             name=name,
             conn={**app_conn, "host": bouncer.host, "port": str(bouncer.port)},
             password=app_password,

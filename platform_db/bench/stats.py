@@ -177,3 +177,79 @@ def server_settings(conn: psycopg.Connection[Any]) -> dict[str, str]:
     size = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()
     out["database_size"] = str(size[0]) if size else "?"
     return out
+
+
+# --- CPU: the server's backends, the client processes, the whole machine -----------------
+# Client and server share this machine (the harness runs on loopback only), so /proc holds
+# both: CPU per request on each side says where the time of a request goes.
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def backend_pids(
+    conn: psycopg.Connection[Any], *, application_like: str, user: str | None = None
+) -> list[int]:
+    """Pids of this database's backends whose application_name matches (LIKE)."""
+    rows = conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE %s AND (%s::text IS NULL OR usename = %s) "
+        "AND pid <> pg_backend_pid()",
+        (application_like, user, user),
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def process_cpu(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each pid that still exists."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+    return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    total = sum(values[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
+@dataclass(slots=True)
+class CpuProbe:
+    """CPU used between `start()` and `stop()` by a set of backends and by the machine."""
+
+    pids: list[int]
+    at: float = 0.0
+    backends: dict[int, float] | None = None
+    machine: tuple[float, float] = (0.0, 0.0)
+
+    def start(self) -> None:
+        self.at = time.monotonic()
+        self.backends = process_cpu(self.pids)
+        self.machine = machine_cpu()
+
+    def stop(self) -> dict[str, Any]:
+        seconds = time.monotonic() - self.at
+        now = process_cpu(self.pids)
+        before = self.backends or {}
+        server = sum(now[p] - before[p] for p in now if p in before)
+        busy0, total0 = self.machine
+        busy1, total1 = machine_cpu()
+        return {
+            "seconds": round(seconds, 2),
+            "server_backends": len(before),
+            "server_cpu_s": round(server, 2),
+            "machine_busy": round((busy1 - busy0) / (total1 - total0), 4)
+            if total1 > total0
+            else None,
+        }
