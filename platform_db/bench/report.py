@@ -426,7 +426,9 @@ def render_text(report: Mapping[str, Any]) -> str:
         out.write(
             f"CPU per request: client {_fmt(cpu.get('client_cpu_ms_per_request'))} ms, server "
             f"{_fmt(cpu['server_cpu_ms_per_request'])} ms ({cpu['server_backends']} backends); "
-            f"machine busy {_pct(cpu.get('machine_busy'))}\n"
+            f"machine busy {_pct(cpu.get('machine_busy'))}; disk read "
+            f"{_fmt(cpu.get('disk_read_mib'))} MiB, written {_fmt(cpu.get('disk_written_mib'))} MiB "
+            "(whole machine)\n"
         )
     if w["errors"]:
         out.write(f"Errors: {w['errors']}\n")

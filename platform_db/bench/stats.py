@@ -224,6 +224,25 @@ def machine_cpu() -> tuple[float, float]:
     return (total - idle) / _TICK, total / _TICK
 
 
+def disk_io() -> tuple[int, int]:
+    """(bytes read, bytes written) by the machine's disks since boot (/proc/diskstats).
+
+    Whole block devices only (those in /sys/block), without RAM-backed and loop devices.
+    """
+    try:
+        disks = {d for d in os.listdir("/sys/block") if not d.startswith(("ram", "zram", "loop"))}
+        read = written = 0
+        with open("/proc/diskstats") as f:
+            for line in f:
+                parts = line.split()
+                if parts[2] in disks:
+                    read += int(parts[5]) * 512
+                    written += int(parts[9]) * 512
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+    return read, written
+
+
 @dataclass(slots=True)
 class CpuProbe:
     """CPU used between `start()` and `stop()` by a set of backends and by the machine."""
@@ -232,11 +251,13 @@ class CpuProbe:
     at: float = 0.0
     backends: dict[int, float] | None = None
     machine: tuple[float, float] = (0.0, 0.0)
+    disk: tuple[int, int] = (0, 0)
 
     def start(self) -> None:
         self.at = time.monotonic()
         self.backends = process_cpu(self.pids)
         self.machine = machine_cpu()
+        self.disk = disk_io()
 
     def stop(self) -> dict[str, Any]:
         seconds = time.monotonic() - self.at
@@ -245,7 +266,10 @@ class CpuProbe:
         server = sum(now[p] - before[p] for p in now if p in before)
         busy0, total0 = self.machine
         busy1, total1 = machine_cpu()
+        read1, written1 = disk_io()
         return {
+            "disk_read_mib": round((read1 - self.disk[0]) / 2**20, 1),
+            "disk_written_mib": round((written1 - self.disk[1]) / 2**20, 1),
             "seconds": round(seconds, 2),
             "server_backends": len(before),
             "server_cpu_s": round(server, 2),
