@@ -365,6 +365,214 @@ def _add_import_mongo(sub: Any) -> None:
 
 
 # --- end import-mongo -------------------------------------------------------------------
+# --- seed and bench (issue 8): the benchmark harness, platform_db.bench ------------------
+
+
+def _bench_url() -> Any:
+    url = database_url_from_env()
+    if url is None:
+        raise ConfigurationError(
+            "DATABASE_URL is not set: point it at the benchmark database as a superuser, e.g. "
+            "postgresql://postgres@127.0.0.1:5432/platform_bench"
+        )
+    return url
+
+
+def _create_database_if_missing(url: Any) -> None:
+    import psycopg  # noqa: PLC0415
+    from psycopg import sql  # noqa: PLC0415
+
+    from platform_db.bench.seed import conninfo  # noqa: PLC0415
+
+    with psycopg.connect(conninfo(url.set(database="postgres")), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,)).fetchone():
+            return
+        _progress(f"creating database {url.database} ...")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    import datetime as dt  # noqa: PLC0415
+
+    from platform_db.bench.runner import BenchError, require_loopback  # noqa: PLC0415
+    from platform_db.bench.seed import SeedConfig, SeedError, run_seed  # noqa: PLC0415
+
+    url = _bench_url()
+    try:
+        require_loopback(url)
+        config = SeedConfig(
+            tenants=args.tenants,
+            rows_per_tenant=args.rows_per_tenant,
+            months=args.months,
+            seed=args.seed,
+            as_of=dt.date.fromisoformat(args.as_of)
+            if args.as_of
+            else dt.datetime.now(dt.UTC).date(),
+        )
+        if args.create_database:
+            _create_database_if_missing(url)
+        result = run_seed(
+            url,
+            config,
+            replace=args.replace,
+            verify=not args.no_verify,
+            progress=None if args.quiet else _progress,
+        )
+    except (SeedError, BenchError, ValueError) as exc:
+        print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    if args.json:
+        _emit_json(result.as_dict())
+    else:
+        rows = ", ".join(f"{k} {v:,}" for k, v in result.rows.items())
+        print(  # noqa: T201
+            f"seeded {result.database}: {result.total_rows:,} rows ({rows}); "
+            f"{result.partitions} partitions; tenant sizes {result.smallest_tenant_rows:,} / "
+            f"{result.median_tenant_rows:,} / {result.largest_tenant_rows:,} rows "
+            f"(smallest / median / largest); {result.database_bytes / 1024**3:.2f} GiB; "
+            f"loaded in {result.load_seconds:.0f} s ({result.rows_per_second:,.0f} rows/s), "
+            f"{result.total_seconds:.0f} s in all"
+        )
+    return EXIT_OK
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from platform_db.bench.report import compare_text, render_html, render_text  # noqa: PLC0415
+    from platform_db.bench.runner import BenchConfig, BenchError, run_bench  # noqa: PLC0415
+    from platform_db.bench.workload import mix_from_text  # noqa: PLC0415
+    from platform_db.settings import parse_database_url  # noqa: PLC0415
+
+    if args.compare:
+        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(compare_text(a, b), end="")  # noqa: T201
+        return EXIT_OK
+    url = _bench_url()
+    try:
+        config = BenchConfig(
+            clients=args.clients,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            processes=args.processes,
+            mix=mix_from_text(args.mix),
+            seed=args.seed,
+            pgbench=not args.no_pgbench,
+            pgbench_scale=args.pgbench_scale,
+            keep_pgbench_database=args.keep_pgbench_database,
+            explain=not args.no_explain,
+            pgbouncer_clients=args.pgbouncer_clients,
+            gc_freeze=not args.no_gc_freeze,
+            app_url=parse_database_url(args.app_url, name="--app-url") if args.app_url else None,
+            label=args.label,
+        )
+        report = run_bench(url, config, progress=None if args.quiet else _progress)
+    except (BenchError, ValueError) as exc:
+        print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_USAGE
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.html:
+        Path(args.html).write_text(render_html(report))
+    if args.json:
+        _emit_json(report)
+    else:
+        print(render_text(report), end="")  # noqa: T201
+    return EXIT_OK
+
+
+def _add_bench_commands(sub: Any) -> None:
+    from platform_db.bench.seed import (  # noqa: PLC0415
+        DEFAULT_MONTHS,
+        DEFAULT_ROWS_PER_TENANT,
+        DEFAULT_SEED,
+        DEFAULT_TENANTS,
+    )
+
+    seed = sub.add_parser(
+        "seed",
+        help="fill a database with a realistic platform for the benchmark (COPY, fast)",
+        description="Migrates DATABASE_URL's database to head if needed, then loads tenants "
+        "of skewed sizes with users, pages, forms, leads and months of form submissions. "
+        "Deterministic for a given --seed and --as-of. Needs a superuser; loopback only.",
+    )
+    seed.add_argument("--tenants", type=int, default=DEFAULT_TENANTS, help="tenants (1000)")
+    seed.add_argument(
+        "--rows-per-tenant",
+        type=int,
+        default=DEFAULT_ROWS_PER_TENANT,
+        help=f"mean rows per tenant; sizes are log-normal around it ({DEFAULT_ROWS_PER_TENANT})",
+    )
+    seed.add_argument("--months", type=int, default=DEFAULT_MONTHS, help="months of history (36)")
+    seed.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (42)")
+    seed.add_argument("--as-of", help="the last day of history, YYYY-MM-DD (today, UTC)")
+    seed.add_argument("--replace", action="store_true", help="empty the tenant tables first")
+    seed.add_argument(
+        "--create-database", action="store_true", help="create DATABASE_URL's database if missing"
+    )
+    seed.add_argument(
+        "--no-verify", action="store_true", help="skip the set-based foreign-key check"
+    )
+    seed.add_argument("--json", action="store_true", help="print the result as JSON")
+    seed.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    seed.set_defaults(func=_cmd_seed)
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the mixed workload through the package's pools and sessions, and pgbench",
+        description="Measures throughput, p50/p95/p99 per query class, connection acquisition, "
+        "cache hit ratio and index-scan share, then runs pgbench (select-only and the same "
+        "SQL with and without the tenant transaction and RLS) for comparison. DATABASE_URL "
+        "names a superuser of a seeded database on this machine.",
+    )
+    bench.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
+    bench.add_argument("--duration", type=int, default=60, help="measured seconds per phase (60)")
+    bench.add_argument("--warmup", type=int, default=10, help="warm-up seconds per phase (10)")
+    bench.add_argument(
+        "--processes", type=int, default=1, help="client processes sharing the clients (1)"
+    )
+    bench.add_argument("--mix", help="class weights, e.g. page_search=20,lead_update=0")
+    bench.add_argument("--seed", type=int, default=1, help="random seed of the requests (1)")
+    bench.add_argument("--no-pgbench", action="store_true", help="skip the pgbench phases")
+    bench.add_argument(
+        "--pgbench-scale", type=int, default=10, help="scale of pgbench's select-only database"
+    )
+    bench.add_argument(
+        "--keep-pgbench-database",
+        action="store_true",
+        help="keep pgbench's own database (<db>_pgbench) for the next run",
+    )
+    bench.add_argument("--no-explain", action="store_true", help="skip the EXPLAIN step")
+    bench.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="do not gc.freeze() the clients' start-up heap (shows the collector's pauses)",
+    )
+    bench.add_argument(
+        "--pgbouncer-clients",
+        type=int,
+        default=0,
+        help="also run the RLS pgbench variant with this many client connections through "
+        "a throw-away PgBouncer in transaction mode (0: skip)",
+    )
+    bench.add_argument(
+        "--app-url",
+        help="URL of the platform_app login to measure with (default: the harness "
+        "creates platform_bench_app with a fresh password)",
+    )
+    bench.add_argument("--label", help="a name for this run in the report")
+    bench.add_argument("--out", help="also write the JSON report to this file")
+    bench.add_argument("--html", help="write a self-contained HTML report with charts")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    bench.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="print two saved reports side by side (the scaling run) and exit",
+    )
+    bench.set_defaults(func=_cmd_bench)
+
+
+# --- end of seed and bench ----------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -456,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     current.set_defaults(func=_cmd_current)
 
     _add_import_mongo(sub)
+    _add_bench_commands(sub)  # seed, bench (issue 8)
     return parser
 
 

@@ -105,6 +105,28 @@ class Database:
                 stats.append(aengine.sync_engine.pool.acquire_stats())
         return stats
 
+    def _timed_pools(self) -> list[TimedQueuePool | TimedAsyncQueuePool]:
+        pools: list[TimedQueuePool | TimedAsyncQueuePool] = []
+        for engine in self._engines.values():
+            if isinstance(engine.pool, TimedQueuePool):
+                pools.append(engine.pool)
+        for aengine in self._async_engines.values():
+            if isinstance(aengine.sync_engine.pool, TimedAsyncQueuePool):
+                pools.append(aengine.sync_engine.pool)
+        return pools
+
+    def reset_acquire_stats(self, *, keep: int = 4096) -> None:
+        """Start every pool's checkout record afresh (e.g. when a benchmark's warm-up ends)."""
+        for pool in self._timed_pools():
+            pool.reset_acquire_stats(keep=keep)
+
+    def acquire_times_ms(self) -> dict[str, list[float]]:
+        """Each pool's recorded checkout times in ms (sorted), by pool label."""
+        out: dict[str, list[float]] = {}
+        for pool in self._timed_pools():
+            out.setdefault(pool.label, []).extend(pool.acquire_times_ms())
+        return {label: sorted(times) for label, times in out.items()}
+
     def dispose(self) -> None:
         """Close the sync pools (async engines: `await dispose_async()`)."""
         with self._lock:

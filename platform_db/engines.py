@@ -5,20 +5,23 @@ Per-connection settings are limited to what PostgreSQL accepts at connection sta
 work_mem, default_transaction_read_only); server-wide tuning such as shared_buffers is
 the server's business (`platform-db doctor` checks it).
 
-Pools keep up to `pool_size` connections open (no overflow churn), check each connection
-before use (`pool_pre_ping`), replace connections older than `pool_recycle` seconds,
-time every checkout, and raise `PoolExhaustedError` naming the pool when none comes free
-in time.
+Pools keep up to `pool_size` connections open (no overflow churn), check a connection
+before use when it has sat idle in the pool for more than `ping_after_ms` (see
+`ping_when_idle`), replace connections older than `pool_recycle` seconds, time every
+checkout, and raise `PoolExhaustedError` naming the pool when none comes free in time.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import URL
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from platform_db.pools import TimedAsyncQueuePool, TimedQueuePool
 from platform_db.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
@@ -26,6 +29,41 @@ from platform_db.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_d
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
 DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
+DEFAULT_PING_AFTER_MS = 500
+
+_IDLE_SINCE = "platform_db.idle_since"
+
+
+def ping_when_idle(pool: Pool, dialect: Dialect, *, after_ms: int) -> None:
+    """Ping a connection at checkout only if it sat idle in the pool for over `after_ms`.
+
+    SQLAlchemy's `pool_pre_ping` pings on every checkout; with asyncpg that is three
+    round trips (BEGIN, an empty query, ROLLBACK) before each transaction, which the
+    benchmark measured as the largest avoidable cost of a request (docs/PERFORMANCE.md).
+    A connection returned moments ago was alive moments ago: like HikariCP's 500 ms
+    bypass window, only connections idle for longer are checked, and a dead one is
+    replaced (DisconnectionError makes the pool retry with a fresh connection).
+    """
+    after_s = after_ms / 1000.0
+
+    @event.listens_for(pool, "checkin")
+    def _idle_from(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        if dbapi_connection is not None:
+            record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _ping_if_idle(
+        dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
+    ) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        if since is None or time.monotonic() - since < after_s:
+            return  # brand new, or in use moments ago
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # any failure to ping: replace the connection
+            raise sa_exc.DisconnectionError(f"connection failed its ping: {exc}") from exc
+        if not alive:
+            raise sa_exc.DisconnectionError("connection failed its ping")
 
 
 def _server_settings(
@@ -72,6 +110,7 @@ def make_engine(
     read_only: bool = False,
     pgbouncer: bool = False,
     pool_label: str | None = None,
+    ping_after_ms: int = DEFAULT_PING_AFTER_MS,
     **engine_kwargs: Any,
 ) -> Engine:
     """A psycopg 3 engine.
@@ -104,12 +143,16 @@ def make_engine(
             pool_timeout=pool_timeout,
             pool_recycle=pool_recycle,
         )
+    if ping_after_ms < 0:
+        raise ValueError(f"ping_after_ms must be >= 0, got {ping_after_ms}")
     engine = create_engine(
         with_driver(url, SYNC_DRIVER),
-        pool_pre_ping=True,
+        pool_pre_ping=ping_after_ms == 0,
         connect_args=connect_args,
         **engine_kwargs,
     )
+    if ping_after_ms:
+        ping_when_idle(engine.pool, engine.dialect, after_ms=ping_after_ms)
     if isinstance(engine.pool, TimedQueuePool):
         engine.pool.label = pool_label or application_name
     return engine
@@ -130,6 +173,7 @@ def make_async_engine(
     read_only: bool = False,
     pgbouncer: bool = False,
     pool_label: str | None = None,
+    ping_after_ms: int = DEFAULT_PING_AFTER_MS,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """An asyncpg engine.
@@ -167,12 +211,16 @@ def make_async_engine(
             pool_timeout=pool_timeout,
             pool_recycle=pool_recycle,
         )
+    if ping_after_ms < 0:
+        raise ValueError(f"ping_after_ms must be >= 0, got {ping_after_ms}")
     engine = create_async_engine(
         with_driver(url, ASYNC_DRIVER),
-        pool_pre_ping=True,
+        pool_pre_ping=ping_after_ms == 0,
         connect_args=connect_args,
         **engine_kwargs,
     )
+    if ping_after_ms:
+        ping_when_idle(engine.sync_engine.pool, engine.dialect, after_ms=ping_after_ms)
     if isinstance(engine.sync_engine.pool, TimedAsyncQueuePool):
         engine.sync_engine.pool.label = pool_label or application_name
     return engine
@@ -190,6 +238,7 @@ def _pool_kwargs(pool: PoolSettings) -> dict[str, Any]:
         "idle_in_transaction_timeout_ms": pool.idle_in_transaction_timeout_ms,
         "work_mem": pool.work_mem,
         "read_only": pool.read_only,
+        "ping_after_ms": pool.ping_after_ms,
     }
 
 

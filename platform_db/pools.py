@@ -82,6 +82,20 @@ class _TimedMixin:
         new.label = self.label  # type: ignore[attr-defined]
         return new
 
+    def reset_acquire_stats(self, *, keep: int = 4096) -> None:
+        """Forget the checkouts recorded so far; keep the times of up to `keep` from now on.
+
+        A benchmark calls this when its warm-up ends, so the numbers cover exactly the
+        measured window.
+        """
+        self._recorder = _Recorder(keep)
+
+    def acquire_times_ms(self) -> list[float]:
+        """The recorded checkout times (ms), sorted: the most recent `keep` of them."""
+        if not hasattr(self, "_recorder"):
+            self._recorder = _Recorder()
+        return self._recorder.snapshot()
+
     def acquire_stats(self) -> AcquireStats:
         if not hasattr(self, "_recorder"):
             self._recorder = _Recorder()

@@ -218,13 +218,18 @@ def _decode_cursor(cursor: str, keys: list[_SortKey], columns: dict[str, Column[
 
 def _after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
     # (a, b, c) after (x, y, z), each in its own direction:
-    # a > x OR (a = x AND b > y) OR (a = x AND b = y AND c > z)
+    # a >= x AND (a > x OR (a = x AND b > y) OR (a = x AND b = y AND c > z))
+    # The leading a >= x is implied by the rest, but only it can be an index condition:
+    # without it an index on (..., a) is read from the first row and the OR filters
+    # away every row of the earlier pages, so page n cost n pages (docs/PERFORMANCE.md).
     clauses = []
     for i, key in enumerate(keys):
         equal = [keys[j].column == values[j] for j in range(i)]
         step = key.column < values[i] if key.descending else key.column > values[i]
         clauses.append(and_(*equal, step))
-    return or_(*clauses)
+    first = keys[0]
+    bound = first.column <= values[0] if first.descending else first.column >= values[0]
+    return and_(bound, or_(*clauses))
 
 
 def build_find_many(

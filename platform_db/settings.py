@@ -73,6 +73,7 @@ class PoolSettings:
     work_mem: str | None = None
     read_only: bool = False
     recycle_s: int = 1800
+    ping_after_ms: int = 500
 
     @property
     def application_name(self) -> str:
@@ -115,7 +116,8 @@ class Settings:
 
         Variables (defaults in brackets; timeouts in milliseconds):
           DATABASE_URL (required), POSTGRES_REPLICA_URL (optional, analytics pool)
-          POSTGRES_POOL_MIN [5], POSTGRES_POOL_MAX [20], POSTGRES_POOL_ACQUIRE_TIMEOUT [5000]
+          POSTGRES_POOL_MIN [5], POSTGRES_POOL_MAX [20], POSTGRES_POOL_ACQUIRE_TIMEOUT [5000],
+          POSTGRES_POOL_PING_AFTER [500] (ping connections idle longer; 0: at every checkout)
           POSTGRES_STATEMENT_TIMEOUT [30000], POSTGRES_LOCK_TIMEOUT [10000],
           POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT [60000], POSTGRES_WORK_MEM [unset]
           POSTGRES_ANALYTICS_POOL_MIN [2], POSTGRES_ANALYTICS_POOL_MAX [10],
@@ -216,4 +218,5 @@ class _Reader:
             ),
             work_mem=mem.replace(" ", "") if mem else None,
             read_only=read_only,
+            ping_after_ms=self.integer(f"{prefix}POOL_PING_AFTER", 500, minimum=0, maximum=day),
         )

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, event, select
+from sqlalchemy import Connection, String, bindparam, event, select
 from sqlalchemy import func as sa_func
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -166,6 +166,14 @@ def _resolve_scope(session: Session) -> TenantScope | None:
     return own or ambient
 
 
+# Built once: constructing and cache-keying a new SELECT for every transaction cost more
+# client CPU than the round trip it sends (docs/PERFORMANCE.md).
+_SET_SCOPE = select(
+    sa_func.set_config(TENANT_SETTING, bindparam("tenant", type_=String), True),
+    sa_func.set_config(USER_SETTING, bindparam("user", type_=String), True),
+)
+
+
 @event.listens_for(TenantSession, "after_begin")
 def _apply_tenant(
     session: Session, transaction: SessionTransaction, connection: Connection
@@ -173,12 +181,7 @@ def _apply_tenant(
     scope = _resolve_scope(session)
     tenant = str(scope.tenant_id) if scope else ""
     user = str(scope.user_id) if scope and scope.user_id else ""
-    connection.execute(
-        select(
-            sa_func.set_config(TENANT_SETTING, tenant, True),
-            sa_func.set_config(USER_SETTING, user, True),
-        )
-    )
+    connection.execute(_SET_SCOPE, {"tenant": tenant, "user": user})
     session.info[_APPLIED_KEY] = scope
 
 

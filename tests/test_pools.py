@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -93,6 +94,7 @@ def database(database_url: URL) -> Iterator[Database]:
             POSTGRES_POOL_MIN="2",
             POSTGRES_POOL_MAX="2",
             POSTGRES_POOL_ACQUIRE_TIMEOUT="500",
+            POSTGRES_POOL_PING_AFTER="100",
             POSTGRES_STATEMENT_TIMEOUT="400",
             POSTGRES_ANALYTICS_POOL_MIN="1",
             POSTGRES_ANALYTICS_POOL_MAX="2",
@@ -156,10 +158,55 @@ def test_stale_connection_is_replaced(database: Database) -> None:
         pid = conn.scalar(text("SELECT pg_backend_pid()"))
     with database.engine("background").connect() as other:
         other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
-    # The pooled connection is dead; pre-ping notices and hands out a fresh one.
+    time.sleep(0.15)  # idle for longer than POSTGRES_POOL_PING_AFTER (100 ms)
+    # The pooled connection is dead; the ping notices and hands out a fresh one.
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT 1")) == 1
         assert conn.scalar(text("SELECT pg_backend_pid()")) != pid
+
+
+async def test_async_stale_connection_is_replaced(database: Database) -> None:
+    engine = database.async_engine("main")
+    async with engine.connect() as conn:
+        pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+    with database.engine("background").connect() as other:
+        other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+    await asyncio.sleep(0.15)
+    async with engine.connect() as conn:
+        assert await conn.scalar(text("SELECT pg_backend_pid()")) != pid
+    await engine.dispose()
+
+
+@pytest.mark.parametrize(("after_ms", "pings"), [("100", 0), ("0", 3)])
+def test_connections_back_moments_ago_are_not_pinged(
+    database_url: URL, after_ms: str, pings: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database.from_env(
+        env_for(
+            database_url,
+            POSTGRES_POOL_MIN="1",
+            POSTGRES_POOL_MAX="1",
+            POSTGRES_POOL_PING_AFTER=after_ms,
+        )
+    )
+    engine = db.engine("main")
+    calls: list[object] = []
+    real = engine.dialect.do_ping
+
+    def counting_ping(dbapi_connection: Any) -> bool:
+        calls.append(dbapi_connection)
+        return real(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counting_ping)
+    try:
+        with engine.connect() as conn:
+            conn.scalar(text("SELECT 1"))
+        for _ in range(3):  # back in the pool moments ago: no ping unless after_ms is 0
+            with engine.connect() as conn:
+                conn.scalar(text("SELECT 1"))
+        assert len(calls) == pings
+    finally:
+        db.dispose()
 
 
 def test_tenant_sessions_from_the_pools(database: Database) -> None:
