@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
+from platform_db.begin import TenantConnection
 from platform_db.pools import TimedAsyncQueuePool, TimedQueuePool
 from platform_db.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
 
@@ -158,6 +159,13 @@ def make_engine(
     return engine
 
 
+def _discard_pending(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """A statement waiting for a BEGIN never outlives its checkout (platform_db.begin)."""
+    driver = record.driver_connection if dbapi_connection is not None else None
+    if isinstance(driver, TenantConnection):
+        driver.discard_pending()
+
+
 def make_async_engine(
     url: URL | str,
     *,
@@ -202,6 +210,8 @@ def make_async_engine(
         )
     else:
         connect_args["server_settings"] = settings
+    # Lets the tenant hook send its setting in the same message as BEGIN (platform_db.begin).
+    connect_args["connection_class"] = TenantConnection
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     if "poolclass" not in engine_kwargs:
         engine_kwargs.update(
@@ -221,6 +231,7 @@ def make_async_engine(
     )
     if ping_after_ms:
         ping_when_idle(engine.sync_engine.pool, engine.dialect, after_ms=ping_after_ms)
+    event.listen(engine.sync_engine.pool, "checkin", _discard_pending)
     if isinstance(engine.sync_engine.pool, TimedAsyncQueuePool):
         engine.sync_engine.pool.label = pool_label or application_name
     return engine

@@ -7,6 +7,8 @@ Each new transaction runs, on the connection it uses,
 
 so the setting lives exactly as long as the transaction: it cannot ride a pooled
 connection (or a PgBouncer server connection in transaction mode) into another request.
+On the package's asyncpg connections (platform_db.begin.TenantConnection) that statement
+travels in the same message as the transaction's BEGIN, saving a round trip.
 Row-level security does the filtering; nothing here adds WHERE clauses.
 
 The tenant comes from the session (``TenantSession(tenant_id=...)``, or a session made by
@@ -30,11 +32,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
+from platform_db.begin import TenantConnection, quote_literal
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
 
 _INFO_KEY = "platform_db.tenant"
 _APPLIED_KEY = "platform_db.applied_tenant"
+_DEFERRED_KEY = "platform_db.deferred_on"
 
 
 class TenantError(RuntimeError):
@@ -166,12 +170,28 @@ def _resolve_scope(session: Session) -> TenantScope | None:
     return own or ambient
 
 
-# Built once: constructing and cache-keying a new SELECT for every transaction cost more
-# client CPU than the round trip it sends (docs/PERFORMANCE.md).
+# The setting as a statement of its own: psycopg connections, and asyncpg connections that
+# are already inside a transaction. Built once: constructing and cache-keying a new SELECT
+# for every transaction cost more client CPU than the round trip it sends.
 _SET_SCOPE = select(
     sa_func.set_config(TENANT_SETTING, bindparam("tenant", type_=String), True),
     sa_func.set_config(USER_SETTING, bindparam("user", type_=String), True),
 )
+
+
+def _scope_sql(tenant: str, user: str) -> str:
+    return (
+        f"SELECT set_config({quote_literal(TENANT_SETTING)}, {quote_literal(tenant)}, true), "
+        f"set_config({quote_literal(USER_SETTING)}, {quote_literal(user)}, true)"
+    )
+
+
+def _deferrable(connection: Connection) -> TenantConnection | None:
+    """The asyncpg connection under `connection` if the setting can ride its BEGIN."""
+    driver = connection.connection.driver_connection
+    if isinstance(driver, TenantConnection) and not driver.is_in_transaction():
+        return driver
+    return None
 
 
 @event.listens_for(TenantSession, "after_begin")
@@ -181,7 +201,14 @@ def _apply_tenant(
     scope = _resolve_scope(session)
     tenant = str(scope.tenant_id) if scope else ""
     user = str(scope.user_id) if scope and scope.user_id else ""
-    connection.execute(_SET_SCOPE, {"tenant": tenant, "user": user})
+    driver = _deferrable(connection)
+    if driver is not None:
+        # Nothing has reached the server yet: the setting goes out with the BEGIN that
+        # the first statement of the transaction sends (platform_db.begin).
+        driver.send_with_next_begin(_scope_sql(tenant, user))
+        session.info.setdefault(_DEFERRED_KEY, []).append(driver)
+    else:
+        connection.execute(_SET_SCOPE, {"tenant": tenant, "user": user})
     session.info[_APPLIED_KEY] = scope
 
 
@@ -202,6 +229,9 @@ def _check_unchanged(session: Session) -> None:
 def _forget_tenant(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_APPLIED_KEY, None)
+        # A transaction that ran no statement sent no BEGIN: drop what waited for it.
+        for driver in session.info.pop(_DEFERRED_KEY, ()):
+            driver.discard_pending()
 
 
 @event.listens_for(TenantSession, "do_orm_execute")

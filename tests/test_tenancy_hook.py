@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy import event as sa_event
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from platform_db.begin import TenantConnection, quote_literal
+from platform_db.engines import make_async_engine
 from platform_db.models import Form, FormSubmission, Lead, Page, User
 from platform_db.tenancy import (
     InvalidTenantIdError,
@@ -372,3 +375,103 @@ async def test_async_tenant_context_is_per_task(
             assert (seen, setting) == (set(), "")
         else:
             assert (seen, setting) == ({owner.tenant_id}, str(owner.tenant_id))
+
+
+# ---------------------------------------------------------------------------------------
+# The setting travels with BEGIN (platform_db.begin), and never outlives its transaction
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def one_connection_engine(app_login: URL) -> AsyncIterator[AsyncEngine]:
+    """A pool of exactly one connection: every checkout gets the same server connection."""
+    eng = make_async_engine(app_login, application_name="platform-db-tests-begin", pool_size=1)
+    yield eng
+    await eng.dispose()
+
+
+async def _driver(session: AsyncSession) -> TenantConnection:
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, TenantConnection)
+    return driver
+
+
+async def test_async_setting_travels_in_the_begin_message(
+    one_connection_engine: AsyncEngine, a: SeededTenant
+) -> None:
+    factory = tenant_async_sessionmaker(one_connection_engine)
+    sent: list[str] = []
+    async with factory(tenant_id=a.tenant_id) as session:
+        driver = await _driver(session)
+        assert driver.pending is not None  # nothing has been sent yet
+
+        def log(record: Any) -> None:
+            sent.append(record.query)
+
+        driver.add_query_logger(log)
+        try:
+            assert set(await session.scalars(LEADS_SQL)) == {a.tenant_id}
+            assert await session.scalar(TENANT_SQL) == str(a.tenant_id)
+            await session.commit()
+        finally:
+            driver.remove_query_logger(log)
+    # The simple-query messages (asyncpg logs those; the two prepared queries are not
+    # logged): BEGIN carrying the setting, then COMMIT. No message of its own for it.
+    assert len(sent) == 2, sent
+    assert sent[0].startswith("BEGIN")
+    assert "set_config('app.current_tenant_id'" in sent[0]
+    assert str(a.tenant_id) in sent[0]
+    assert sent[1].startswith("COMMIT")
+
+
+async def test_a_setting_no_begin_picked_up_is_dropped(
+    one_connection_engine: AsyncEngine, a: SeededTenant
+) -> None:
+    factory = tenant_async_sessionmaker(one_connection_engine)
+    # A transaction that runs no statement sends no BEGIN; its setting must not wait on
+    # the connection for whoever uses it next.
+    async with factory(tenant_id=a.tenant_id) as session:
+        driver = await _driver(session)
+        assert driver.pending is not None
+        await session.commit()
+        assert driver.pending is None
+    # Outside any session: the pool drops it at check-in.
+    async with one_connection_engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert raw.driver_connection is driver  # the same server connection
+        driver.send_with_next_begin("SELECT set_config('app.current_tenant_id', 'x', true)")
+    assert driver.pending is None
+    # The next user of the connection, without a tenant, sees no tenant and no rows.
+    async with one_connection_engine.connect() as conn:
+        assert (await conn.execute(TENANT_SQL)).scalar() in ("", None)
+        assert (await conn.execute(LEADS_SQL)).all() == []
+    async with AsyncSession(one_connection_engine) as plain:
+        assert list(await plain.scalars(LEADS_SQL)) == []
+
+
+async def test_a_connection_already_in_a_transaction_gets_its_own_statement(
+    one_connection_engine: AsyncEngine, a: SeededTenant
+) -> None:
+    async with one_connection_engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))  # BEGIN has been sent
+        async with AsyncSession(
+            bind=conn,
+            sync_session_class=TenantSession,
+            join_transaction_mode="create_savepoint",
+            tenant_id=a.tenant_id,
+        ) as session:
+            assert await session.scalar(TENANT_SQL) == str(a.tenant_id)
+            assert set(await session.scalars(LEADS_SQL)) == {a.tenant_id}
+            driver = await _driver(session)
+            assert driver.pending is None
+            with pytest.raises(RuntimeError, match="already in a transaction"):
+                driver.send_with_next_begin("SELECT 1")
+        await conn.rollback()
+
+
+def test_literals_are_quoted_and_nul_refused() -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        quote_literal("a\x00b")
+    assert quote_literal("it's") == "'it''s'"
