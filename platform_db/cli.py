@@ -463,6 +463,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             gc_freeze=not args.no_gc_freeze,
             app_url=parse_database_url(args.app_url, name="--app-url") if args.app_url else None,
             label=args.label,
+            first_tenants=args.first_tenants,
         )
         report = run_bench(url, config, progress=None if args.quiet else _progress)
     except (BenchError, ValueError) as exc:
@@ -557,6 +558,13 @@ def _add_bench_commands(sub: Any) -> None:
         "--app-url",
         help="URL of the platform_app login to measure with (default: the harness "
         "creates platform_bench_app with a fresh password)",
+    )
+    bench.add_argument(
+        "--first-tenants",
+        type=int,
+        metavar="N",
+        help="draw requests only over the tenants a seed of N tenants creates, so that runs "
+        "on a small and a large seed measure the same tenants (the scaling run)",
     )
     bench.add_argument("--label", help="a name for this run in the report")
     bench.add_argument("--out", help="also write the JSON report to this file")

@@ -290,6 +290,21 @@ def test_catalog_covers_every_tenant(catalog: Catalog) -> None:
     assert all(isinstance(t.id, uuid.UUID) and t.emails and t.leads for t in catalog.tenants)
 
 
+def test_first_tenants_keeps_the_tenants_of_a_smaller_seed(bench_db: URL, catalog: Catalog) -> None:
+    # The scaling run draws over the same tenants on a small and a large seed: the first
+    # N tenants of any seed are exactly the tenants of an N-tenant seed.
+    from platform_db.bench.seed import plan_tenant  # noqa: PLC0415
+
+    config = SeedConfig(tenants=10, rows_per_tenant=600, months=4, seed=3)
+    want = {uuid.UUID(plan_tenant(i, config).id) for i in range(4)}
+    with psycopg.connect(conninfo(bench_db)) as conn:
+        four = load_catalog(conn, first_tenants=4)
+        assert {t.id for t in four.tenants} == want
+        assert want < {t.id for t in catalog.tenants}
+        with pytest.raises(ValueError, match="at least 1"):
+            load_catalog(conn, first_tenants=0)
+
+
 def test_a_later_lead_page_starts_at_the_cursor_in_the_index(
     catalog: Catalog, super_engine: Engine, app_engine_bench: Engine
 ) -> None:

@@ -326,6 +326,7 @@ def build_report(
             "warmup_s": config.warmup_s,
             "seed": config.seed,
             "gc_freeze": config.gc_freeze,
+            "first_tenants": config.first_tenants,
             "mix": dict(config.mix),
             **pools,
         },
@@ -374,7 +375,11 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"max_connections {s.get('max_connections')}\n"
         f"  data: {report['data']['total_rows_estimated']:,} rows, "
         f"{report['data']['database_bytes'] / 1024**3:.2f} GiB, "
-        f"{report['data']['partitions']} partitions, {report['tenants_sampled']:,} tenants\n"
+        f"{report['data']['partitions']} partitions, "
+        f"{report['data'].get('tenants', report['tenants_sampled']):,} tenants; requests drawn "
+        f"over {report['tenants_sampled']:,}"
+        + (f" (seed index below {c['first_tenants']:,})" if c.get("first_tenants") else "")
+        + "\n"
         f"  run: {c['clients']} clients, {c['processes']} process(es), "
         f"{c['warmup_s']} s warm-up + {c['duration_s']} s, gc.freeze "
         f"{'on' if c.get('gc_freeze') else 'off'}; load average "
@@ -414,7 +419,10 @@ def render_text(report: Mapping[str, Any]) -> str:
             for k, v in [*a.items(), ("session setup*", w["session_setup"])]
         ],
     )
-    out.write("  * checkout + ping + BEGIN + the tenant hook, as seen by the caller\n")
+    out.write(
+        "  * checkout (+ a ping after idling) and the tenant hook, as seen by the caller; on\n"
+        "    asyncpg, BEGIN and the tenant setting then travel with the first query\n"
+    )
     sv = w["server"]
     out.write(
         f"\nServer over the measured window: cache hit {_pct(sv['cache_hit_ratio'])}, "

@@ -86,6 +86,7 @@ class BenchConfig:
     gc_freeze: bool = True
     app_url: URL | None = None
     label: str | None = None
+    first_tenants: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.clients <= MAX_CLIENTS:
@@ -98,6 +99,8 @@ class BenchConfig:
             raise BenchError("processes must be between 1 and the number of clients")
         if not 0 <= self.pgbouncer_clients <= MAX_CLIENTS:
             raise BenchError(f"pgbouncer clients must be between 0 and {MAX_CLIENTS}")
+        if self.first_tenants is not None and self.first_tenants < 1:
+            raise BenchError("first tenants must be at least 1")
 
 
 def require_loopback(url: URL) -> None:
@@ -394,7 +397,7 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
             app_url, app_password = ensure_app_login(admin, url)
         say("sampling the tenants' keys ...")
         with psycopg.connect(conninfo(url)) as c:
-            catalog = load_catalog(c)
+            catalog = load_catalog(c, first_tenants=config.first_tenants)
         data = _data_shape(admin)
         server = stats.server_settings(admin)
         load_before = stats.load_average()
@@ -460,7 +463,9 @@ def _data_shape(admin: psycopg.Connection[Any]) -> dict[str, Any]:
     parts = admin.execute(
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.form_submissions'::regclass"
     ).fetchone()
+    tenants = admin.execute("SELECT count(*) FROM tenants").fetchone()
     return {
+        "tenants": int(tenants[0]) if tenants else 0,
         "rows_estimated": rows,
         "total_rows_estimated": sum(rows.values()),
         "database_bytes": int(size[0]) if size else 0,

@@ -114,8 +114,14 @@ class Catalog:
         return self.tenants[min(i, len(self.tenants) - 1)]
 
 
-def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
-    """Sample every tenant's keys (as a superuser: RLS would hide them)."""
+def load_catalog(conn: psycopg.Connection[Any], *, first_tenants: int | None = None) -> Catalog:
+    """Sample every tenant's keys (as a superuser: RLS would hide them).
+
+    `first_tenants=N` keeps only the tenants a seed of N tenants creates (seed index below
+    N), so that runs on a 100-tenant and a 1,000-tenant seed draw over the same tenants.
+    """
+    if first_tenants is not None and first_tenants < 1:
+        raise ValueError("first_tenants must be at least 1")
     leads: dict[uuid.UUID, list[LeadRef]] = {}
     for tenant_id, lead_id, status, created_at in conn.execute(
         """
@@ -143,9 +149,10 @@ def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
         LEFT JOIN u ON u.tenant_id = t.id
         LEFT JOIN p ON p.tenant_id = t.id
         LEFT JOIN f ON f.tenant_id = t.id
+        WHERE %(first)s::int IS NULL OR (t.settings #>> '{seed,index}')::int < %(first)s::int
         ORDER BY t.id
         """,
-        {"n": SAMPLES_PER_TENANT},
+        {"n": SAMPLES_PER_TENANT, "first": first_tenants},
     ).fetchall()
     tenants = [
         TenantSample(
@@ -163,6 +170,11 @@ def load_catalog(conn: psycopg.Connection[Any]) -> Catalog:
         if emails and slugs and forms and leads.get(tid)
     ]
     if not tenants:
+        if first_tenants is not None:
+            raise ValueError(
+                f"no seeded tenant has a seed index below {first_tenants}: "
+                "was this database filled by `platform-db seed`?"
+            )
         raise ValueError("no seeded tenants found: run `platform-db seed` first")
     now_row = conn.execute("SELECT now()").fetchone()
     return Catalog.of(tenants, now_row[0] if now_row else dt.datetime.now(dt.UTC))
