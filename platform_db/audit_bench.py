@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from platform_db import migrations
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, USER_SETTING
+from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, USER_SETTING, scram_sha_256
 from platform_db.settings import SYNC_DRIVER, with_driver
 
 
@@ -73,8 +73,9 @@ def _scratch(server: URL) -> Iterator[tuple[URL, URL]]:
             conn.commit()
         with engine.begin() as conn:
             # Generated names and password; DDL takes no bind parameters.
-            conn.execute(
-                text(f"CREATE ROLE {login} LOGIN PASSWORD '{password}' IN ROLE {APP_ROLE}")
+            # exec_driver_sql: text() would read the verifier's ":" as a bind parameter.
+            conn.exec_driver_sql(
+                f"CREATE ROLE {login} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE {APP_ROLE}"
             )
         engine.dispose()
         yield url, url.set(username=login, password=password)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from platform_db import migrations
-from platform_db.ddl.security import APP_ROLE
+from platform_db.ddl.security import APP_ROLE, scram_sha_256
 from platform_db.engines import make_engine
 from platform_db.models import TENANT_OWNED_TABLES, Tenant, TenantDashboard
 from platform_db.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
@@ -85,7 +85,8 @@ def _ensure_demo_login(conn: Connection) -> str:
     exists = conn.scalar(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": DEMO_LOGIN})
     verb = "ALTER" if exists else "CREATE"
     # The password is generated here, never from input; DDL cannot take bind parameters.
-    conn.execute(text(f"{verb} ROLE {DEMO_LOGIN} LOGIN PASSWORD '{password}'"))
+    # Sent as its SCRAM verifier; exec_driver_sql, as text() would read ":" as a parameter.
+    conn.exec_driver_sql(f"{verb} ROLE {DEMO_LOGIN} LOGIN PASSWORD '{scram_sha_256(password)}'")
     conn.execute(text(f"GRANT {APP_ROLE} TO {DEMO_LOGIN}"))
     return password
 

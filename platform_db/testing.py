@@ -48,7 +48,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.autogen import drift
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
+from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, scram_sha_256
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.settings import SYNC_DRIVER, with_driver
 
@@ -295,7 +295,9 @@ def platform_db_app_login(platform_db_admin_engine: Engine, platform_db_url: URL
     password = secrets.token_urlsafe(16)
     with platform_db_admin_engine.begin() as conn:
         # DDL takes no bind parameters; the name and password are generated here.
-        conn.execute(text(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE {APP_ROLE}"))
+        conn.exec_driver_sql(
+            f"CREATE ROLE {name} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE {APP_ROLE}"
+        )
     yield platform_db_url.set(username=name, password=password)
     with platform_db_admin_engine.begin() as conn:
         conn.execute(text(f"DROP ROLE IF EXISTS {name}"))

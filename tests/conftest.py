@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from platform_db import migrations
+from platform_db.ddl.security import scram_sha_256
 from platform_db.engines import make_async_engine, make_engine
 from platform_db.settings import SYNC_DRIVER, with_driver
 from platform_db.tenancy import TenantSession
@@ -131,7 +132,9 @@ def app_login(engine: Engine, database_url: URL) -> Iterator[URL]:
     name = f"pdb_test_app_{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(16)
     with engine.begin() as conn:
-        conn.execute(text(f"CREATE ROLE {name} LOGIN PASSWORD '{password}' IN ROLE platform_app"))
+        conn.exec_driver_sql(
+            f"CREATE ROLE {name} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE platform_app"
+        )
     yield database_url.set(username=name, password=password)
     with engine.begin() as conn:
         conn.execute(text(f"DROP ROLE IF EXISTS {name}"))

@@ -54,7 +54,7 @@ from platform_db.bench.workload import (
     run_request,
 )
 from platform_db.database import Database
-from platform_db.ddl.security import APP_ROLE
+from platform_db.ddl.security import APP_ROLE, scram_sha_256
 from platform_db.settings import SYNC_DRIVER, with_driver
 
 Progress = Callable[[str], None]
@@ -128,18 +128,23 @@ def _conn_params(url: URL) -> dict[str, str]:
 
 
 def ensure_app_login(admin: psycopg.Connection[Any], url: URL) -> tuple[URL, str]:
-    """A LOGIN role that is only a member of platform_app, with a fresh password."""
+    """A LOGIN role that is only a member of platform_app, with a fresh password.
+
+    The password is sent as its SCRAM-SHA-256 verifier, so the server's log and
+    pg_stat_statements never hold it.
+    """
     password = secrets.token_urlsafe(24)
+    verifier = scram_sha_256(password)
     exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (BENCH_LOGIN,)).fetchone()
     ident = sql.Identifier(BENCH_LOGIN)
     if not exists:
         admin.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
-                ident, sql.Literal(password), sql.Identifier(APP_ROLE)
+                ident, sql.Literal(verifier), sql.Identifier(APP_ROLE)
             )
         )
     else:
-        admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, sql.Literal(password)))
+        admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, sql.Literal(verifier)))
     return url.set(username=BENCH_LOGIN, password=password), password
 
 

@@ -6,7 +6,11 @@ revisions; partitions copy their parent's policies (see platform_db.ddl.partitio
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
+import secrets
 from dataclasses import dataclass
 
 OWNER_ROLE = "platform_owner"
@@ -21,6 +25,28 @@ POLICY_NAME = "tenant_isolation"
 PLATFORM_SCHEMA = "platform"
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def scram_sha_256(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for `password` (RFC 5802 / 7677).
+
+    `CREATE ROLE ... PASSWORD '<verifier>'` then sets the password without it ever
+    reaching the server in clear: not in the server log, not in pg_stat_statements
+    (which `platform-db doctor` reads). The same computation as libpq's
+    PQencryptPasswordConn; ASCII passwords only, since PostgreSQL would SASLprep others.
+    """
+    if not password.isascii() or not password:
+        raise ValueError("scram_sha_256 takes a non-empty ASCII password")
+    salt = secrets.token_bytes(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
 def ident(name: str) -> str:
