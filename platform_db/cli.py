@@ -464,6 +464,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             app_url=parse_database_url(args.app_url, name="--app-url") if args.app_url else None,
             label=args.label,
             first_tenants=args.first_tenants,
+            rate=args.rate,
         )
         report = run_bench(url, config, progress=None if args.quiet else _progress)
     except (BenchError, ValueError) as exc:
@@ -565,6 +566,14 @@ def _add_bench_commands(sub: Any) -> None:
         metavar="N",
         help="draw requests only over the tenants a seed of N tenants creates, so that runs "
         "on a small and a large seed measure the same tenants (the scaling run)",
+    )
+    bench.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="open loop: R requests per second in all, at Poisson times, latency counted "
+        "from when each was due (pgbench gets -R R); default: closed loop, as fast as "
+        "the clients go",
     )
     bench.add_argument("--label", help="a name for this run in the report")
     bench.add_argument("--out", help="also write the JSON report to this file")

@@ -13,8 +13,10 @@ import datetime as dt
 import json
 import random
 import re
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -280,6 +282,62 @@ def test_bench_end_to_end_report_shape(bench_db: URL) -> None:
             "SELECT 1 FROM pg_database WHERE datname = %s", (f"{bench_db.database}_pgbench",)
         ).fetchone()
         assert gone is None  # pgbench's own database is dropped after the run
+
+
+def test_open_loop_run_keeps_its_rate_and_passes_it_to_pgbench(bench_db: URL) -> None:
+    config = BenchConfig(
+        clients=4,
+        duration_s=2,
+        warmup_s=0,
+        pgbench_scale=1,
+        rate=40.0,
+        explain=False,
+        label="open loop",
+        seed=5,
+    )
+    report = run_bench(bench_db, config)
+    assert report["config"]["rate"] == 40.0
+    w = report["workload"]
+    assert w["overall"]["count"] > 0
+    assert not w["errors"], w["error_samples"]
+    assert "open loop at 40 requests/s" in render_text(report)
+    if pgb.find_pgbench():
+        for run in report["pgbench"]["runs"].values():
+            assert run["error"] is None, run["error"]
+            assert "-R" in run["command"]
+            assert run["overall"]["count"] > 0
+
+
+async def test_open_loop_schedule_starts_each_request_when_due() -> None:
+    from platform_db.bench.runner import _Schedule  # noqa: PLC0415
+
+    schedule = _Schedule(500.0, _rng("schedule"))
+    expected = _rng("schedule")
+    due = schedule.due
+    assert due > 0
+    expected.expovariate(500.0)  # the first due time drew one value
+    for _ in range(20):
+        start = await schedule.next_start()
+        assert start == due  # latency counts from when it was due, not when it ran
+        assert time.perf_counter() >= start
+        due += expected.expovariate(500.0)
+    closed = _Schedule(None, _rng("closed"))
+    before = time.perf_counter()
+    assert before <= await closed.next_start() <= time.perf_counter()
+
+
+def test_pgbench_log_latency_includes_the_schedule_lag(tmp_path: Path) -> None:
+    # client, transaction, latency us, script, epoch s, epoch us[, schedule lag us]
+    (tmp_path / "log.1").write_text(
+        "0 1 1000 0 1700000000 100000 500\n"
+        "0 2 2000 1 1700000000 200000 0\n"
+        "0 3 3000 0 1700000000 300000\n"
+        "0 4 failed 0 1700000000 400000\n"
+    )
+    run = pgb.PgbenchRun(name="t", command=[], clients=1)
+    pgb._read_logs(tmp_path, ["a", "b"], 0, 10, run)
+    assert run.latencies == {"a": [1.5, 3.0], "b": [2.0]}
+    assert run.failed == 1
 
 
 def test_catalog_covers_every_tenant(catalog: Catalog) -> None:

@@ -197,7 +197,8 @@ class PgbenchRun:
     cpu: dict[str, Any] | None = None
 
 
-_LOG_LINE = re.compile(rb"^(\d+) (\d+) (\d+|failed|skipped) (\d+) (\d+) (\d+)")
+# client, transaction, latency us, script, epoch s, epoch us[, schedule lag us (with -R)]
+_LOG_LINE = re.compile(rb"^(\d+) (\d+) (\d+|failed|skipped) (\d+) (\d+) (\d+)(?: (\d+))?")
 
 
 def run_pgbench(
@@ -216,13 +217,16 @@ def run_pgbench(
     timeout_s: float,
     protocol: str = "prepared",
     probe: Callable[[], Any] | None = None,
+    rate: float | None = None,
 ) -> PgbenchRun:
     """Run pgbench (custom scripts or a built-in one) and read its per-transaction log.
 
     `protocol` is pgbench's -M: `prepared` like the package's asyncpg, `extended` through
     PgBouncer in transaction mode (no named prepared statements there). `probe`, called
     once the warm-up is over, returns a stats.CpuProbe of the server backends to watch
-    until just before the end.
+    until just before the end. `rate` (transactions per second in all) runs pgbench
+    open-loop (-R); a transaction's latency then includes its schedule lag, as the
+    workload's does.
     """
     with tempfile.TemporaryDirectory(prefix="platform-db-pgbench-") as tmp:
         work = Path(tmp)
@@ -238,6 +242,7 @@ def run_pgbench(
             "-T",
             str(duration_s + warmup_s),
             f"--random-seed={seed}",
+            *(["-R", f"{rate:g}"] if rate else []),
             "-l",
             f"--log-prefix={work / 'log'}",
             "-h",
@@ -308,7 +313,8 @@ def _read_logs(
                     failed += 1
                     continue
                 end = int(m.group(5)) + int(m.group(6)) / 1e6
-                rows.append((end, int(m.group(4)), int(m.group(3))))
+                lag = int(m.group(7)) if m.group(7) else 0
+                rows.append((end, int(m.group(4)), int(m.group(3)) + lag))
     if not rows:
         return
     start = min(r[0] for r in rows)

@@ -327,6 +327,7 @@ def build_report(
             "seed": config.seed,
             "gc_freeze": config.gc_freeze,
             "first_tenants": config.first_tenants,
+            "rate": config.rate,
             "mix": dict(config.mix),
             **pools,
         },
@@ -381,7 +382,12 @@ def render_text(report: Mapping[str, Any]) -> str:
         + (f" (seed index below {c['first_tenants']:,})" if c.get("first_tenants") else "")
         + "\n"
         f"  run: {c['clients']} clients, {c['processes']} process(es), "
-        f"{c['warmup_s']} s warm-up + {c['duration_s']} s, gc.freeze "
+        + (
+            f"open loop at {c['rate']:,g} requests/s (latency from when due), "
+            if c.get("rate")
+            else "closed loop, "
+        )
+        + f"{c['warmup_s']} s warm-up + {c['duration_s']} s, gc.freeze "
         f"{'on' if c.get('gc_freeze') else 'off'}; load average "
         f"{_load(report['load_average'].get('before'))} -> "
         f"{_load(report['load_average'].get('after'))}\n\n"

@@ -87,6 +87,7 @@ class BenchConfig:
     app_url: URL | None = None
     label: str | None = None
     first_tenants: int | None = None
+    rate: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.clients <= MAX_CLIENTS:
@@ -101,6 +102,8 @@ class BenchConfig:
             raise BenchError(f"pgbouncer clients must be between 0 and {MAX_CLIENTS}")
         if self.first_tenants is not None and self.first_tenants < 1:
             raise BenchError("first tenants must be at least 1")
+        if self.rate is not None and not 0 < self.rate <= 1_000_000:
+            raise BenchError("rate must be above 0 and at most 1,000,000 requests per second")
 
 
 def require_loopback(url: URL) -> None:
@@ -163,6 +166,7 @@ class WorkerTask:
     t_measure: float
     t_end: float
     gc_freeze: bool = True
+    rate_per_client: float | None = None
 
 
 @dataclass(slots=True)
@@ -176,6 +180,30 @@ class WorkerResult:
     requests: int = 0
     client_cpu_s: float = 0.0
     fatal: str | None = None
+
+
+class _Schedule:
+    """When a client's next request starts, and the time its latency counts from.
+
+    Closed loop (no rate): at once, timed from now. Open loop (--rate): requests are due
+    at Poisson times whatever the server does, and latency counts from when a request
+    was due, so the wait behind a slow request is not hidden (no coordinated omission).
+    """
+
+    def __init__(self, rate: float | None, rng: random.Random) -> None:
+        self.rate = rate
+        self.rng = rng
+        self.due = time.perf_counter() + (rng.expovariate(rate) if rate else 0.0)
+
+    async def next_start(self) -> float:
+        if not self.rate:
+            return time.perf_counter()
+        wait = self.due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        start = self.due
+        self.due += self.rng.expovariate(self.rate)
+        return start
 
 
 def worker_main(task: WorkerTask) -> WorkerResult:
@@ -210,13 +238,14 @@ async def _worker(task: WorkerTask) -> WorkerResult:
 
         async def client(i: int) -> None:
             rng = random.Random(f"{task.seed}:{task.index}:{i}")  # noqa: S311
+            schedule = _Schedule(task.rate_per_client, rng)
             for _ in range(MAX_REQUESTS_PER_CLIENT):
+                start = await schedule.next_start()
                 begun = time.time()
                 if begun >= task.t_end:
                     return
                 cls = pick_class(task.mix, rng)
                 req = draw_request(cls, task.catalog, rng)
-                start = time.perf_counter()
                 try:
                     outcome = await run_request(db, req, rng)
                 except Exception as exc:
@@ -288,12 +317,14 @@ def run_workload(
             t_measure=t_measure,
             t_end=t_end,
             gc_freeze=config.gc_freeze,
+            rate_per_client=config.rate / config.clients if config.rate else None,
         )
         for i, n in enumerate(per_process)
     ]
     say(
-        f"workload: {config.clients} clients in {config.processes} process(es), "
-        f"{config.warmup_s} s warm-up + {config.duration_s} s measured ..."
+        f"workload: {config.clients} clients in {config.processes} process(es)"
+        + (f", open loop at {config.rate:,g} requests/s" if config.rate else "")
+        + f", {config.warmup_s} s warm-up + {config.duration_s} s measured ..."
     )
     with ProcessPoolExecutor(max_workers=config.processes, mp_context=get_context("spawn")) as ex:
         futures = [ex.submit(worker_main, t) for t in tasks]
@@ -532,6 +563,7 @@ def _run_pgbench_phases(
             warmup_s=config.warmup_s,
             seed=config.seed,
             timeout_s=timeout,
+            rate=config.rate,
         )
     finally:
         if not config.keep_pgbench_database:
@@ -564,6 +596,7 @@ def _run_pgbench_phases(
             warmup_s=config.warmup_s,
             seed=config.seed,
             timeout_s=timeout,
+            rate=config.rate,
         )
         time.sleep(1.5)
         servers[variant] = stats.delta(before, stats.snapshot(admin))
@@ -643,6 +676,7 @@ def _run_through_pgbouncer(
             seed=config.seed,
             timeout_s=config.duration_s + config.warmup_s + 300.0,
             protocol="extended",
+            rate=config.rate,
         )
         time.sleep(1.5)
         out["server"][name] = stats.delta(before, stats.snapshot(admin))
