@@ -443,8 +443,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from platform_db.settings import parse_database_url  # noqa: PLC0415
 
     if args.compare:
-        a, b = (json.loads(Path(p).read_text()) for p in args.compare)
-        print(compare_text(a, b), end="")  # noqa: T201
+        reports = []
+        for path in args.compare:
+            try:
+                reports.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as exc:
+                print(f"platform-db: cannot read report {path}: {exc}", file=sys.stderr)  # noqa: T201
+                return EXIT_USAGE
+        try:
+            text = compare_text(reports[0], reports[1])
+        except (KeyError, TypeError) as exc:
+            print(  # noqa: T201
+                f"platform-db: not a report of platform-db bench (missing {exc})", file=sys.stderr
+            )
+            return EXIT_USAGE
+        print(text, end="")  # noqa: T201
         return EXIT_OK
     url = _bench_url()
     try:

@@ -382,3 +382,23 @@ def test_a_later_lead_page_starts_at_the_cursor_in_the_index(
     conds = json.dumps(plan)
     assert "ix_leads_tenant_status" in conds
     assert re.search(r'"Index Cond": "[^"]*created_at <=', conds), conds
+
+
+def test_compare_prints_two_saved_reports_side_by_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from platform_db.cli import main  # noqa: PLC0415
+
+    scaling = Path(__file__).parent.parent / "docs" / "bench" / "scaling"
+    small = scaling / "100-tenants-2c-round-1.json"
+    large = scaling / "1000-tenants-first100-2c-round-1.json"
+    assert main(["bench", "--compare", str(small), str(large)]) == 0
+    out = capsys.readouterr().out
+    assert "data ratio B/A: 10.1x" in out
+    assert "1,000 tenants, requests over 100" in out
+    # Bad input: a clear message and the usage exit status, no traceback.
+    assert main(["bench", "--compare", str(tmp_path / "missing.json"), str(large)]) == 2
+    assert "cannot read report" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text("{}")
+    assert main(["bench", "--compare", str(tmp_path / "other.json"), str(large)]) == 2
+    assert "not a report of platform-db bench" in capsys.readouterr().err

@@ -535,15 +535,21 @@ def _load(v: Any) -> str:
     return " ".join(f"{x:.2f}" for x in v)
 
 
+def _count(n: object) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
 def compare_text(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     """Two reports side by side (the scaling run): per-class p50/p95 and their ratio."""
     out = io.StringIO()
     da, db = a["data"], b["data"]
     out.write(
         f"A: {a.get('label') or a['database']}: {da['total_rows_estimated']:,} rows, "
-        f"{da['database_bytes'] / 1024**3:.2f} GiB, {a['tenants_sampled']:,} tenants\n"
+        f"{da['database_bytes'] / 1024**3:.2f} GiB, {_count(da.get('tenants'))} tenants, "
+        f"requests over {a['tenants_sampled']:,}\n"
         f"B: {b.get('label') or b['database']}: {db['total_rows_estimated']:,} rows, "
-        f"{db['database_bytes'] / 1024**3:.2f} GiB, {b['tenants_sampled']:,} tenants\n"
+        f"{db['database_bytes'] / 1024**3:.2f} GiB, {_count(db.get('tenants'))} tenants, "
+        f"requests over {b['tenants_sampled']:,}\n"
         f"data ratio B/A: {db['total_rows_estimated'] / max(da['total_rows_estimated'], 1):.1f}x\n\n"
     )
     rows = []
