@@ -34,6 +34,7 @@ Fixtures (override any of them in your conftest.py):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
@@ -48,7 +49,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.autogen import drift
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, scram_sha_256
+from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, ident, scram_sha_256
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.settings import SYNC_DRIVER, with_driver
 
@@ -288,19 +289,36 @@ def platform_db_admin_engine(platform_db_url: URL) -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture(scope="session")
-def platform_db_app_login(platform_db_admin_engine: Engine, platform_db_url: URL) -> Iterator[URL]:
-    """URL of a LOGIN role that is only a member of platform_app, as a deployer makes it."""
-    name = f"pdb_iso_app_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def temporary_app_login(admin: Engine, url: URL, *, prefix: str = "pdb_app") -> Iterator[URL]:
+    """A LOGIN role that is only a member of platform_app, as a deployer makes it.
+
+    Yields `url` with that login's name and password; the role is dropped afterwards.
+    The password goes to the server as its SCRAM verifier only.
+    """
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    ident(name)
     password = secrets.token_urlsafe(16)
-    with platform_db_admin_engine.begin() as conn:
-        # DDL takes no bind parameters; the name and password are generated here.
+    with admin.begin() as conn:
+        # DDL takes no bind parameters; the name and password are generated here, and
+        # exec_driver_sql because text() would read the verifier's ":" as a parameter.
         conn.exec_driver_sql(
             f"CREATE ROLE {name} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE {APP_ROLE}"
         )
-    yield platform_db_url.set(username=name, password=password)
-    with platform_db_admin_engine.begin() as conn:
-        conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+    try:
+        yield url.set(username=name, password=password)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+
+
+@pytest.fixture(scope="session")
+def platform_db_app_login(platform_db_admin_engine: Engine, platform_db_url: URL) -> Iterator[URL]:
+    """URL of a LOGIN role that is only a member of platform_app, as a deployer makes it."""
+    with temporary_app_login(
+        platform_db_admin_engine, platform_db_url, prefix="pdb_iso_app"
+    ) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from platform_db import migrations
-from platform_db.ddl.security import scram_sha_256
 from platform_db.engines import make_async_engine, make_engine
 from platform_db.settings import SYNC_DRIVER, with_driver
 from platform_db.tenancy import TenantSession
+from platform_db.testing import temporary_app_login
 
 
 def _docker_available() -> bool:
@@ -129,15 +129,8 @@ def db(connection: Connection) -> Iterator[TenantSession]:
 @pytest.fixture(scope="session")
 def app_login(engine: Engine, database_url: URL) -> Iterator[URL]:
     """URL of a LOGIN role that is only a member of platform_app, as a deployer makes it."""
-    name = f"pdb_test_app_{secrets.token_hex(4)}"
-    password = secrets.token_urlsafe(16)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            f"CREATE ROLE {name} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE platform_app"
-        )
-    yield database_url.set(username=name, password=password)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+    with temporary_app_login(engine, database_url, prefix="pdb_test_app") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
