@@ -12,13 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -32,6 +26,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
+from platform_db.bench.bouncer import find_pgbouncer, pgbouncer
 from platform_db.engines import make_async_engine, make_engine
 from platform_db.models import Lead
 from platform_db.tenancy import (
@@ -60,22 +55,6 @@ class Bouncer:
     log: Path
 
 
-def _binary() -> str | None:
-    found = shutil.which("pgbouncer")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _server_address(url: URL) -> tuple[str, int]:
     """Host (or unix-socket directory) and port of the server behind `url`."""
     query_host = url.query.get("host")
@@ -85,31 +64,11 @@ def _server_address(url: URL) -> tuple[str, int]:
     return host, url.port or 5432
 
 
-def _unprivileged_user(host: str) -> pwd.struct_passwd:
-    """Whom to run PgBouncer as when the tests run as root.
-
-    Behind a unix socket (the embedded server), the owner of the socket directory, the
-    one user sure to reach it; otherwise `postgres`, or `nobody`.
-    """
-    if host.startswith("/"):
-        owner = Path(host).stat().st_uid
-        if owner != 0:
-            return pwd.getpwuid(owner)
-    try:
-        return pwd.getpwnam("postgres")
-    except KeyError:
-        return pwd.getpwnam("nobody")
-
-
-def _quote(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
 @pytest.fixture(scope="module")
 def bouncer(
     app_login: URL, database_url: URL, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Bouncer]:
-    binary = _binary()
+    binary = find_pgbouncer()
     if binary is None:
         reason = "pgbouncer binary not found (install the Debian package `pgbouncer`)"
         if os.environ.get("PLATFORM_DB_REQUIRE_PGBOUNCER") == "1":
@@ -118,76 +77,27 @@ def bouncer(
 
     host, server_port = _server_address(database_url)
     dbname = str(database_url.database)
-    username, password = str(app_login.username), str(app_login.password)
-    port = _free_port()
-
-    workdir = Path(tempfile.mkdtemp(prefix="pdb-pgbouncer-"))
-    ini = workdir / "pgbouncer.ini"
-    userlist = workdir / "userlist.txt"
     log = tmp_path_factory.mktemp("pgbouncer") / "pgbouncer.log"
-    userlist.write_text(f"{_quote(username)} {_quote(password)}\n")
-    server = f"host={host} port={server_port} dbname={dbname}"
-    ini.write_text(
-        f"""[databases]
-{dbname} = {server}
-{dbname}_one = {server} pool_size=1
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {userlist}
-pool_mode = transaction
-default_pool_size = {SERVER_POOL_SIZE}
-min_pool_size = 0
-reserve_pool_size = 0
-max_client_conn = 200
-ignore_startup_parameters = extra_float_digits,options
-server_reset_query =
-server_reset_query_always = 0
-pidfile =
-logfile =
-log_connections = 0
-log_disconnections = 0
-"""
-    )
-    cmd = [binary]
-    if os.geteuid() == 0:
-        # PgBouncer refuses to run as root; hand it the files and switch user.
-        pw = _unprivileged_user(host)
-        for path in (workdir, ini, userlist):
-            os.chown(path, pw.pw_uid, pw.pw_gid)
-        cmd += ["-u", pw.pw_name]
-    workdir.chmod(0o700)
-    userlist.chmod(0o600)
-    cmd.append(str(ini))
-
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"pgbouncer exited with {proc.returncode}:\n{log.read_text()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", port), timeout=0.2),
-            ):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(f"pgbouncer did not listen on {port}:\n{log.read_text()}")
-            time.sleep(0.05)
-        through = app_login.set(host="127.0.0.1", port=port, query={})
-        yield Bouncer(url=through, single_url=through.set(database=f"{dbname}_one"), log=log)
-    finally:
-        proc.terminate()
+    with contextlib.ExitStack() as stack:
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+            started = stack.enter_context(
+                pgbouncer(
+                    binary,
+                    server_host=host,
+                    server_port=server_port,
+                    dbname=dbname,
+                    user=str(app_login.username),
+                    password=str(app_login.password),
+                    server_pool=SERVER_POOL_SIZE,
+                    max_clients=190,
+                    aliases={f"{dbname}_one": "pool_size=1"},
+                    log=log,
+                )
+            )
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        through = app_login.set(host=started.host, port=started.port, query={})
+        yield Bouncer(url=through, single_url=through.set(database=f"{dbname}_one"), log=log)
 
 
 @pytest.fixture(scope="module")

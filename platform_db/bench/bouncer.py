@@ -1,10 +1,11 @@
-"""A throw-away PgBouncer in transaction mode for the many-connections phase of the bench.
+"""A throw-away PgBouncer in transaction mode: the bench's many-connections phase, the tests.
 
-The server's `max_connections` (100 here, shared with everything else on it) caps how many
-clients may connect directly. The platform's answer to hundreds of connections is
-PgBouncer in transaction mode (docs/OPERATIONS.md): the bench starts one on a free
-loopback port in front of the server, with `server_pool` server connections shared by up
-to `max_clients` client connections, for the platform_app login only.
+The server's `max_connections` caps how many clients may connect directly. The
+platform's answer to hundreds of connections is PgBouncer in transaction mode
+(docs/OPERATIONS.md): `pgbouncer()` starts one on a free loopback port in front of the
+server, with `server_pool` server connections shared by up to `max_clients` client
+connections, for one login only. tests/test_pgbouncer.py runs the isolation tests
+through the same.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _unprivileged_user(host: str) -> pwd.struct_passwd:
+    """Whom to run PgBouncer as when running as root.
+
+    Behind a unix socket (the embedded server), the owner of the socket directory, the
+    one user sure to reach it; otherwise `postgres`, or `nobody`.
+    """
+    if host.startswith("/"):
+        owner = Path(host).stat().st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner)
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
@@ -60,16 +77,26 @@ def pgbouncer(
     password: str,
     server_pool: int,
     max_clients: int,
+    aliases: Mapping[str, str] | None = None,
+    log: Path | None = None,
 ) -> Iterator[Bouncer]:
-    """Run PgBouncer for the duration of the block; stopped and cleaned up afterwards."""
+    """Run PgBouncer for the duration of the block; stopped and cleaned up afterwards.
+
+    `aliases` adds databases that lead to the same one with extra settings, e.g.
+    `{"app_one": "pool_size=1"}`; `log` keeps PgBouncer's output there (default: a
+    temporary file removed afterwards). Raises RuntimeError when it does not start.
+    """
     port = _free_port()
-    workdir = Path(tempfile.mkdtemp(prefix="platform-db-bench-pgbouncer-"))
-    ini, userlist, log = workdir / "pgbouncer.ini", workdir / "userlist.txt", workdir / "log"
+    workdir = Path(tempfile.mkdtemp(prefix="platform-db-pgbouncer-"))
+    ini, userlist = workdir / "pgbouncer.ini", workdir / "userlist.txt"
+    log = log or workdir / "log"
     userlist.write_text(f"{_quote(user)} {_quote(password)}\n")
+    server = f"host={server_host} port={server_port} dbname={dbname}"
+    extra = "".join(f"{alias} = {server} {options}\n" for alias, options in (aliases or {}).items())
     ini.write_text(
         f"""[databases]
-{dbname} = host={server_host} port={server_port} dbname={dbname}
-
+{dbname} = {server}
+{extra}
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {port}
@@ -83,6 +110,7 @@ reserve_pool_size = 0
 max_client_conn = {max_clients + 10}
 ignore_startup_parameters = extra_float_digits,options
 server_reset_query =
+server_reset_query_always = 0
 pidfile =
 logfile =
 log_connections = 0
@@ -92,10 +120,7 @@ log_disconnections = 0
     cmd = [binary]
     if os.geteuid() == 0:
         # PgBouncer refuses to run as root: hand it the files and switch user.
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pw = pwd.getpwnam("nobody")
+        pw = _unprivileged_user(server_host)
         for path in (workdir, ini, userlist):
             os.chown(path, pw.pw_uid, pw.pw_gid)
         cmd += ["-u", pw.pw_name]
