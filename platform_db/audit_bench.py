@@ -21,13 +21,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import psycopg
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, USER_SETTING, scram_sha_256
-from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
+from platform_db.scratch import temporary_app_login, temporary_database
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,31 +58,13 @@ def _conninfo(url: URL) -> str:
 @contextmanager
 def _scratch(server: URL) -> Iterator[tuple[URL, URL]]:
     """A migrated scratch database and a platform_app login: (superuser URL, app URL)."""
-    server = with_driver(server, SYNC_DRIVER)
-    name = f"pdb_bench_audit_{secrets.token_hex(4)}"
-    login, password = f"pdb_bench_app_{secrets.token_hex(4)}", secrets.token_urlsafe(16)
-    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name)
-    try:
-        engine = create_engine(url, poolclass=NullPool)
-        with engine.connect() as conn:
-            migrations.upgrade(conn)
-            conn.commit()
-        with engine.begin() as conn:
-            # Generated names and password; DDL takes no bind parameters.
-            # exec_driver_sql: text() would read the verifier's ":" as a bind parameter.
-            conn.exec_driver_sql(
-                f"CREATE ROLE {login} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE {APP_ROLE}"
-            )
-        engine.dispose()
-        yield url, url.set(username=login, password=password)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f"DROP ROLE IF EXISTS {login}"))
-        admin.dispose()
+    with temporary_database(server, migrate=True, prefix="pdb_bench_audit") as url:
+        admin = create_engine(url, poolclass=NullPool)
+        try:
+            with temporary_app_login(admin, url, prefix="pdb_bench_app") as app_url:
+                yield url, app_url
+        finally:
+            admin.dispose()
 
 
 Workload = Callable[[psycopg.Connection[Any], uuid.UUID, int], None]

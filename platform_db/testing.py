@@ -34,7 +34,6 @@ Fixtures (override any of them in your conftest.py):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import uuid
@@ -49,8 +48,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.autogen import drift
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING, ident, scram_sha_256
+from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
+from platform_db.scratch import temporary_app_login, temporary_database
 from platform_db.settings import SYNC_DRIVER, with_driver
 
 RowFactory = Callable[[Connection, uuid.UUID], None]
@@ -249,25 +249,8 @@ def platform_db_url() -> Iterator[URL]:
     raw = os.environ.get("TEST_DATABASE_URL", "").strip()
     if not raw:
         pytest.skip("TEST_DATABASE_URL is not set (or override the platform_db_url fixture)")
-    from platform_db import migrations  # noqa: PLC0415
-
-    server = with_driver(make_url(raw), SYNC_DRIVER)
-    name = f"pdb_iso_{secrets.token_hex(4)}"
-    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name)
-    try:
-        engine = create_engine(url, poolclass=NullPool)
-        with engine.connect() as conn:
-            migrations.upgrade(conn)
-            conn.commit()
-        engine.dispose()
+    with temporary_database(make_url(raw), migrate=True, prefix="pdb_iso") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -287,29 +270,6 @@ def platform_db_admin_engine(platform_db_url: URL) -> Iterator[Engine]:
     engine = create_engine(with_driver(platform_db_url, SYNC_DRIVER), poolclass=NullPool)
     yield engine
     engine.dispose()
-
-
-@contextlib.contextmanager
-def temporary_app_login(admin: Engine, url: URL, *, prefix: str = "pdb_app") -> Iterator[URL]:
-    """A LOGIN role that is only a member of platform_app, as a deployer makes it.
-
-    Yields `url` with that login's name and password; the role is dropped afterwards.
-    The password goes to the server as its SCRAM verifier only.
-    """
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    ident(name)
-    password = secrets.token_urlsafe(16)
-    with admin.begin() as conn:
-        # DDL takes no bind parameters; the name and password are generated here, and
-        # exec_driver_sql because text() would read the verifier's ":" as a parameter.
-        conn.exec_driver_sql(
-            f"CREATE ROLE {name} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE {APP_ROLE}"
-        )
-    try:
-        yield url.set(username=name, password=password)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
 
 
 @pytest.fixture(scope="session")

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
+from platform_db import scratch
 from platform_db.engines import make_async_engine, make_engine
-from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.scratch import temporary_app_login
 from platform_db.tenancy import TenantSession
-from platform_db.testing import temporary_app_login
 
 
 def _docker_available() -> bool:
@@ -60,31 +57,9 @@ def server_url() -> Iterator[URL]:
             server.cleanup()
 
 
-def _admin_engine(server_url: URL) -> Engine:
-    return create_engine(
-        with_driver(server_url, SYNC_DRIVER), poolclass=NullPool, isolation_level="AUTOCOMMIT"
-    )
-
-
-@contextlib.contextmanager
-def temporary_database(server_url: URL, *, migrate: bool) -> Iterator[URL]:
-    """Create a database of its own, optionally migrated to head; drop it afterwards."""
-    name = f"pdb_test_{secrets.token_hex(4)}"
-    admin = _admin_engine(server_url)
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = with_driver(server_url, SYNC_DRIVER).set(database=name)
-    try:
-        if migrate:
-            engine = create_engine(url, poolclass=NullPool)
-            with engine.begin() as conn:
-                migrations.upgrade(conn, "head")
-            engine.dispose()
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def temporary_database(server_url: URL, *, migrate: bool) -> contextlib.AbstractContextManager[URL]:
+    """A database of its own (`pdb_test_<random>`), optionally migrated; dropped afterwards."""
+    return scratch.temporary_database(server_url, migrate=migrate, prefix="pdb_test")
 
 
 @pytest.fixture(scope="session")

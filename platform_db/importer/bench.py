@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 import tempfile
 import time
@@ -28,17 +27,15 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
-from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
 from platform_db.importer.load import Mode
 from platform_db.importer.mapping import default_mapping
 from platform_db.importer.report import ImportReport
 from platform_db.importer.run import ImportOptions, conninfo, run_import
 from platform_db.importer.sampledump import generate
-from platform_db.settings import SYNC_DRIVER, ConfigurationError, database_url_from_env, with_driver
+from platform_db.scratch import temporary_database
+from platform_db.settings import ConfigurationError, database_url_from_env
 
 TABLES = ("tenants", "users", "pages", "forms", "form_submissions", "leads")
 
@@ -97,15 +94,7 @@ def _import(url: URL, directory: Path) -> tuple[float, ImportReport]:
 
 
 def run_benchmark(server: URL, *, documents: int, tenants: int, seed: int) -> dict[str, Any]:
-    name = f"platform_import_bench_{secrets.token_hex(4)}"
-    admin = psycopg.connect(conninfo(server), autocommit=True)
-    admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = with_driver(server, SYNC_DRIVER).set(database=name)
-    try:
-        engine = create_engine(url, poolclass=NullPool)
-        with engine.begin() as conn:
-            migrations.upgrade(conn, "head")
-        engine.dispose()
+    with temporary_database(server, migrate=True, prefix="platform_import_bench") as url:
         with tempfile.TemporaryDirectory(prefix="pdb-import-bench-") as tmp:
             directory = Path(tmp) / "dump"
             manifest = generate(directory, documents=documents, tenants=tenants, seed=seed)
@@ -116,11 +105,6 @@ def run_benchmark(server: URL, *, documents: int, tenants: int, seed: int) -> di
             again_s, again = _import(url, directory)
         written = sum(c.total.present for c in first.collections)
         copy_s, copy_rows, copy_bytes = _copy_baseline(url)
-    finally:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-        admin.close()
     return {
         "documents": manifest.documents,
         "dump_bytes": size,

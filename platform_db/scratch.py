@@ -1,0 +1,74 @@
+"""Throw-away databases and logins on a server: for the tests, the plugin and the benchmarks.
+
+No pytest here: `platform-db bench-audit` and the import benchmark use these at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Iterator
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from platform_db.ddl.security import APP_ROLE, ident, scram_sha_256
+from platform_db.settings import SYNC_DRIVER, with_driver
+
+
+@contextlib.contextmanager
+def temporary_database(server: URL, *, migrate: bool, prefix: str = "pdb_tmp") -> Iterator[URL]:
+    """A database of its own on `server`, optionally migrated to head; dropped afterwards.
+
+    Yields the superuser URL of the new database (psycopg driver). `server` names a
+    superuser on any database of that server.
+    """
+    name = ident(f"{prefix}_{secrets.token_hex(4)}")
+    server = with_driver(server, SYNC_DRIVER)
+    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = server.set(database=name)
+        try:
+            if migrate:
+                from platform_db import migrations  # noqa: PLC0415 - loads alembic
+
+                engine = create_engine(url, poolclass=NullPool)
+                try:
+                    with engine.begin() as conn:
+                        migrations.upgrade(conn, "head")
+                finally:
+                    engine.dispose()
+            yield url
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def temporary_app_login(admin: Engine, url: URL, *, prefix: str = "pdb_app") -> Iterator[URL]:
+    """A LOGIN role that is only a member of platform_app, as a deployer makes it.
+
+    Yields `url` with that login's name and password; the role is dropped afterwards.
+    The password goes to the server as its SCRAM verifier only.
+    """
+    name = ident(f"{prefix}_{secrets.token_hex(4)}")
+    password = secrets.token_urlsafe(16)
+    with admin.begin() as conn:
+        # DDL takes no bind parameters; the name and password are generated here, and
+        # exec_driver_sql because text() would read the verifier's ":" as a parameter.
+        conn.exec_driver_sql(
+            f"CREATE ROLE {name} LOGIN PASSWORD '{scram_sha_256(password)}' IN ROLE {APP_ROLE}"
+        )
+    try:
+        yield url.set(username=name, password=password)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
+
+
+__all__ = ["temporary_app_login", "temporary_database"]
