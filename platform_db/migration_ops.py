@@ -245,8 +245,8 @@ def drop_policy(table: str, policy: Policy) -> None:
     op.invoke(DropPolicyOp(table, policy))
 
 
-class CreateAuditTriggerOp(MigrateOperation):
-    """The package's audit trigger, or (in a downgrade) a trigger definition from the catalog."""
+class _AuditTriggerOp(MigrateOperation):
+    """What both directions carry: the table, the key and excluded columns, the trigger."""
 
     def __init__(
         self,
@@ -261,14 +261,20 @@ class CreateAuditTriggerOp(MigrateOperation):
         self.key, self.audit_exclude = key, tuple(sorted(audit_exclude))
         self.definition, self.name = definition, ident(name)
 
+    def _args(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "audit_exclude": self.audit_exclude,
+            "definition": self.definition,
+            "name": self.name,
+        }
+
+
+class CreateAuditTriggerOp(_AuditTriggerOp):
+    """The package's audit trigger, or (in a downgrade) a trigger definition from the catalog."""
+
     def reverse(self) -> DropAuditTriggerOp:
-        return DropAuditTriggerOp(
-            self.table,
-            key=self.key,
-            audit_exclude=self.audit_exclude,
-            definition=self.definition,
-            name=self.name,
-        )
+        return DropAuditTriggerOp(self.table, **self._args())
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return ("create_audit_trigger", f"public.{self.table}", self.name)
@@ -279,28 +285,9 @@ class CreateAuditTriggerOp(MigrateOperation):
         )
 
 
-class DropAuditTriggerOp(MigrateOperation):
-    def __init__(
-        self,
-        table: str,
-        *,
-        key: tuple[str, ...] = ("id",),
-        audit_exclude: tuple[str, ...] = (),
-        definition: str | None = None,
-        name: str = audit.AUDIT_TRIGGER,
-    ) -> None:
-        self.table = ident(table)
-        self.key, self.audit_exclude = key, tuple(sorted(audit_exclude))
-        self.definition, self.name = definition, ident(name)
-
+class DropAuditTriggerOp(_AuditTriggerOp):
     def reverse(self) -> CreateAuditTriggerOp:
-        return CreateAuditTriggerOp(
-            self.table,
-            key=self.key,
-            audit_exclude=self.audit_exclude,
-            definition=self.definition,
-            name=self.name,
-        )
+        return CreateAuditTriggerOp(self.table, **self._args())
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
         return (
