@@ -30,7 +30,7 @@ lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, squawk on the 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m platform_db.migration_lint
+	$(BIN)/python -m platform_db.migration.lint
 
 format: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -16,12 +16,12 @@ from alembic.operations import MigrationScript
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, pool, text
 
-from platform_db import autogen  # noqa: F401 - registers the RLS/policy/audit/view comparator
 from platform_db.ddl.security import claim_ownership_sql
-from platform_db.migration_ops import migration_lock_timeout
-from platform_db.migrations import managed_relations
+from platform_db.migration import autogenerate  # noqa: F401 - registers the RLS/policy/audit/view comparator
+from platform_db.migration.operations import migration_lock_timeout
+from platform_db.migration.runner import managed_relations
 from platform_db.models import metadata
-from platform_db.settings import SYNC_DRIVER, database_url_from_env, with_driver
+from platform_db.session.settings import SYNC_DRIVER, database_url_from_env, with_driver
 
 config = context.config
 target_metadata = metadata

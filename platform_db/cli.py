@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from platform_db.settings import ConfigurationError, database_url_from_env, redact
+from platform_db.session.settings import ConfigurationError, database_url_from_env, redact
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
@@ -28,7 +28,7 @@ EXIT_USAGE = 2
 def _admin_engine() -> Any:
     from sqlalchemy.pool import NullPool  # noqa: PLC0415
 
-    from platform_db.engines import make_engine  # noqa: PLC0415
+    from platform_db.session.engines import make_engine  # noqa: PLC0415
 
     url = database_url_from_env()
     if url is None:
@@ -63,7 +63,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _alembic(args: argparse.Namespace, action: str) -> int:
     from alembic import command  # noqa: PLC0415
 
-    from platform_db import migrations  # noqa: PLC0415
+    from platform_db.migration import runner as migrations  # noqa: PLC0415
 
     if database_url_from_env() is None:
         raise ConfigurationError("DATABASE_URL is not set")
@@ -87,7 +87,7 @@ def _cmd_current(args: argparse.Namespace) -> int:
     from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
     from alembic.script import ScriptDirectory  # noqa: PLC0415
 
-    from platform_db import migrations  # noqa: PLC0415
+    from platform_db.migration import runner as migrations  # noqa: PLC0415
 
     engine = _admin_engine()
     script = ScriptDirectory.from_config(migrations.alembic_config())
@@ -196,13 +196,13 @@ def _print_doctor(report: Any, out: TextIO) -> None:
 
 
 def _sev(severity: str) -> int:
-    from platform_db.ops import SEVERITY_ORDER  # noqa: PLC0415
+    from platform_db.maintenance import SEVERITY_ORDER  # noqa: PLC0415
 
     return SEVERITY_ORDER.get(severity, 0)
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from platform_db.ops import doctor  # noqa: PLC0415
+    from platform_db.maintenance import doctor  # noqa: PLC0415
 
     engine = _admin_engine()
     with engine.connect() as conn:
@@ -216,7 +216,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
-    from platform_db.ops import maintain  # noqa: PLC0415
+    from platform_db.maintenance import maintain  # noqa: PLC0415
 
     engine = _admin_engine()
     steps = maintain(
@@ -243,7 +243,7 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_audit(args: argparse.Namespace) -> int:
-    from platform_db.audit_bench import markdown, run  # noqa: PLC0415
+    from platform_db.bench.audit import markdown, run  # noqa: PLC0415
 
     url = database_url_from_env()
     if url is None:
@@ -440,7 +440,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from platform_db.bench.report import compare_text, render_html, render_text  # noqa: PLC0415
     from platform_db.bench.runner import BenchConfig, BenchError, run_bench  # noqa: PLC0415
     from platform_db.bench.workload import mix_from_text  # noqa: PLC0415
-    from platform_db.settings import parse_database_url  # noqa: PLC0415
+    from platform_db.session.settings import parse_database_url  # noqa: PLC0415
 
     if args.compare:
         reports = []

@@ -18,10 +18,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from platform_db import scratch
-from platform_db.engines import make_async_engine, make_engine
-from platform_db.scratch import temporary_app_login
-from platform_db.tenancy import TenantSession
+from platform_db.session.engines import make_async_engine, make_engine
+from platform_db.session.tenancy import TenantSession
+from platform_db.testing import scratch
+from platform_db.testing.scratch import temporary_app_login
 
 
 def _docker_available() -> bool:
@@ -47,7 +47,7 @@ def server_url() -> Iterator[URL]:
         with PostgresContainer("postgres:15", driver="psycopg") as container:
             yield make_url(container.get_connection_url())
         return
-    from platform_db.embedded import start_embedded  # noqa: PLC0415
+    from platform_db.demo.embedded import start_embedded  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="pdb-pg-") as tmp:
         url, server = start_embedded(Path(tmp), keep_running=False)

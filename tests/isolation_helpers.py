@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from platform_db.tenancy import TenantSession
+from platform_db.session.tenancy import TenantSession
 
 # Every tenant-owned table of the schema (the RLS revision protects exactly these).
 TENANT_TABLES: tuple[str, ...] = ("users", "pages", "forms", "leads", "form_submissions")

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from platform_db.maintenance import maintain
 from platform_db.models import AuditLog, AuditLogReadOnlyError, Lead
-from platform_db.ops import maintain
-from platform_db.tenancy import TenantSession
+from platform_db.session.tenancy import TenantSession
 from tests.factories import new_form, new_tenant
 from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, expect_db_error, tenant_connection
 

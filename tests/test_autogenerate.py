@@ -21,8 +21,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
 from platform_db.ddl.tenant_table import TenantProtection
+from platform_db.migration import runner as migrations
 from platform_db.models import TenantMixin
 from tests.conftest import temporary_database
 from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, expect_db_error

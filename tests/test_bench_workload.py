@@ -40,10 +40,10 @@ from platform_db.bench.workload import (
     run_request,
     select_statement,
 )
-from platform_db.database import Database
 from platform_db.models import FormSubmission, Lead
-from platform_db.settings import SYNC_DRIVER, with_driver
-from platform_db.tenancy import TenantSession
+from platform_db.session.database import Database
+from platform_db.session.settings import SYNC_DRIVER, with_driver
+from platform_db.session.tenancy import TenantSession
 from tests.conftest import temporary_database
 
 

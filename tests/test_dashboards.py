@@ -13,7 +13,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
+from platform_db.migration import runner as migrations
 from platform_db.models import (
     PlatformTenantSummary,
     ReadOnlyViewError,
@@ -21,7 +21,7 @@ from platform_db.models import (
     TenantLeadFunnel,
     TenantSubmissionActivity,
 )
-from platform_db.tenancy import TenantSession
+from platform_db.session.tenancy import TenantSession
 from tests.factories import new_tenant
 
 STATUSES = ("new", "contacted", "qualified", "converted", "lost")
@@ -318,7 +318,7 @@ def test_revisions_schedule_jobs_with_pg_cron(cron_database: URL) -> None:
 
 
 def test_doctor_reports_stale_dashboards(engine: Engine, seeded: list[uuid.UUID]) -> None:
-    from platform_db.ops import doctor  # noqa: PLC0415
+    from platform_db.maintenance import doctor  # noqa: PLC0415
 
     with engine.connect() as conn:
         fresh = doctor(conn)

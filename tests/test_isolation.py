@@ -31,10 +31,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from platform_db.engines import make_engine
 from platform_db.models import Lead, Page
-from platform_db.settings import SYNC_DRIVER, with_driver
-from platform_db.tenancy import TenantError, TenantSession
+from platform_db.session.engines import make_engine
+from platform_db.session.settings import SYNC_DRIVER, with_driver
+from platform_db.session.tenancy import TenantError, TenantSession
 from tests.isolation_helpers import (
     FAR_PAST,
     FEATURE_NOT_SUPPORTED,

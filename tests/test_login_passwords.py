@@ -16,7 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 from platform_db.ddl.security import scram_sha_256
-from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.session.settings import SYNC_DRIVER, with_driver
 
 
 def _libpq_verifier(server_url: URL, password: str) -> str:

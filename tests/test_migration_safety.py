@@ -16,9 +16,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from platform_db import migration_lint, migrations
-from platform_db.migration_lint import Allowance, Violation
-from platform_db.migration_ops import create_index_concurrently, drop_index_concurrently
+from platform_db.migration import lint as migration_lint
+from platform_db.migration import runner as migrations
+from platform_db.migration.lint import Allowance, Violation
+from platform_db.migration.operations import create_index_concurrently, drop_index_concurrently
 
 
 @pytest.fixture
@@ -198,7 +199,7 @@ def test_every_transaction_of_the_upgrade_script_starts_with_a_lock_timeout() ->
 
 
 def test_lock_timeout_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    from platform_db.migration_ops import migration_lock_timeout  # noqa: PLC0415
+    from platform_db.migration.operations import migration_lock_timeout  # noqa: PLC0415
 
     monkeypatch.setenv("PLATFORM_DB_MIGRATION_LOCK_TIMEOUT", "5s'; DROP TABLE leads; --")
     with pytest.raises(ValueError, match="must look like"):

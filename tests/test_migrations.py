@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
+from platform_db.migration import runner as migrations
 from platform_db.models import metadata
 from tests.conftest import temporary_database
 

@@ -22,8 +22,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
-from platform_db.ops import doctor, maintain
+from platform_db.maintenance import doctor, maintain
+from platform_db.migration import runner as migrations
 from tests.conftest import temporary_database
 from tests.factories import new_form, new_tenant
 

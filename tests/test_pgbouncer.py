@@ -27,9 +27,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
 from platform_db.bench.bouncer import find_pgbouncer, pgbouncer
-from platform_db.engines import make_async_engine, make_engine
 from platform_db.models import Lead
-from platform_db.tenancy import (
+from platform_db.session.engines import make_async_engine, make_engine
+from platform_db.session.tenancy import (
     TenantSession,
     tenant_async_sessionmaker,
     tenant_context,

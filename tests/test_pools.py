@@ -12,9 +12,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
-from platform_db.database import Database
-from platform_db.pools import PoolExhaustedError
-from platform_db.settings import ConfigurationError, Settings
+from platform_db.session.database import Database
+from platform_db.session.pools import PoolExhaustedError
+from platform_db.session.settings import ConfigurationError, Settings
 
 
 def env_for(url: URL, **extra: str) -> dict[str, str]:

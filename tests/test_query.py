@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import text
 
 from platform_db.models import Lead, LeadStatus, Page
-from platform_db.query import QueryError, find_many
-from platform_db.tenancy import TenantSession
+from platform_db.session.query import QueryError, find_many
+from platform_db.session.tenancy import TenantSession
 from tests.factories import new_tenant
 
 

@@ -11,8 +11,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from platform_db.models import Lead, LeadStatus, Page, PageStatus, User, UserRole
 from platform_db.models.lead import InvalidTransitionError
-from platform_db.search import search_pages
-from platform_db.tenancy import TenantSession
+from platform_db.session.search import search_pages
+from platform_db.session.tenancy import TenantSession
 from tests.factories import new_form, new_tenant
 
 UTC = dt.UTC

@@ -1,4 +1,4 @@
-"""The tenant hook (platform_db.tenancy) against the real database, as the app login.
+"""The tenant hook (platform_db.session.tenancy) against the real database, as the app login.
 
 What the hook promises: ids are validated and canonicalised before any SQL, the tenant
 (and user) are set at the start of every transaction and nowhere else, the tenant cannot
@@ -20,10 +20,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from platform_db.begin import TenantConnection, quote_literal
-from platform_db.engines import make_async_engine
 from platform_db.models import Form, FormSubmission, Lead, Page, User
-from platform_db.tenancy import (
+from platform_db.session.asyncpg_connection import TenantConnection, quote_literal
+from platform_db.session.engines import make_async_engine
+from platform_db.session.tenancy import (
     InvalidTenantIdError,
     TenantChangeError,
     TenantError,
@@ -378,7 +378,7 @@ async def test_async_tenant_context_is_per_task(
 
 
 # ---------------------------------------------------------------------------------------
-# The setting travels with BEGIN (platform_db.begin), and never outlives its transaction
+# The setting travels with BEGIN (platform_db.session.asyncpg_connection), and never outlives its transaction
 # ---------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from platform_db.ddl import audit, dashboards
 from platform_db.ddl.audit import AUDIT_APPEND_POLICY
 from platform_db.ddl.tenant_table import TenantProtection
-from platform_db.migration_ops import (
+from platform_db.migration.operations import (
     create_audit_trigger,
     drop_audit_trigger,
     protect_tenant_table,

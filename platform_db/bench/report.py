@@ -299,7 +299,7 @@ def build_report(
             "load_average": {k: v for k, v in workload_load.items() if k != "cpu"},
         }
     )
-    from platform_db.settings import Settings  # noqa: PLC0415
+    from platform_db.session.settings import Settings  # noqa: PLC0415
 
     pools: dict[str, int] = {}
     try:

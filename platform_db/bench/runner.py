@@ -53,9 +53,9 @@ from platform_db.bench.workload import (
     pick_class,
     run_request,
 )
-from platform_db.database import Database
 from platform_db.ddl.security import APP_ROLE, scram_sha_256
-from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.session.database import Database
+from platform_db.session.settings import SYNC_DRIVER, with_driver
 
 Progress = Callable[[str], None]
 
@@ -628,7 +628,7 @@ def _run_through_pgbouncer(
 ) -> None:
     """The RLS variant with many client connections, through PgBouncer (transaction mode)."""
     from platform_db.bench.bouncer import find_pgbouncer, pgbouncer  # noqa: PLC0415
-    from platform_db.settings import Settings  # noqa: PLC0415
+    from platform_db.session.settings import Settings  # noqa: PLC0415
 
     found = find_pgbouncer()
     if found is None or not app_password:

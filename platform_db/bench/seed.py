@@ -620,8 +620,8 @@ def _ensure_schema(url: URL, say: Progress) -> None:
     from sqlalchemy import create_engine, text  # noqa: PLC0415
     from sqlalchemy.pool import NullPool  # noqa: PLC0415
 
-    from platform_db import migrations  # noqa: PLC0415
-    from platform_db.settings import SYNC_DRIVER, with_driver  # noqa: PLC0415
+    from platform_db.migration import runner as migrations  # noqa: PLC0415
+    from platform_db.session.settings import SYNC_DRIVER, with_driver  # noqa: PLC0415
 
     engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=NullPool)
     try:

@@ -26,7 +26,6 @@ from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from platform_db.bench.textgen import COMMON, INDUSTRIES
-from platform_db.database import Database
 from platform_db.models import (
     FormSubmission,
     Lead,
@@ -37,8 +36,15 @@ from platform_db.models import (
 )
 from platform_db.models import Page as PageModel
 from platform_db.models.lead import OPEN_STATUSES
-from platform_db.query import _columns, _encode_cursor, _sort_keys, build_find_many, find_many_async
-from platform_db.search import search_pages_async, search_pages_query
+from platform_db.session.database import Database
+from platform_db.session.query import (
+    _columns,
+    _encode_cursor,
+    _sort_keys,
+    build_find_many,
+    find_many_async,
+)
+from platform_db.session.search import search_pages_async, search_pages_query
 
 CLASSES: tuple[str, ...] = (
     "user_by_email",

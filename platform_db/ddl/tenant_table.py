@@ -12,7 +12,7 @@ Every model with `TenantMixin` (platform_db.models.base) is, in the database:
 A model changes this only through `__tenant_protection__ = TenantProtection(...)`, and
 turning RLS or auditing off requires a reason: an unprotected tenant table is a decision
 written in the model, never an accident. The revisions (`protect_tenant_table` in
-platform_db.migration_ops), `alembic check` (platform_db.autogen) and the test plugin
+platform_db.migration.operations), `alembic check` (platform_db.migration.autogenerate) and the test plugin
 (platform_db.testing) all read the same objects defined here.
 """
 

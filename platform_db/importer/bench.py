@@ -34,8 +34,8 @@ from platform_db.importer.mapping import default_mapping
 from platform_db.importer.report import ImportReport
 from platform_db.importer.run import ImportOptions, conninfo, run_import
 from platform_db.importer.sampledump import generate
-from platform_db.scratch import temporary_database
-from platform_db.settings import ConfigurationError, database_url_from_env
+from platform_db.session.settings import ConfigurationError, database_url_from_env
+from platform_db.testing.scratch import temporary_database
 
 TABLES = ("tenants", "users", "pages", "forms", "form_submissions", "leads")
 

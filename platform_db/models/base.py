@@ -88,7 +88,7 @@ class TenantMixin:
     security enabled and forced with the tenant policy, row grants for platform_app and
     platform_admin, and the audit trigger. `alembic revision --autogenerate` adds them to
     the revision that creates the table and `alembic check` reports any drift. A session
-    must have a tenant to see or write its rows (platform_db.tenancy).
+    must have a tenant to see or write its rows (platform_db.session.tenancy).
 
     To protect a table differently, say so in the model, with a reason when RLS or
     auditing is turned off::
@@ -114,7 +114,7 @@ class TenantMixin:
             Uuid,
             ForeignKey("tenants.id", ondelete="CASCADE"),
             primary_key=True,
-            # Filled from the session's tenant before flush (platform_db.tenancy).
+            # Filled from the session's tenant before flush (platform_db.session.tenancy).
             sort_order=-10,
         )
 

@@ -54,7 +54,7 @@ class Page(TenantMixin, TimestampMixin, Base):
     Primary key `(tenant_id, id)`; the slug is unique per tenant. `search_vector` is a
     stored generated column over title (weight A) and content (weight B) with a GIN index:
     search with `Page.search_vector.bool_op("@@")(func.websearch_to_tsquery(...))` or the
-    helper `platform_db.search.search_pages`. A published page has a publication time.
+    helper `platform_db.session.search.search_pages`. A published page has a publication time.
     """
 
     __tablename__ = "pages"

@@ -1,18 +1,18 @@
-"""Operations: `doctor` (health report) and `maintain` (what pg_cron would run).
+"""`doctor`: the health report (alerts, slow queries, index usage, bloat, partitions,
+settings, materialized views).
 
-Both take a connection of a superuser or of a login that can SET ROLE to platform_admin
-and owns the maintenance functions (in practice: the migration login).
+Takes a connection of a superuser or of a login that can SET ROLE to platform_admin (in
+practice: the migration login).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, text
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
@@ -69,7 +69,7 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _clean(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def clean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: _json_safe(v) for k, v in r.items()} for r in rows]
 
 
@@ -163,8 +163,8 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
         "pg_cron_available": "pg_cron" in available,
         "pg_cron_installed": "pg_cron" in installed,
     }
-    alerts = _clean(_rows(conn, "SELECT * FROM platform.check_performance_alerts()"))
-    slow = _clean(
+    alerts = clean_rows(_rows(conn, "SELECT * FROM platform.check_performance_alerts()"))
+    slow = clean_rows(
         _rows(
             conn,
             "SELECT queryid, calls, round(mean_ms::numeric, 1) AS mean_ms, "
@@ -177,7 +177,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
             text("SELECT usage, count(*) FROM platform.index_usage_stats GROUP BY usage")
         ).all()
     )
-    unused = _clean(
+    unused = clean_rows(
         _rows(
             conn,
             "SELECT parent_index AS index, parent_table AS table, "
@@ -186,7 +186,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
             "HAVING sum(idx_scan) = 0 ORDER BY 3 DESC LIMIT 20",
         )
     )
-    bloat = _clean(
+    bloat = clean_rows(
         _rows(
             conn,
             "SELECT schema_name || '.' || table_name AS table, live_rows, dead_rows, dead_ratio, "
@@ -196,7 +196,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
             "ORDER BY dead_ratio DESC, dead_rows DESC LIMIT 10",
         )
     )
-    cache = _clean(_rows(conn, "SELECT * FROM platform.cache_hit_ratios"))
+    cache = clean_rows(_rows(conn, "SELECT * FROM platform.cache_hit_ratios"))
     partitions = conn.execute(
         text(
             """
@@ -213,7 +213,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
     ).one()
     matviews: list[dict[str, Any]] = []
     if conn.scalar(text("SELECT to_regclass('platform.matview_refresh_log') IS NOT NULL")):
-        matviews = _clean(_rows(conn, "SELECT * FROM platform.matview_freshness"))
+        matviews = clean_rows(_rows(conn, "SELECT * FROM platform.matview_freshness"))
         for view in matviews:
             age = view["age_seconds"]
             if age is None or age > stale_after_s:
@@ -243,87 +243,3 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
         settings=check_settings(conn),
         materialized_views=matviews,
     )
-
-
-@dataclass(slots=True)
-class MaintenanceStep:
-    name: str
-    seconds: float
-    result: list[dict[str, Any]] | int | None
-    skipped: str | None = None
-
-
-Progress = Callable[[str], None]
-
-
-def maintain(
-    engine: Engine,
-    *,
-    months_ahead: int = 3,
-    retention_months: int | None = None,
-    drop_retired: bool = False,
-    metrics_retention_days: int = 30,
-    progress: Progress | None = None,
-) -> list[MaintenanceStep]:
-    """Run every maintenance job once, each in its own transaction, in a safe order."""
-    if retention_months is not None and retention_months < 1:
-        raise ValueError("retention_months must be at least 1")
-    say = progress or (lambda _msg: None)
-    steps: list[MaintenanceStep] = []
-
-    def run(name: str, sql: str | None, skip: str | None = None, **params: Any) -> None:
-        say(f"{name} ...")
-        start = time.perf_counter()
-        result: list[dict[str, Any]] | int | None = None
-        if sql is not None and skip is None:
-            with engine.begin() as conn:
-                rows = conn.execute(text(sql), params)
-                result = _clean([dict(r._mapping) for r in rows]) if rows.returns_rows else None
-        seconds = time.perf_counter() - start
-        steps.append(MaintenanceStep(name, round(seconds, 3), result, skip))
-        say(f"{name}: {'skipped (' + skip + ')' if skip else 'done'} in {seconds:.2f} s")
-
-    run(
-        "create partitions ahead",
-        "SELECT * FROM platform.ensure_form_submission_partitions(months_ahead => :m)",
-        m=months_ahead,
-    )
-    # The audit trail (revision e5f7a9b1d407): the same months ahead for audit_log.
-    with engine.connect() as conn:
-        has_audit = conn.scalar(
-            text(
-                "SELECT to_regprocedure('platform.ensure_monthly_partitions(regclass, integer, "
-                "date)') IS NOT NULL AND to_regclass('public.audit_log') IS NOT NULL"
-            )
-        )
-    run(
-        "create audit_log partitions ahead",
-        "SELECT * FROM platform.ensure_monthly_partitions("
-        "'public.audit_log'::regclass, months_ahead => :m)",
-        None if has_audit else "no audit trail in this schema version",
-        m=months_ahead,
-    )
-    run(
-        "retire old partitions",
-        "SELECT * FROM platform.retire_form_submission_partitions("
-        "make_interval(months => :r), drop_tables => :d)",
-        None if retention_months is not None else "no --retention-months given",
-        r=retention_months or 0,
-        d=drop_retired,
-    )
-    with engine.connect() as conn:
-        has_refresh = conn.scalar(
-            text("SELECT to_regprocedure('platform.refresh_performance_views()') IS NOT NULL")
-        )
-    run(
-        "refresh materialized views",
-        "SELECT * FROM platform.refresh_performance_views()",
-        None if has_refresh else "no materialized views in this schema version",
-    )
-    run("snapshot performance metrics", "SELECT platform.snapshot_performance_metrics() AS rows")
-    run(
-        "clean up old performance metrics",
-        "SELECT platform.cleanup_old_performance_metrics(make_interval(days => :d)) AS deleted",
-        d=metrics_retention_days,
-    )
-    return steps

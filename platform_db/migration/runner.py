@@ -11,7 +11,7 @@ from sqlalchemy import Connection
 from platform_db.ddl.dashboards import TENANT_VIEWS
 from platform_db.models import metadata
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # A checkout has alembic/ beside the package; an installed wheel carries a copy inside.
 _CANDIDATES = (_PACKAGE_DIR.parent / "alembic", _PACKAGE_DIR / "_alembic")
 

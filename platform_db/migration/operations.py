@@ -3,7 +3,7 @@
 Each operation is an Alembic `MigrateOperation` (so autogenerate can emit it, reverse it
 for the downgrade and render it) with a typed function that revisions call::
 
-    from platform_db.migration_ops import protect_tenant_table
+    from platform_db.migration.operations import protect_tenant_table
 
     def upgrade() -> None:
         op.create_table("notes", ...)
@@ -148,7 +148,7 @@ def unprotect_tenant_table(
     op.invoke(UnprotectTenantTableOp(TenantTable(table, key, audit_exclude, protection)))
 
 
-# --- drift repairs emitted by autogenerate (platform_db.autogen) -------------------------
+# --- drift repairs emitted by autogenerate (platform_db.migration.autogenerate) -------------------------
 
 
 class SetRowLevelSecurityOp(MigrateOperation):
@@ -598,7 +598,7 @@ $guard$"""
 # Rendering (what autogenerate writes into a revision)
 # --------------------------------------------------------------------------------------
 
-_MODULE = "platform_db.migration_ops"
+_MODULE = "platform_db.migration.operations"
 _KNOWN_POLICIES = {
     TENANT_POLICY: ("platform_db.ddl.security", "TENANT_POLICY"),
     audit.AUDIT_APPEND_POLICY: ("platform_db.ddl.audit", "AUDIT_APPEND_POLICY"),

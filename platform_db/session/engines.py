@@ -23,9 +23,9 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from platform_db.begin import TenantConnection
-from platform_db.pools import TimedAsyncQueuePool, TimedQueuePool
-from platform_db.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
+from platform_db.session.asyncpg_connection import TenantConnection
+from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
+from platform_db.session.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
@@ -160,7 +160,7 @@ def make_engine(
 
 
 def _discard_pending(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
-    """A statement waiting for a BEGIN never outlives its checkout (platform_db.begin)."""
+    """A statement waiting for a BEGIN never outlives its checkout (platform_db.session.asyncpg_connection)."""
     driver = record.driver_connection if dbapi_connection is not None else None
     if isinstance(driver, TenantConnection):
         driver.discard_pending()
@@ -210,7 +210,7 @@ def make_async_engine(
         )
     else:
         connect_args["server_settings"] = settings
-    # Lets the tenant hook send its setting in the same message as BEGIN (platform_db.begin).
+    # Lets the tenant hook send its setting in the same message as BEGIN (platform_db.session.asyncpg_connection).
     connect_args["connection_class"] = TenantConnection
     connect_args.update(engine_kwargs.pop("connect_args", {}))
     if "poolclass" not in engine_kwargs:

@@ -16,14 +16,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from platform_db import migrations
 from platform_db.ddl.security import APP_ROLE, scram_sha_256
-from platform_db.engines import make_engine
+from platform_db.demo.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
+from platform_db.migration import runner as migrations
 from platform_db.models import TENANT_OWNED_TABLES, Tenant, TenantDashboard
-from platform_db.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
-from platform_db.search import search_pages
-from platform_db.settings import SYNC_DRIVER, database_url_from_env, redact, with_driver
-from platform_db.tenancy import TenantSession
+from platform_db.session.engines import make_engine
+from platform_db.session.search import search_pages
+from platform_db.session.settings import SYNC_DRIVER, database_url_from_env, redact, with_driver
+from platform_db.session.tenancy import TenantSession
 from platform_db.textfmt import write_table
 
 DEMO_DATABASE = "platform_demo"
@@ -38,7 +38,7 @@ def demo_database(data_dir: Path) -> Iterator[tuple[URL, str]]:
     if url is not None:
         yield with_driver(url, SYNC_DRIVER), "DATABASE_URL"
         return
-    from platform_db.embedded import start_embedded  # noqa: PLC0415
+    from platform_db.demo.embedded import start_embedded  # noqa: PLC0415
 
     server_url, server = start_embedded(data_dir, keep_running=False)
     try:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.security import APP_ROLE, ident, scram_sha_256
-from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.session.settings import SYNC_DRIVER, with_driver
 
 
 @contextlib.contextmanager
@@ -33,7 +33,7 @@ def temporary_database(server: URL, *, migrate: bool, prefix: str = "pdb_tmp") -
         url = server.set(database=name)
         try:
             if migrate:
-                from platform_db import migrations  # noqa: PLC0415 - loads alembic
+                from platform_db.migration import runner as migrations  # noqa: PLC0415 - loads alembic
 
                 engine = create_engine(url, poolclass=NullPool)
                 try:

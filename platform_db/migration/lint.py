@@ -1,6 +1,6 @@
 """Lint the SQL the revisions emit with squawk, against an allow-list that says why.
 
-    python -m platform_db.migration_lint            # what `make lint` runs
+    python -m platform_db.migration.lint            # what `make lint` runs
 
 Each revision's offline SQL (`alembic upgrade <down>:<rev> --sql`) is written to a file
 of its own and linted with squawk (PyPI `squawk-cli`, in the dev extra). Every
@@ -27,9 +27,9 @@ from pathlib import Path
 from alembic import command
 from alembic.script import ScriptDirectory
 
-from platform_db import migrations
+from platform_db.migration import runner as migrations
 
-DEFAULT_ALLOW_LIST = Path(__file__).resolve().parent.parent / "squawk-allow.toml"
+DEFAULT_ALLOW_LIST = Path(__file__).resolve().parents[2] / "squawk-allow.toml"
 PG_VERSION = "15"
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
-from platform_db.scratch import temporary_app_login, temporary_database
+from platform_db.testing.scratch import temporary_app_login, temporary_database
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,11 +47,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from platform_db.autogen import drift
 from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
-from platform_db.scratch import temporary_app_login, temporary_database
-from platform_db.settings import SYNC_DRIVER, with_driver
+from platform_db.migration.autogenerate import drift
+from platform_db.session.settings import SYNC_DRIVER, with_driver
+from platform_db.testing.scratch import temporary_app_login, temporary_database
 
 RowFactory = Callable[[Connection, uuid.UUID], None]
 INSUFFICIENT_PRIVILEGE = "42501"
@@ -325,4 +325,12 @@ __all__ = [
     "TableReport",
     "TwoTenants",
     "default_row_factories",
+    "platform_db_admin_engine",
+    "platform_db_app_engine",
+    "platform_db_app_login",
+    "platform_db_metadata",
+    "platform_db_row_factories",
+    "platform_db_tenants",
+    "platform_db_url",
+    "tenant_isolation",
 ]

@@ -24,10 +24,10 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from platform_db.engines import async_engine_for, engine_for
-from platform_db.pools import AcquireStats, TimedAsyncQueuePool, TimedQueuePool
-from platform_db.settings import POOL_NAMES, Settings, redact
-from platform_db.tenancy import TenantSession
+from platform_db.session.engines import async_engine_for, engine_for
+from platform_db.session.pools import AcquireStats, TimedAsyncQueuePool, TimedQueuePool
+from platform_db.session.settings import POOL_NAMES, Settings, redact
+from platform_db.session.tenancy import TenantSession
 
 
 class Database:

@@ -22,7 +22,7 @@ from platform_db.models import (
     User,
     UserRole,
 )
-from platform_db.tenancy import TenantSession
+from platform_db.session.tenancy import TenantSession
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ Each new transaction runs, on the connection it uses,
 
 so the setting lives exactly as long as the transaction: it cannot ride a pooled
 connection (or a PgBouncer server connection in transaction mode) into another request.
-On the package's asyncpg connections (platform_db.begin.TenantConnection) that statement
+On the package's asyncpg connections (platform_db.session.asyncpg_connection.TenantConnection) that statement
 travels in the same message as the transaction's BEGIN, saving a round trip.
 Row-level security does the filtering; nothing here adds WHERE clauses.
 
@@ -32,9 +32,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
-from platform_db.begin import TenantConnection, quote_literal
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
+from platform_db.session.asyncpg_connection import TenantConnection, quote_literal
 
 _INFO_KEY = "platform_db.tenant"
 _APPLIED_KEY = "platform_db.applied_tenant"
@@ -204,7 +204,7 @@ def _apply_tenant(
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that
-        # the first statement of the transaction sends (platform_db.begin).
+        # the first statement of the transaction sends (platform_db.session.asyncpg_connection).
         driver.send_with_next_begin(_scope_sql(tenant, user))
         session.info.setdefault(_DEFERRED_KEY, []).append(driver)
     else:

@@ -5,7 +5,7 @@ security, policies, grants, triggers or materialized views. This comparator (reg
 when this module is imported, as alembic/env.py does) compares every tenant-owned table
 of the target metadata with the one definition (platform_db.ddl.tenant_table) and every
 dashboard materialized view with dashboards.MATERIALIZED_VIEWS, and emits the operations
-of platform_db.migration_ops that repair what differs:
+of platform_db.migration.operations that repair what differs:
 
 - a new tenant-owned model: `protect_tenant_table(...)` after its `op.create_table`;
 - RLS disabled or not forced: `set_row_level_security(...)`;
@@ -45,7 +45,7 @@ from platform_db.ddl import audit, dashboards
 from platform_db.ddl.dashboards import MaterializedView
 from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, PLATFORM_SCHEMA, Policy
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
-from platform_db.migration_ops import (
+from platform_db.migration.operations import (
     CreateAuditTriggerOp,
     CreateMaterializedViewOp,
     CreatePolicyOp,

@@ -1,0 +1,14 @@
+"""Operations on a migrated database: `doctor` (health report) and `maintain` (the jobs
+pg_cron runs, once, in a safe order)."""
+
+from platform_db.maintenance.health import SEVERITY_ORDER, DoctorReport, SettingCheck, doctor
+from platform_db.maintenance.routine import MaintenanceStep, maintain
+
+__all__ = [
+    "SEVERITY_ORDER",
+    "DoctorReport",
+    "MaintenanceStep",
+    "SettingCheck",
+    "doctor",
+    "maintain",
+]
