@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from logging.config import fileConfig
 from typing import Any, Literal
 
 from alembic import context
@@ -17,7 +18,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, pool, text
 
 from platform_db.ddl.security import claim_ownership_sql
-from platform_db.migration import autogenerate  # noqa: F401 - registers the RLS/policy/audit/view comparator
+from platform_db.migration.autogenerate import prepare_revision  # also registers the comparator
 from platform_db.migration.operations import migration_lock_timeout
 from platform_db.migration.runner import managed_relations
 from platform_db.models import metadata
@@ -25,6 +26,11 @@ from platform_db.session.settings import SYNC_DRIVER, database_url_from_env, wit
 
 config = context.config
 target_metadata = metadata
+
+# The alembic command line logs what it does and what autogenerate detects (alembic.ini's
+# [loggers]); code that runs the revisions (platform_db.migration.runner) keeps its own.
+if config.cmd_opts is not None and config.config_file_name is not None:
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 # Partitions detached by retirement stay as tables of their own.
 RETIRED_PARTITION = re.compile(r"^(form_submissions|audit_log)_(\d{4}_\d{2}|default)$")
@@ -82,15 +88,19 @@ def _include_object_factory(skip_tables: set[str]) -> Any:
     return include_object
 
 
-def _drop_empty_revisions(
+def _process_revision_directives(
     ctx: MigrationContext,
     revision: str | Iterable[str | None] | Iterable[str],
     directives: list[MigrationScript],
 ) -> None:
+    # An autogenerate that found nothing writes no empty revision; one that found
+    # something freezes the entities it runs into the revision (platform_db.migration).
     if getattr(config.cmd_opts, "autogenerate", False) and directives:
         script = directives[0]
         if script.upgrade_ops is not None and script.upgrade_ops.is_empty():
             directives[:] = []
+            return
+    prepare_revision(ctx, revision, directives)
 
 
 def run_migrations_offline() -> None:
@@ -124,7 +134,7 @@ def _run(connection: Connection) -> None:
         compare_type=True,
         include_name=_include_name_factory(partitions),
         include_object=_include_object_factory(partitions),
-        process_revision_directives=_drop_empty_revisions,
+        process_revision_directives=_process_revision_directives,
     )
     with context.begin_transaction():
         connection.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": LOCK_TIMEOUT})

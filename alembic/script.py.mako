@@ -16,6 +16,10 @@ down_revision: str | Sequence[str] | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
 
+# The definitions this revision runs, frozen here (platform_db.ddl.entities). A later
+# revision that changes one points back at it: replaces="${up_revision}.<name>".
+${entities if entities else "# (none)"}
+
 
 def upgrade() -> None:
     ${upgrades if upgrades else "pass"}

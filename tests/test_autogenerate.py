@@ -122,20 +122,29 @@ def test_new_tenant_model_gets_rls_policy_grants_and_audit_from_autogenerate(
         ]
         source = script.read_text()
         upgrade, downgrade = source.split("def downgrade() -> None:")
-        # Readable, and the package's one definition: no SQL copied into the revision.
-        assert 'protect_tenant_table("notes")' in upgrade
-        assert upgrade.index('op.create_table(\n        "notes"') < upgrade.index(
-            'protect_tenant_table("notes")'
-        )
-        assert (
-            "protection=TenantProtection(\n" in upgrade or "protection=TenantProtection(" in upgrade
-        )
-        assert "drafts are scratch space, audited when published" in upgrade
+        # Frozen: the revision holds the definitions it runs, as entities at module level
+        # (readable, no SQL copied), created right after the table and dropped before it.
+        assert "notes_tenant_isolation_policy = Policy(" in source
+        assert 'on="public.notes"' in source
+        for entity in (
+            "notes_row_level_security",
+            "notes_tenant_isolation_policy",
+            "notes_platform_app_table_privileges",
+            "notes_audit_row_change_trigger",
+        ):
+            assert f"create_entity({entity})" in upgrade
+            assert upgrade.index('op.create_table(\n        "notes"') < upgrade.index(
+                f"create_entity({entity})"
+            )
+            assert f"drop_entity({entity})" in downgrade
+            assert downgrade.index(f"drop_entity({entity})") < downgrade.index(
+                'op.drop_table("notes")'
+            )
+        assert "drafts_audit_row_change_trigger" not in source
+        assert "# public.drafts: not audited" in source
+        assert "drafts are scratch space, audited when published" in source
         assert "CREATE POLICY" not in source
-        assert 'unprotect_tenant_table("notes")' in downgrade
-        assert downgrade.index('unprotect_tenant_table("notes")') < downgrade.index(
-            'op.drop_table("notes")'
-        )
+        assert "protect_tenant_table" not in source
 
         applied = _alembic(tmp_path, url, "upgrade", "head")
         assert applied.returncode == 0, applied.stderr

@@ -311,7 +311,7 @@ def test_revisions_schedule_jobs_with_pg_cron(cron_database: URL) -> None:
         )
         assert count == 1
     with engine.begin() as conn:
-        migrations.downgrade(conn, "c7a1f3e9d205")
+        migrations.downgrade(conn, "base")
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM cron.job")) == 0
     engine.dispose()

@@ -53,30 +53,30 @@ def test_check_is_clean_at_head(conn: Connection) -> None:
 BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     "rls-disabled": (
         ["ALTER TABLE leads DISABLE ROW LEVEL SECURITY"],
-        ("set_row_level_security", "public.leads", "enabled=False"),
+        ("replace_row_level_security", "public.leads", "enabled=False"),
     ),
     "rls-not-forced": (
         ["ALTER TABLE pages NO FORCE ROW LEVEL SECURITY"],
-        ("set_row_level_security", "public.pages", "forced=False"),
+        ("replace_row_level_security", "public.pages", "forced=False"),
     ),
     "rls-disabled-on-audit-log": (
         ["ALTER TABLE audit_log DISABLE ROW LEVEL SECURITY"],
-        ("set_row_level_security", "public.audit_log"),
+        ("replace_row_level_security", "public.audit_log"),
     ),
     "policy-dropped": (
         ["DROP POLICY tenant_isolation ON users"],
-        ("create_policy", "public.users", "tenant_isolation"),
+        ("create_policy", "public.users.tenant_isolation"),
     ),
     "policy-using-true": (
         ["ALTER POLICY tenant_isolation ON forms USING (true)"],
-        ("drop_policy", "public.forms", "tenant_isolation", "USING (true)"),
+        ("replace_policy", "public.forms.tenant_isolation", "USING (true)"),
     ),
     "policy-weakened-with-or": (
         [
             "ALTER POLICY tenant_isolation ON leads "
             "USING (tenant_id = platform.current_tenant_id() OR tenant_id IS NOT NULL)"
         ],
-        ("drop_policy", "public.leads", "tenant_isolation"),
+        ("replace_policy", "public.leads.tenant_isolation", "OR (tenant_id IS NOT NULL)"),
     ),
     "policy-only-for-select": (
         [
@@ -84,27 +84,27 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
             "CREATE POLICY tenant_isolation ON pages FOR SELECT "
             "USING (tenant_id = platform.current_tenant_id())",
         ],
-        ("public.pages", "tenant_isolation"),
+        ("replace_policy", "public.pages.tenant_isolation", "FOR SELECT"),
     ),
     "policy-renamed": (
         ["ALTER POLICY tenant_isolation ON users RENAME TO isolation"],
-        ("drop_policy", "public.users", "'isolation'", "create_policy"),
+        ("drop_policy", "public.users.isolation", "create_policy", "public.users.tenant_isolation"),
     ),
     "extra-permissive-policy": (
         ["CREATE POLICY open_door ON leads USING (true)"],
-        ("drop_policy", "public.leads", "open_door"),
+        ("drop_policy", "public.leads.open_door"),
     ),
     "audit-insert-policy-opened-to-everyone": (
         ["ALTER POLICY audit_append ON audit_log TO PUBLIC"],
-        ("drop_policy", "public.audit_log", "audit_append"),
+        ("replace_policy", "public.audit_log.audit_append", "TO PUBLIC"),
     ),
     "audit-trigger-dropped": (
         ["DROP TRIGGER audit_row_change ON leads"],
-        ("create_audit_trigger", "public.leads"),
+        ("create_trigger", "public.leads.audit_row_change"),
     ),
     "audit-trigger-disabled": (
         ["ALTER TABLE users DISABLE TRIGGER audit_row_change"],
-        ("drop_audit_trigger", "public.users", "create_audit_trigger"),
+        ("replace_trigger", "public.users.audit_row_change", "(disabled)"),
     ),
     "audit-trigger-records-less": (
         [
@@ -113,7 +113,7 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
             "FOR EACH ROW EXECUTE FUNCTION platform.audit_row_change('pages', 'id', "
             "'content,search_vector')",
         ],
-        ("drop_audit_trigger", "public.pages", "create_audit_trigger"),
+        ("replace_trigger", "public.pages.audit_row_change", "content,search_vector"),
     ),
     "audit-trigger-renamed-still-counts": (
         # Matched by meaning: a renamed but identical trigger is not drift...
@@ -122,31 +122,31 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
     ),
     "audit-trigger-on-partitioned-table-dropped": (
         ["DROP TRIGGER audit_row_change ON form_submissions"],
-        ("create_audit_trigger", "public.form_submissions"),
+        ("create_trigger", "public.form_submissions.audit_row_change"),
     ),
     "truncate-granted-to-app": (
         ["GRANT TRUNCATE ON pages TO platform_app"],
-        ("set_table_privileges", "public.pages", "platform_app", "TRUNCATE"),
+        ("replace_table_privileges", "public.pages.platform_app", "TRUNCATE"),
     ),
     "app-may-write-the-audit-trail": (
         ["GRANT INSERT ON audit_log TO platform_app"],
-        ("set_table_privileges", "public.audit_log", "platform_app"),
+        ("replace_table_privileges", "public.audit_log.platform_app", "INSERT"),
     ),
     "select-granted-to-public": (
         ["GRANT SELECT ON leads TO PUBLIC"],
-        ("set_table_privileges", "public.leads", "PUBLIC"),
+        ("replace_table_privileges", "public.leads.PUBLIC", "SELECT"),
     ),
     "partition-not-forced": (
         ["ALTER TABLE form_submissions_default NO FORCE ROW LEVEL SECURITY"],
-        ("protect_partitions", "public.form_submissions", "form_submissions_default"),
+        ("replace_partition_protection", "public.form_submissions", "form_submissions_default"),
     ),
     "partition-policy-dropped": (
         ["DROP POLICY tenant_isolation ON audit_log_default"],
-        ("protect_partitions", "public.audit_log", "audit_log_default"),
+        ("replace_partition_protection", "public.audit_log", "audit_log_default"),
     ),
     "partition-granted-to-app": (
         ["GRANT SELECT ON form_submissions_default TO platform_app"],
-        ("protect_partitions", "form_submissions_default"),
+        ("replace_partition_protection", "form_submissions_default", "direct privileges"),
     ),
 }
 

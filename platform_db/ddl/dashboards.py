@@ -13,50 +13,11 @@ table in its own subquery, so joining them never multiplies rows.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, OWNER_ROLE, PLATFORM_SCHEMA, ident
+from platform_db.ddl.entities import Function, MaterializedView, ScheduledJob, View
+from platform_db.ddl.jobs import JOBS
+from platform_db.ddl.security import ADMIN_ROLE, PLATFORM_SCHEMA
 
 S = PLATFORM_SCHEMA
-
-
-@dataclass(frozen=True, slots=True)
-class MaterializedView:
-    """A materialized view in `platform`, its unique key, and the tenant view over it."""
-
-    name: str
-    query: str
-    unique_columns: tuple[str, ...]
-    tenant_view: str
-
-    @property
-    def qualified(self) -> str:
-        return f"{S}.{ident(self.name)}"
-
-    @property
-    def unique_index(self) -> str:
-        return f"uq_{self.name}"
-
-    def create(self) -> list[str]:
-        cols = ", ".join(ident(c) for c in self.unique_columns)
-        return [
-            f"CREATE MATERIALIZED VIEW {self.qualified} AS\n{self.query}\nWITH DATA",
-            # REFRESH ... CONCURRENTLY needs a unique index over all rows.
-            f"CREATE UNIQUE INDEX {self.unique_index} ON {self.qualified} ({cols})",
-            f"REVOKE ALL ON {self.qualified} FROM PUBLIC",
-            f"GRANT SELECT ON {self.qualified} TO {OWNER_ROLE}",
-            f"ALTER MATERIALIZED VIEW {self.qualified} OWNER TO {ADMIN_ROLE}",
-            f"""CREATE VIEW public.{ident(self.tenant_view)} WITH (security_barrier) AS
-    SELECT * FROM {self.qualified} WHERE tenant_id = {S}.current_tenant_id()""",
-            f"REVOKE ALL ON public.{ident(self.tenant_view)} FROM PUBLIC",
-            f"GRANT SELECT ON public.{ident(self.tenant_view)} TO {APP_ROLE}, {ADMIN_ROLE}",
-        ]
-
-    def drop(self) -> list[str]:
-        return [
-            f"DROP VIEW IF EXISTS public.{ident(self.tenant_view)}",
-            f"DROP MATERIALIZED VIEW IF EXISTS {self.qualified}",
-        ]
 
 
 TENANT_PERFORMANCE_SUMMARY = MaterializedView(
@@ -154,20 +115,10 @@ TENANT_VIEWS: tuple[str, ...] = tuple(m.tenant_view for m in MATERIALIZED_VIEWS)
 
 _views_array = "ARRAY[" + ", ".join(f"'{m.qualified}'" for m in MATERIALIZED_VIEWS) + "]"
 
-CREATE_REFRESH = f"""
-CREATE TABLE {S}.matview_refresh_log (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    view_name text NOT NULL,
-    started_at timestamptz NOT NULL,
-    finished_at timestamptz NOT NULL,
-    duration_ms double precision NOT NULL,
-    was_concurrent boolean NOT NULL,
-    row_count bigint
-);
-CREATE INDEX ix_matview_refresh_log_view ON {S}.matview_refresh_log (view_name, finished_at);
-
-CREATE FUNCTION {S}.refresh_performance_views()
-RETURNS TABLE (view_name text, was_concurrent boolean, duration_ms double precision)
+REFRESH_PERFORMANCE_VIEWS = Function(
+    name=f"{S}.refresh_performance_views",
+    arguments="",
+    definition=f"""RETURNS TABLE (view_name text, was_concurrent boolean, duration_ms double precision)
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -200,75 +151,42 @@ BEGIN
     END LOOP;
     DELETE FROM {S}.matview_refresh_log WHERE finished_at < now() - interval '30 days';
 END
-$fn$;
-
-COMMENT ON FUNCTION {S}.refresh_performance_views() IS
-    'Refresh every dashboard materialized view (concurrently: readers are never blocked) and log it.';
-
-CREATE VIEW {S}.matview_freshness AS
-    SELECT m.schemaname || '.' || m.matviewname AS view_name,
-           m.ispopulated AS populated,
-           l.finished_at AS last_refresh,
-           round(extract(epoch FROM now() - l.finished_at)::numeric, 1) AS age_seconds,
-           round(l.duration_ms::numeric, 1) AS last_duration_ms,
-           l.was_concurrent
-    FROM pg_catalog.pg_matviews m
-    LEFT JOIN LATERAL (SELECT * FROM {S}.matview_refresh_log r
-                       WHERE r.view_name = m.schemaname || '.' || m.matviewname
-                       ORDER BY r.finished_at DESC LIMIT 1) l ON true
-    WHERE m.schemaname = '{S}';
-
-REVOKE ALL ON {S}.matview_refresh_log, {S}.matview_freshness FROM PUBLIC;
-GRANT SELECT ON {S}.matview_refresh_log, {S}.matview_freshness TO {ADMIN_ROLE};
-REVOKE ALL ON FUNCTION {S}.refresh_performance_views() FROM PUBLIC;
-"""
-
-DROP_REFRESH = f"""
-DROP VIEW IF EXISTS {S}.matview_freshness;
-DROP FUNCTION IF EXISTS {S}.refresh_performance_views();
-DROP TABLE IF EXISTS {S}.matview_refresh_log;
-"""
-
-# name, schedule, command. pg_cron runs each as the role that scheduled it. These are the
-# jobs revision d4e6b8a0c306 schedules; CRON_JOBS below adds the later ones.
-DASHBOARD_CRON_JOBS: tuple[tuple[str, str, str], ...] = (
-    ("refresh-performance-views", "*/15 * * * *", f"SELECT {S}.refresh_performance_views()"),
-    ("snapshot-performance-metrics", "*/5 * * * *", f"SELECT {S}.snapshot_performance_metrics()"),
-    (
-        "cleanup-performance-metrics",
-        "17 3 * * *",
-        f"SELECT {S}.cleanup_old_performance_metrics(interval '30 days')",
-    ),
-    (
-        "ensure-form-submission-partitions",
-        "7 2 * * *",
-        f"SELECT * FROM {S}.ensure_form_submission_partitions(3)",
-    ),
-    (
-        "cleanup-cron-history",
-        "37 3 * * *",
-        "DELETE FROM cron.job_run_details WHERE end_time < now() - interval '7 days'",
-    ),
+$fn$""",
+    comment="Refresh every dashboard materialized view (concurrently: readers are never blocked) and log it.",
 )
-# Scheduled by the audit trail's revision (e5f7a9b1d407).
-AUDIT_PARTITIONS_JOB = (
-    "ensure-audit-log-partitions",
-    "9 2 * * *",
-    f"SELECT * FROM {S}.ensure_monthly_partitions('public.audit_log'::regclass, 3)",
+
+MATVIEW_FRESHNESS = View(
+    name=f"{S}.matview_freshness",
+    query=f"""SELECT m.schemaname || '.' || m.matviewname AS view_name,
+       m.ispopulated AS populated,
+       l.finished_at AS last_refresh,
+       round(extract(epoch FROM now() - l.finished_at)::numeric, 1) AS age_seconds,
+       round(l.duration_ms::numeric, 1) AS last_duration_ms,
+       l.was_concurrent
+FROM pg_catalog.pg_matviews m
+LEFT JOIN LATERAL (SELECT * FROM {S}.matview_refresh_log r
+                   WHERE r.view_name = m.schemaname || '.' || m.matviewname
+                   ORDER BY r.finished_at DESC LIMIT 1) l ON true
+WHERE m.schemaname = '{S}'""",
+    readers=(ADMIN_ROLE,),
 )
-CRON_JOBS: tuple[tuple[str, str, str], ...] = (*DASHBOARD_CRON_JOBS, AUDIT_PARTITIONS_JOB)
 
 
-def _jobs_array(jobs: tuple[tuple[str, str, str], ...] = CRON_JOBS) -> str:
-    rows = ", ".join("ROW(" + ", ".join("$q$" + part + "$q$" for part in job) + ")" for job in jobs)
+def _jobs_array(jobs: tuple[ScheduledJob, ...]) -> str:
+    rows = ", ".join(
+        "ROW(" + ", ".join("$q$" + part + "$q$" for part in (j.name, j.schedule, j.command)) + ")"
+        for j in jobs
+    )
     return f"ARRAY[{rows}]::{S}.cron_job[]"
 
 
-def scheduling_functions(jobs: tuple[tuple[str, str, str], ...] = CRON_JOBS) -> str:
-    """(Re)define schedule_/unschedule_maintenance_jobs() over `jobs`."""
-    return f"""
-CREATE OR REPLACE FUNCTION {S}.schedule_maintenance_jobs()
-RETURNS TABLE (job_name text, schedule text, job_id bigint)
+def scheduling_functions(jobs: tuple[ScheduledJob, ...] = JOBS) -> tuple[Function, Function]:
+    """schedule_/unschedule_maintenance_jobs() over `jobs`: for a pg_cron installed after
+    the migrations ran (the revisions schedule the jobs themselves where it is there)."""
+    schedule = Function(
+        name=f"{S}.schedule_maintenance_jobs",
+        arguments="",
+        definition=f"""RETURNS TABLE (job_name text, schedule text, job_id bigint)
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -286,9 +204,12 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END
-$fn$;
-
-CREATE OR REPLACE FUNCTION {S}.unschedule_maintenance_jobs() RETURNS integer
+$fn$""",
+    )
+    unschedule = Function(
+        name=f"{S}.unschedule_maintenance_jobs",
+        arguments="",
+        definition=f"""RETURNS integer
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -306,31 +227,9 @@ BEGIN
     END LOOP;
     RETURN n;
 END
-$fn$;
-
-REVOKE ALL ON FUNCTION {S}.schedule_maintenance_jobs(), {S}.unschedule_maintenance_jobs()
-    FROM PUBLIC;
-"""
+$fn$""",
+    )
+    return schedule, unschedule
 
 
-CREATE_SCHEDULING = f"""
-CREATE TYPE {S}.cron_job AS (name text, schedule text, command text);
-{scheduling_functions(DASHBOARD_CRON_JOBS)}
--- With pg_cron in this database, schedule now; without it nothing fails.
-DO $do$
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
-        PERFORM {S}.schedule_maintenance_jobs();
-    ELSE
-        RAISE NOTICE 'pg_cron is not installed in this database: maintenance jobs not scheduled';
-    END IF;
-END
-$do$;
-"""
-
-DROP_SCHEDULING = f"""
-SELECT {S}.unschedule_maintenance_jobs();
-DROP FUNCTION IF EXISTS {S}.unschedule_maintenance_jobs();
-DROP FUNCTION IF EXISTS {S}.schedule_maintenance_jobs();
-DROP TYPE IF EXISTS {S}.cron_job;
-"""
+SCHEDULE_MAINTENANCE_JOBS, UNSCHEDULE_MAINTENANCE_JOBS = scheduling_functions()

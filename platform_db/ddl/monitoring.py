@@ -9,25 +9,16 @@ sessions' queries) and closed to platform_app.
 
 from __future__ import annotations
 
+from platform_db.ddl.entities import Function, View
 from platform_db.ddl.security import ADMIN_ROLE, PLATFORM_SCHEMA
 
 S = PLATFORM_SCHEMA
 
-CREATE_MONITORING = f"""
-CREATE TABLE {S}.performance_metrics (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    captured_at timestamptz NOT NULL DEFAULT now(),
-    metric text NOT NULL,
-    value double precision,
-    details jsonb NOT NULL DEFAULT '{{}}'::jsonb
-);
-CREATE INDEX ix_performance_metrics_captured ON {S}.performance_metrics (captured_at);
-CREATE INDEX ix_performance_metrics_metric ON {S}.performance_metrics (metric, captured_at);
-COMMENT ON TABLE {S}.performance_metrics IS
-    'Snapshots written by platform.snapshot_performance_metrics(); pruned by cleanup_old_performance_metrics().';
-
--- Whether pg_stat_statements can be queried here, and where it lives.
-CREATE FUNCTION {S}.pg_stat_statements_relation() RETURNS regclass
+# Whether pg_stat_statements can be queried here, and where it lives.
+PG_STAT_STATEMENTS_RELATION = Function(
+    name=f"{S}.pg_stat_statements_relation",
+    arguments="",
+    definition="""RETURNS regclass
 LANGUAGE plpgsql STABLE
 AS $fn$
 DECLARE
@@ -42,10 +33,14 @@ BEGIN
     END IF;
     RETURN rel;
 END
-$fn$;
+$fn$""",
+    execute=(ADMIN_ROLE,),
+)
 
-CREATE FUNCTION {S}.slow_query_stats(min_mean_ms double precision DEFAULT 100)
-RETURNS TABLE (
+SLOW_QUERY_STATS = Function(
+    name=f"{S}.slow_query_stats",
+    arguments="min_mean_ms double precision DEFAULT 100",
+    definition=f"""RETURNS TABLE (
     queryid bigint, query text, calls bigint, mean_ms double precision,
     total_ms double precision, rows bigint, cache_hit_ratio double precision
 )
@@ -69,109 +64,119 @@ BEGIN
          LIMIT 100', rel)
     USING min_mean_ms;
 END
-$fn$;
-
-CREATE VIEW {S}.slow_queries AS
-    SELECT * FROM {S}.slow_query_stats(100);
-COMMENT ON VIEW {S}.slow_queries IS
-    'Statements of this database whose mean execution time is over 100 ms (pg_stat_statements; empty without it).';
-
--- Leaf indexes (a partitioned index has no statistics of its own; its partitions do).
-CREATE VIEW {S}.index_usage_stats AS
-    SELECT s.schemaname AS schema_name,
-           s.relname AS table_name,
-           s.indexrelname AS index_name,
-           coalesce(pi.inhparent::regclass::text, s.indexrelname) AS parent_index,
-           coalesce(pt.inhparent::regclass::text, s.relname) AS parent_table,
-           s.idx_scan,
-           s.idx_tup_read,
-           s.idx_tup_fetch,
-           pg_catalog.pg_relation_size(s.indexrelid) AS index_bytes,
-           i.indisunique AS is_unique,
-           i.indisprimary AS is_primary,
-           CASE WHEN s.idx_scan = 0 THEN 'UNUSED'
-                WHEN s.idx_scan < 100 THEN 'LOW_USAGE'
-                ELSE 'HIGH_USAGE' END AS usage
-    FROM pg_catalog.pg_stat_user_indexes s
-    JOIN pg_catalog.pg_index i ON i.indexrelid = s.indexrelid
-    LEFT JOIN pg_catalog.pg_inherits pi ON pi.inhrelid = s.indexrelid
-    LEFT JOIN pg_catalog.pg_inherits pt ON pt.inhrelid = s.relid
-    WHERE s.schemaname IN ('public', '{S}');
-
-CREATE VIEW {S}.table_bloat_stats AS
-    SELECT s.schemaname AS schema_name,
-           s.relname AS table_name,
-           s.n_live_tup AS live_rows,
-           s.n_dead_tup AS dead_rows,
-           CASE WHEN s.n_live_tup + s.n_dead_tup = 0 THEN 0
-                ELSE round(s.n_dead_tup::numeric / (s.n_live_tup + s.n_dead_tup), 4) END
-               AS dead_ratio,
-           pg_catalog.pg_total_relation_size(s.relid) AS total_bytes,
-           s.seq_scan, s.idx_scan,
-           s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze
-    FROM pg_catalog.pg_stat_user_tables s
-    WHERE s.schemaname IN ('public', '{S}');
-
-CREATE VIEW {S}.cache_hit_ratios AS
-    SELECT 'tables'::text AS kind,
-           sum(heap_blks_hit)::bigint AS hits,
-           sum(heap_blks_read)::bigint AS reads,
-           CASE WHEN sum(heap_blks_hit) + sum(heap_blks_read) = 0 THEN NULL
-                ELSE round(sum(heap_blks_hit) / (sum(heap_blks_hit) + sum(heap_blks_read)), 4)
-           END AS ratio
-    FROM pg_catalog.pg_statio_user_tables
-    UNION ALL
-    SELECT 'indexes', sum(idx_blks_hit)::bigint, sum(idx_blks_read)::bigint,
-           CASE WHEN sum(idx_blks_hit) + sum(idx_blks_read) = 0 THEN NULL
-                ELSE round(sum(idx_blks_hit) / (sum(idx_blks_hit) + sum(idx_blks_read)), 4) END
-    FROM pg_catalog.pg_statio_user_indexes
-    UNION ALL
-    SELECT 'database', blks_hit, blks_read,
-           CASE WHEN blks_hit + blks_read = 0 THEN NULL
-                ELSE round(blks_hit::numeric / (blks_hit + blks_read), 4) END
-    FROM pg_catalog.pg_stat_database WHERE datname = current_database();
-
-CREATE VIEW {S}.blocking_locks AS
-    SELECT blocked.pid AS blocked_pid,
-           blocked.usename AS blocked_user,
-           blocked.application_name AS blocked_application,
-           now() - blocked.query_start AS waiting_for,
-           blocked.query AS blocked_query,
-           blocking.pid AS blocking_pid,
-           blocking.usename AS blocking_user,
-           blocking.application_name AS blocking_application,
-           blocking.state AS blocking_state,
-           blocking.query AS blocking_query
-    FROM pg_catalog.pg_stat_activity blocked
-    CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(blocked.pid)) AS b(pid)
-    JOIN pg_catalog.pg_stat_activity blocking ON blocking.pid = b.pid
-    WHERE blocked.datname = current_database();
-
-CREATE VIEW {S}.partition_status AS
-    SELECT c.relname AS partition_name,
-           pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bounds,
-           c.relpartbound IS NOT NULL
-               AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
-           c.reltuples::bigint AS estimated_rows,
-           c.relrowsecurity AND c.relforcerowsecurity AS rls_forced,
-           pg_catalog.pg_total_relation_size(c.oid) AS total_bytes
-    FROM pg_catalog.pg_inherits i
-    JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'public.form_submissions'::regclass;
-
-CREATE FUNCTION {S}.check_performance_alerts(
-    cache_hit_threshold double precision DEFAULT 0.95,
-    slow_query_ms double precision DEFAULT 100,
-    dead_ratio_threshold double precision DEFAULT 0.2,
-    min_dead_rows bigint DEFAULT 1000,
-    connection_ratio_threshold double precision DEFAULT 0.8,
-    blocked_seconds double precision DEFAULT 5,
-    min_table_scans bigint DEFAULT 1000,
-    min_partitions_ahead integer DEFAULT 2,
-    seq_rows_threshold bigint DEFAULT 1000000,
-    min_live_rows bigint DEFAULT 10000
+$fn$""",
+    execute=(ADMIN_ROLE,),
 )
-RETURNS TABLE (metric text, subject text, value numeric, threshold numeric,
+
+SLOW_QUERIES = View(
+    name=f"{S}.slow_queries",
+    query=f"""SELECT * FROM {S}.slow_query_stats(100)""",
+    readers=(ADMIN_ROLE,),
+    comment="Statements of this database whose mean execution time is over 100 ms (pg_stat_statements; empty without it).",
+)
+
+# Leaf indexes (a partitioned index has no statistics of its own; its partitions do).
+INDEX_USAGE_STATS = View(
+    name=f"{S}.index_usage_stats",
+    query=f"""SELECT s.schemaname AS schema_name,
+       s.relname AS table_name,
+       s.indexrelname AS index_name,
+       coalesce(pi.inhparent::regclass::text, s.indexrelname) AS parent_index,
+       coalesce(pt.inhparent::regclass::text, s.relname) AS parent_table,
+       s.idx_scan,
+       s.idx_tup_read,
+       s.idx_tup_fetch,
+       pg_catalog.pg_relation_size(s.indexrelid) AS index_bytes,
+       i.indisunique AS is_unique,
+       i.indisprimary AS is_primary,
+       CASE WHEN s.idx_scan = 0 THEN 'UNUSED'
+            WHEN s.idx_scan < 100 THEN 'LOW_USAGE'
+            ELSE 'HIGH_USAGE' END AS usage
+FROM pg_catalog.pg_stat_user_indexes s
+JOIN pg_catalog.pg_index i ON i.indexrelid = s.indexrelid
+LEFT JOIN pg_catalog.pg_inherits pi ON pi.inhrelid = s.indexrelid
+LEFT JOIN pg_catalog.pg_inherits pt ON pt.inhrelid = s.relid
+WHERE s.schemaname IN ('public', '{S}')""",
+    readers=(ADMIN_ROLE,),
+)
+
+TABLE_BLOAT_STATS = View(
+    name=f"{S}.table_bloat_stats",
+    query=f"""SELECT s.schemaname AS schema_name,
+       s.relname AS table_name,
+       s.n_live_tup AS live_rows,
+       s.n_dead_tup AS dead_rows,
+       CASE WHEN s.n_live_tup + s.n_dead_tup = 0 THEN 0
+            ELSE round(s.n_dead_tup::numeric / (s.n_live_tup + s.n_dead_tup), 4) END
+           AS dead_ratio,
+       pg_catalog.pg_total_relation_size(s.relid) AS total_bytes,
+       s.seq_scan, s.idx_scan,
+       s.last_vacuum, s.last_autovacuum, s.last_analyze, s.last_autoanalyze
+FROM pg_catalog.pg_stat_user_tables s
+WHERE s.schemaname IN ('public', '{S}')""",
+    readers=(ADMIN_ROLE,),
+)
+
+CACHE_HIT_RATIOS = View(
+    name=f"{S}.cache_hit_ratios",
+    query="""SELECT 'tables'::text AS kind,
+       sum(heap_blks_hit)::bigint AS hits,
+       sum(heap_blks_read)::bigint AS reads,
+       CASE WHEN sum(heap_blks_hit) + sum(heap_blks_read) = 0 THEN NULL
+            ELSE round(sum(heap_blks_hit) / (sum(heap_blks_hit) + sum(heap_blks_read)), 4)
+       END AS ratio
+FROM pg_catalog.pg_statio_user_tables
+UNION ALL
+SELECT 'indexes', sum(idx_blks_hit)::bigint, sum(idx_blks_read)::bigint,
+       CASE WHEN sum(idx_blks_hit) + sum(idx_blks_read) = 0 THEN NULL
+            ELSE round(sum(idx_blks_hit) / (sum(idx_blks_hit) + sum(idx_blks_read)), 4) END
+FROM pg_catalog.pg_statio_user_indexes
+UNION ALL
+SELECT 'database', blks_hit, blks_read,
+       CASE WHEN blks_hit + blks_read = 0 THEN NULL
+            ELSE round(blks_hit::numeric / (blks_hit + blks_read), 4) END
+FROM pg_catalog.pg_stat_database WHERE datname = current_database()""",
+    readers=(ADMIN_ROLE,),
+)
+
+BLOCKING_LOCKS = View(
+    name=f"{S}.blocking_locks",
+    query="""SELECT blocked.pid AS blocked_pid,
+       blocked.usename AS blocked_user,
+       blocked.application_name AS blocked_application,
+       now() - blocked.query_start AS waiting_for,
+       blocked.query AS blocked_query,
+       blocking.pid AS blocking_pid,
+       blocking.usename AS blocking_user,
+       blocking.application_name AS blocking_application,
+       blocking.state AS blocking_state,
+       blocking.query AS blocking_query
+FROM pg_catalog.pg_stat_activity blocked
+CROSS JOIN LATERAL unnest(pg_catalog.pg_blocking_pids(blocked.pid)) AS b(pid)
+JOIN pg_catalog.pg_stat_activity blocking ON blocking.pid = b.pid
+WHERE blocked.datname = current_database()""",
+    readers=(ADMIN_ROLE,),
+)
+
+PARTITION_STATUS = View(
+    name=f"{S}.partition_status",
+    query="""SELECT c.relname AS partition_name,
+       pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bounds,
+       c.relpartbound IS NOT NULL
+           AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
+       c.reltuples::bigint AS estimated_rows,
+       c.relrowsecurity AND c.relforcerowsecurity AS rls_forced,
+       pg_catalog.pg_total_relation_size(c.oid) AS total_bytes
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+WHERE i.inhparent = 'public.form_submissions'::regclass""",
+    readers=(ADMIN_ROLE,),
+)
+
+CHECK_PERFORMANCE_ALERTS = Function(
+    name=f"{S}.check_performance_alerts",
+    arguments="cache_hit_threshold double precision DEFAULT 0.95, slow_query_ms double precision DEFAULT 100, dead_ratio_threshold double precision DEFAULT 0.2, min_dead_rows bigint DEFAULT 1000, connection_ratio_threshold double precision DEFAULT 0.8, blocked_seconds double precision DEFAULT 5, min_table_scans bigint DEFAULT 1000, min_partitions_ahead integer DEFAULT 2, seq_rows_threshold bigint DEFAULT 1000000, min_live_rows bigint DEFAULT 10000",
+    definition=f"""RETURNS TABLE (metric text, subject text, value numeric, threshold numeric,
                severity text, detail text)
 LANGUAGE plpgsql STABLE
 AS $fn$
@@ -298,9 +303,14 @@ BEGIN
         RETURN NEXT;
     END IF;
 END
-$fn$;
+$fn$""",
+    execute=(ADMIN_ROLE,),
+)
 
-CREATE FUNCTION {S}.snapshot_performance_metrics() RETURNS integer
+SNAPSHOT_PERFORMANCE_METRICS = Function(
+    name=f"{S}.snapshot_performance_metrics",
+    arguments="",
+    definition=f"""RETURNS integer
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -328,10 +338,13 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
-$fn$;
+$fn$""",
+)
 
-CREATE FUNCTION {S}.cleanup_old_performance_metrics(retention interval DEFAULT '30 days')
-RETURNS bigint
+CLEANUP_OLD_PERFORMANCE_METRICS = Function(
+    name=f"{S}.cleanup_old_performance_metrics",
+    arguments="retention interval DEFAULT '30 days'",
+    definition=f"""RETURNS bigint
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -344,42 +357,21 @@ BEGIN
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END
-$fn$;
+$fn$""",
+)
 
-REVOKE ALL ON {S}.performance_metrics, {S}.slow_queries, {S}.index_usage_stats,
-    {S}.table_bloat_stats, {S}.cache_hit_ratios, {S}.blocking_locks, {S}.partition_status
-    FROM PUBLIC;
-GRANT SELECT ON {S}.performance_metrics, {S}.slow_queries, {S}.index_usage_stats,
-    {S}.table_bloat_stats, {S}.cache_hit_ratios, {S}.blocking_locks, {S}.partition_status
-    TO {ADMIN_ROLE};
-REVOKE ALL ON FUNCTION {S}.pg_stat_statements_relation(), {S}.slow_query_stats(double precision),
-    {S}.check_performance_alerts(double precision, double precision, double precision,
-                                 bigint, double precision, double precision, bigint, integer,
-                                 bigint, bigint),
-    {S}.snapshot_performance_metrics(), {S}.cleanup_old_performance_metrics(interval)
-    FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION {S}.pg_stat_statements_relation(), {S}.slow_query_stats(double precision),
-    {S}.check_performance_alerts(double precision, double precision, double precision,
-                                 bigint, double precision, double precision, bigint, integer,
-                                 bigint, bigint)
-    TO {ADMIN_ROLE};
-GRANT pg_read_all_stats TO {ADMIN_ROLE};
-"""
-
-# The membership in pg_read_all_stats is left in place: roles are cluster-wide and another
-# database of the cluster may still rely on it.
-DROP_MONITORING = f"""
-DROP FUNCTION IF EXISTS {S}.cleanup_old_performance_metrics(interval);
-DROP FUNCTION IF EXISTS {S}.snapshot_performance_metrics();
-DROP FUNCTION IF EXISTS {S}.check_performance_alerts(double precision, double precision,
-    double precision, bigint, double precision, double precision, bigint, integer, bigint, bigint);
-DROP VIEW IF EXISTS {S}.partition_status;
-DROP VIEW IF EXISTS {S}.blocking_locks;
-DROP VIEW IF EXISTS {S}.cache_hit_ratios;
-DROP VIEW IF EXISTS {S}.table_bloat_stats;
-DROP VIEW IF EXISTS {S}.index_usage_stats;
-DROP VIEW IF EXISTS {S}.slow_queries;
-DROP FUNCTION IF EXISTS {S}.slow_query_stats(double precision);
-DROP FUNCTION IF EXISTS {S}.pg_stat_statements_relation();
-DROP TABLE IF EXISTS {S}.performance_metrics;
-"""
+FUNCTIONS: tuple[Function, ...] = (
+    PG_STAT_STATEMENTS_RELATION,
+    SLOW_QUERY_STATS,
+    CHECK_PERFORMANCE_ALERTS,
+    SNAPSHOT_PERFORMANCE_METRICS,
+    CLEANUP_OLD_PERFORMANCE_METRICS,
+)
+VIEWS: tuple[View, ...] = (
+    SLOW_QUERIES,
+    INDEX_USAGE_STATS,
+    TABLE_BLOAT_STATS,
+    CACHE_HIT_RATIOS,
+    BLOCKING_LOCKS,
+    PARTITION_STATUS,
+)

@@ -1,4 +1,5 @@
-"""Partition functions: RLS for partitions, and monthly form_submissions partitions.
+"""Partition functions: RLS for partitions, monthly partitions for form_submissions and
+audit_log (one function, platform.ensure_monthly_partitions), retiring old months.
 
 A partition reached by name does not use its parent's policies, so every partition gets
 RLS enabled and forced and a copy of each of its parent's policies (read from the
@@ -8,15 +9,18 @@ rows are reached through the parent only.
 
 from __future__ import annotations
 
-from platform_db.ddl.security import APP_ROLE, OWNER_ROLE, PLATFORM_SCHEMA
+from platform_db.ddl.entities import Function
+from platform_db.ddl.security import APP_ROLE, PLATFORM_SCHEMA
 
 PARENT = "form_submissions"
 DEFAULT_PARTITION = "form_submissions_default"
 DEFAULT_MONTHS_AHEAD = 3
+PARTITIONS_FUNCTION = f"{PLATFORM_SCHEMA}.ensure_monthly_partitions"
 
-CREATE_PROTECT_PARTITIONS = f"""
-CREATE FUNCTION {PLATFORM_SCHEMA}.protect_partitions(parent regclass)
-RETURNS integer
+PROTECT_PARTITIONS = Function(
+    name=f"{PLATFORM_SCHEMA}.protect_partitions",
+    arguments="parent regclass",
+    definition=f"""RETURNS integer
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -66,13 +70,14 @@ BEGIN
     END LOOP;
     RETURN n;
 END
-$fn$;
+$fn$""",
+    comment="Give every partition below parent the parent's RLS flags and policies and no app grants.",
+)
 
-COMMENT ON FUNCTION {PLATFORM_SCHEMA}.protect_partitions(regclass) IS
-    'Give every partition below parent the parent''s RLS flags and policies and no app grants.';
-
-CREATE FUNCTION {PLATFORM_SCHEMA}.unprotect_partitions(parent regclass)
-RETURNS integer
+UNPROTECT_PARTITIONS = Function(
+    name=f"{PLATFORM_SCHEMA}.unprotect_partitions",
+    arguments="parent regclass",
+    definition="""RETURNS integer
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -92,122 +97,144 @@ BEGIN
     END LOOP;
     RETURN n;
 END
-$fn$;
-
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.protect_partitions(regclass) FROM PUBLIC;
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.unprotect_partitions(regclass) FROM PUBLIC;
-"""
-
-DROP_PROTECT_PARTITIONS = f"""
-DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.unprotect_partitions(regclass);
-DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.protect_partitions(regclass);
-"""
-
-# Month boundaries are UTC midnights, whatever the session's TimeZone.
-CREATE_ENSURE_PARTITIONS = f"""
-CREATE FUNCTION {PLATFORM_SCHEMA}.ensure_form_submission_partitions(
-    months_ahead integer DEFAULT {DEFAULT_MONTHS_AHEAD},
-    start_month date DEFAULT NULL
+$fn$""",
 )
-RETURNS TABLE (partition_name text, action text, rows_moved bigint)
+
+# The one partition-maintenance function, for every table RANGE-partitioned by one
+# timestamptz column (form_submissions, audit_log): `<parent>_YYYY_MM` (UTC months) and
+# `<parent>_default`, the partition key read from the catalog.
+ENSURE_MONTHLY_PARTITIONS = Function(
+    name=PARTITIONS_FUNCTION,
+    arguments=f"parent regclass, months_ahead integer DEFAULT {DEFAULT_MONTHS_AHEAD}, start_month date DEFAULT NULL",
+    definition=f"""RETURNS TABLE (partition_name text, action text, rows_moved bigint)
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
+    nsp text;
+    base text;
+    owner_name text;
+    key_column text;
+    default_part text;
     first_month date;
     m date;
     lo timestamptz;
     hi timestamptz;
     part text;
+    busy boolean;
     n bigint;
 BEGIN
     IF months_ahead IS NULL OR months_ahead < 0 OR months_ahead > 120 THEN
         RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', months_ahead;
     END IF;
+    SELECT ns.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner), a.attname
+    INTO nsp, base, owner_name, key_column
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace
+    JOIN pg_catalog.pg_partitioned_table pt ON pt.partrelid = c.oid
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum = pt.partattrs[0]
+    WHERE c.oid = parent AND pt.partstrat = 'r' AND pt.partnatts = 1
+      AND a.atttypid = 'timestamptz'::regtype;
+    IF key_column IS NULL THEN
+        RAISE EXCEPTION '% is not RANGE-partitioned by one timestamptz column', parent;
+    END IF;
     first_month := date_trunc('month',
         coalesce(start_month, (pg_catalog.now() AT TIME ZONE 'UTC')::date))::date;
+    default_part := base || '_default';
 
-    -- Serialise concurrent runs (cron and a deploy at once).
+    -- Serialise concurrent runs for the same parent (cron and a deploy at once).
     PERFORM pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtext('{PLATFORM_SCHEMA}.ensure_form_submission_partitions'));
+        pg_catalog.hashtext('{PARTITIONS_FUNCTION}:' || parent::oid::text));
 
-    IF pg_catalog.to_regclass('public.{DEFAULT_PARTITION}') IS NULL THEN
-        EXECUTE 'CREATE TABLE public.{DEFAULT_PARTITION} PARTITION OF public.{PARENT} DEFAULT';
-        partition_name := '{DEFAULT_PARTITION}'; action := 'created'; rows_moved := 0;
+    IF pg_catalog.to_regclass(format('%I.%I', nsp, default_part)) IS NULL THEN
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, default_part, parent);
+        partition_name := default_part; action := 'created'; rows_moved := 0;
         RETURN NEXT;
     END IF;
 
     FOR i IN 0..months_ahead LOOP
         m := (first_month + pg_catalog.make_interval(months => i))::date;
-        part := 'form_submissions_' || pg_catalog.to_char(m, 'YYYY_MM');
-        CONTINUE WHEN pg_catalog.to_regclass('public.' || part) IS NOT NULL;
+        part := base || '_' || pg_catalog.to_char(m, 'YYYY_MM');
+        CONTINUE WHEN pg_catalog.to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
         lo := m::timestamp AT TIME ZONE 'UTC';
         hi := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
-
-        IF NOT EXISTS (SELECT FROM public.{DEFAULT_PARTITION}
-                       WHERE created_at >= lo AND created_at < hi) THEN
-            EXECUTE format('CREATE TABLE public.%I PARTITION OF public.{PARENT} '
-                           'FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+        EXECUTE format('SELECT EXISTS (SELECT FROM %I.%I WHERE %I >= $1 AND %I < $2)',
+                       nsp, default_part, key_column, key_column)
+            INTO busy USING lo, hi;
+        IF NOT busy THEN
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                           nsp, part, parent, lo, hi);
             n := 0;
         ELSE
-            -- CREATE ... PARTITION OF would fail while the default partition holds rows
-            -- of this month: build the partition beside it, move the rows, attach it.
-            -- The rows leave the table only for the length of this transaction, so
-            -- foreign-key actions (leads referencing a submission) must not fire: the
-            -- delete runs with session_replication_role = replica, which needs a
-            -- superuser or SET privilege on that parameter (PostgreSQL 15+).
-            EXECUTE format('CREATE TABLE public.%I (LIKE public.{PARENT} INCLUDING DEFAULTS '
-                           'INCLUDING CONSTRAINTS INCLUDING GENERATED)', part);
-            EXECUTE format('INSERT INTO public.%I SELECT * FROM public.{DEFAULT_PARTITION} '
-                           'WHERE created_at >= %L AND created_at < %L', part, lo, hi);
+            -- The default partition holds rows of this month: build the partition beside
+            -- it, move the rows, attach it. The delete runs with session_replication_role
+            -- = replica so that no trigger (audit_log's append-only guard, foreign-key
+            -- actions) fires for rows that only change partition; that needs a superuser
+            -- or SET privilege on the parameter.
+            EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS '
+                           'INCLUDING CONSTRAINTS INCLUDING GENERATED)', nsp, part, parent);
+            EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I WHERE %I >= $1 AND %I < $2',
+                           nsp, part, nsp, default_part, key_column, key_column)
+                USING lo, hi;
             GET DIAGNOSTICS n = ROW_COUNT;
             BEGIN
                 PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
             EXCEPTION WHEN insufficient_privilege THEN
-                RAISE EXCEPTION 'the default partition holds % rows of %; moving them needs a superuser',
-                    n, pg_catalog.to_char(m, 'YYYY-MM')
+                RAISE EXCEPTION 'the default partition of % holds % rows of %; moving them needs a superuser',
+                    parent, n, pg_catalog.to_char(m, 'YYYY-MM')
                     USING HINT = 'Run this as a superuser, or GRANT SET ON PARAMETER session_replication_role to the caller.';
             END;
-            DELETE FROM public.{DEFAULT_PARTITION} WHERE created_at >= lo AND created_at < hi;
+            EXECUTE format('DELETE FROM %I.%I WHERE %I >= $1 AND %I < $2',
+                           nsp, default_part, key_column, key_column) USING lo, hi;
             PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
-            EXECUTE format('ALTER TABLE public.{PARENT} ATTACH PARTITION public.%I '
-                           'FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                           parent, nsp, part, lo, hi);
         END IF;
         partition_name := part; action := 'created'; rows_moved := n;
         RETURN NEXT;
     END LOOP;
 
-    PERFORM {PLATFORM_SCHEMA}.protect_partitions('public.{PARENT}'::regclass);
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{OWNER_ROLE}') THEN
-        FOR part IN
-            SELECT c.relname FROM pg_catalog.pg_partition_tree('public.{PARENT}'::regclass) t
-            JOIN pg_catalog.pg_class c ON c.oid = t.relid
-            WHERE c.relowner <> '{OWNER_ROLE}'::regrole
-        LOOP
-            EXECUTE format('ALTER TABLE public.%I OWNER TO {OWNER_ROLE}', part);
-        END LOOP;
-    END IF;
+    -- Partitions get the parent's RLS and policies, no grants, and the parent's owner.
+    PERFORM {PLATFORM_SCHEMA}.protect_partitions(parent);
+    FOR part IN
+        SELECT c.relname FROM pg_catalog.pg_partition_tree(parent) t
+        JOIN pg_catalog.pg_class c ON c.oid = t.relid
+        WHERE t.relid <> parent AND pg_catalog.pg_get_userbyid(c.relowner) <> owner_name
+    LOOP
+        EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', nsp, part, owner_name);
+    END LOOP;
 END
-$fn$;
-
-COMMENT ON FUNCTION {PLATFORM_SCHEMA}.ensure_form_submission_partitions(integer, date) IS
-    'Create the default partition and monthly form_submissions partitions from start_month '
-    '(default: this month, UTC) to months_ahead months later, moving rows of those months '
-    'out of the default partition. Idempotent.';
-
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.ensure_form_submission_partitions(integer, date)
-    FROM PUBLIC;
-"""
-
-DROP_ENSURE_PARTITIONS = f"""
-DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.ensure_form_submission_partitions(integer, date);
-"""
-
-CREATE_RETIRE_PARTITIONS = f"""
-CREATE FUNCTION {PLATFORM_SCHEMA}.retire_form_submission_partitions(
-    retention interval,
-    drop_tables boolean DEFAULT false
+$fn$""",
+    comment=(
+        "Create the default partition and monthly partitions <parent>_YYYY_MM of a table "
+        "RANGE-partitioned by one timestamptz column, from start_month (default: this month, "
+        "UTC) to months_ahead months later, moving rows of those months out of the default "
+        "partition. Idempotent."
+    ),
 )
-RETURNS TABLE (partition_name text, action text, links_cleared bigint)
+
+
+# The name form_submissions' callers (and its pg_cron job) know: the one function above.
+ENSURE_FORM_SUBMISSION_PARTITIONS = Function(
+    name=f"{PLATFORM_SCHEMA}.ensure_form_submission_partitions",
+    arguments="months_ahead integer DEFAULT 3, start_month date DEFAULT NULL",
+    definition=f"""RETURNS TABLE (partition_name text, action text, rows_moved bigint)
+LANGUAGE sql
+AS $fn$
+    SELECT * FROM {PARTITIONS_FUNCTION}('public.{PARENT}'::regclass, months_ahead, start_month)
+$fn$""",
+    comment=(
+        "Create the default partition and monthly form_submissions partitions from start_month "
+        "(default: this month, UTC) to months_ahead months later, moving rows of those months "
+        "out of the default partition. Idempotent. "
+        "Shorthand for platform.ensure_monthly_partitions('public.form_submissions')."
+    ),
+)
+
+
+RETIRE_FORM_SUBMISSION_PARTITIONS = Function(
+    name=f"{PLATFORM_SCHEMA}.retire_form_submission_partitions",
+    arguments="retention interval, drop_tables boolean DEFAULT false",
+    definition=f"""RETURNS TABLE (partition_name text, action text, links_cleared bigint)
 LANGUAGE plpgsql
 AS $fn$
 DECLARE
@@ -220,8 +247,9 @@ BEGIN
     END IF;
     cutoff := pg_catalog.now() - retention;
     PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
+    -- The lock platform.ensure_monthly_partitions takes for this table: never both at once.
     PERFORM pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtext('{PLATFORM_SCHEMA}.ensure_form_submission_partitions'));
+        pg_catalog.hashtext('{PARTITIONS_FUNCTION}:' || 'public.{PARENT}'::regclass::oid::text));
 
     FOR r IN
         SELECT c.relname,
@@ -250,16 +278,9 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END
-$fn$;
-
-COMMENT ON FUNCTION {PLATFORM_SCHEMA}.retire_form_submission_partitions(interval, boolean) IS
-    'Detach (or drop) monthly form_submissions partitions that ended more than retention ago. '
-    'A detached partition stays as a table of its own, still under RLS, for archiving.';
-
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.retire_form_submission_partitions(interval, boolean)
-    FROM PUBLIC;
-"""
-
-DROP_RETIRE_PARTITIONS = f"""
-DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.retire_form_submission_partitions(interval, boolean);
-"""
+$fn$""",
+    comment=(
+        "Detach (or drop) monthly form_submissions partitions that ended more than retention ago. "
+        "A detached partition stays as a table of its own, still under RLS, for archiving."
+    ),
+)

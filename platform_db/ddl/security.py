@@ -1,7 +1,9 @@
-"""Roles, the tenant setting functions, row-level security and grants.
+"""Roles, the tenant setting and its functions, the tenant policy, object ownership.
 
-One definition of what a tenant-owned table gets (`protect_tenant_table`), used by the
-revisions; partitions copy their parent's policies (see platform_db.ddl.partitions).
+The roles themselves (platform_owner, platform_app, platform_admin) are created by the
+baseline revision, which holds their SQL; this module names them. What a tenant-owned
+table gets is platform_db.ddl.tenant_table; partitions copy their parent's policies (see
+platform_db.ddl.partitions).
 """
 
 from __future__ import annotations
@@ -9,22 +11,27 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import re
 import secrets
-from dataclasses import dataclass
 
-OWNER_ROLE = "platform_owner"
-APP_ROLE = "platform_app"
-ADMIN_ROLE = "platform_admin"
+from platform_db.ddl.entities import (
+    ADMIN_ROLE,
+    APP_ROLE,
+    OWNER_ROLE,
+    PLATFORM_SCHEMA,
+    ROW_PRIVILEGES,
+    TABLE_PRIVILEGES,
+    Function,
+    Policy,
+    TableGrants,
+    ident,
+)
+
 ROLES = (OWNER_ROLE, APP_ROLE, ADMIN_ROLE)
 ROLE_COMMENT = "created by platform-db"
 
 TENANT_SETTING = "app.current_tenant_id"
 USER_SETTING = "app.current_user_id"
 POLICY_NAME = "tenant_isolation"
-PLATFORM_SCHEMA = "platform"
-
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def scram_sha_256(password: str, *, iterations: int = 4096, salt: bytes | None = None) -> str:
@@ -49,228 +56,47 @@ def scram_sha_256(password: str, *, iterations: int = 4096, salt: bytes | None =
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def ident(name: str) -> str:
-    """Return `name` if it is a plain lower-case identifier owned by code, else refuse it."""
-    if not _IDENT.match(name):
-        raise ValueError(f"refusing unexpected SQL identifier {name!r}")
-    return name
-
-
-CREATE_ROLES = f"""
-DO $roles$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN
-        SELECT * FROM (VALUES ('{OWNER_ROLE}', false), ('{APP_ROLE}', false),
-                              ('{ADMIN_ROLE}', true)) AS v(name, bypass)
-    LOOP
-        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r.name) THEN
-            EXECUTE format('CREATE ROLE %I NOLOGIN %s', r.name,
-                           CASE WHEN r.bypass THEN 'BYPASSRLS' ELSE 'NOBYPASSRLS' END);
-            EXECUTE format('COMMENT ON ROLE %I IS %L', r.name, '{ROLE_COMMENT}');
-        END IF;
-    END LOOP;
-
-    -- A pre-existing role must not be able to defeat isolation.
-    IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{APP_ROLE}'
-               AND (rolsuper OR rolbypassrls OR rolcreaterole OR rolcreatedb)) THEN
-        ALTER ROLE {APP_ROLE} NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB;
-    END IF;
-    IF pg_catalog.pg_has_role('{APP_ROLE}', '{OWNER_ROLE}', 'MEMBER')
-       OR pg_catalog.pg_has_role('{APP_ROLE}', '{ADMIN_ROLE}', 'MEMBER') THEN
-        RAISE EXCEPTION '{APP_ROLE} is a member of {OWNER_ROLE} or {ADMIN_ROLE}'
-            USING HINT = 'Revoke that membership: request-serving logins must be subject to RLS.';
-    END IF;
-    IF NOT (SELECT rolbypassrls FROM pg_catalog.pg_roles WHERE rolname = '{ADMIN_ROLE}') THEN
-        ALTER ROLE {ADMIN_ROLE} BYPASSRLS;
-    END IF;
-END
-$roles$
-"""
-
-# Roles are cluster-wide: another database of the same cluster may still use them. Drop
-# only the ones this package created, and keep any that something else depends on.
-DROP_ROLES = f"""
-DO $roles$
-DECLARE
-    r record;
-BEGIN
-    FOR r IN
-        SELECT rolname FROM pg_catalog.pg_roles
-        WHERE rolname IN ('{APP_ROLE}', '{ADMIN_ROLE}', '{OWNER_ROLE}')
-          AND pg_catalog.shobj_description(oid, 'pg_authid') = '{ROLE_COMMENT}'
-    LOOP
-        BEGIN
-            EXECUTE format('DROP ROLE %I', r.rolname);
-        EXCEPTION
-            WHEN SQLSTATE '2BP01' THEN  -- dependent objects still exist
-                RAISE NOTICE 'role % kept: other databases of this cluster still use it',
-                    r.rolname;
-            WHEN SQLSTATE '55P03' THEN  -- lock_not_available: a session elsewhere uses it
-                RAISE NOTICE 'role % kept: a session of another database holds it', r.rolname;
-        END;
-    END LOOP;
-END
-$roles$
-"""
-
-CREATE_PLATFORM_SCHEMA = f"""
-CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA} AUTHORIZATION {OWNER_ROLE};
-GRANT USAGE ON SCHEMA {PLATFORM_SCHEMA} TO {APP_ROLE}, {ADMIN_ROLE};
-GRANT USAGE ON SCHEMA public TO {APP_ROLE}, {ADMIN_ROLE};
-"""
-
-DROP_PLATFORM_SCHEMA = f"""
-REVOKE USAGE ON SCHEMA public FROM {APP_ROLE}, {ADMIN_ROLE};
-DROP SCHEMA IF EXISTS {PLATFORM_SCHEMA} CASCADE;
-"""
-
 # Small STABLE SQL functions: the planner inlines them into the policy, so a policy reads
 # `tenant_id = <value>` and `(tenant_id, ...)` indexes are used. `missing_ok` makes a
 # never-set setting NULL and nullif() turns the empty string an ended transaction leaves
 # behind into NULL: either way `tenant_id = NULL` matches no row and fails WITH CHECK.
-CREATE_SETTING_FUNCTIONS = f"""
-CREATE FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() RETURNS uuid
+# Every role that can query a tenant table must be able to execute them.
+CURRENT_TENANT_ID = Function(
+    name=f"{PLATFORM_SCHEMA}.current_tenant_id",
+    arguments="",
+    definition=f"""RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN nullif(pg_catalog.current_setting('{TENANT_SETTING}', true), '')::uuid;
+    RETURN nullif(pg_catalog.current_setting('{TENANT_SETTING}', true), '')::uuid""",
+    execute=(APP_ROLE, ADMIN_ROLE),
+    comment=f"The tenant of the current transaction ({TENANT_SETTING}), NULL when none is set.",
+)
 
-COMMENT ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() IS
-    'The tenant of the current transaction ({TENANT_SETTING}), NULL when none is set.';
-
-CREATE FUNCTION {PLATFORM_SCHEMA}.current_user_id() RETURNS uuid
+CURRENT_USER_ID = Function(
+    name=f"{PLATFORM_SCHEMA}.current_user_id",
+    arguments="",
+    definition=f"""RETURNS uuid
     LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN nullif(pg_catalog.current_setting('{USER_SETTING}', true), '')::uuid;
+    RETURN nullif(pg_catalog.current_setting('{USER_SETTING}', true), '')::uuid""",
+    execute=(APP_ROLE, ADMIN_ROLE),
+    comment=f"The acting user of the current transaction ({USER_SETTING}), NULL when none is set.",
+)
 
-COMMENT ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() IS
-    'The acting user of the current transaction ({USER_SETTING}), NULL when none is set.';
-"""
-
-DROP_SETTING_FUNCTIONS = f"""
-DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.current_user_id();
-DROP FUNCTION IF EXISTS {PLATFORM_SCHEMA}.current_tenant_id();
-"""
+SETTING_FUNCTIONS: tuple[Function, ...] = (CURRENT_TENANT_ID, CURRENT_USER_ID)
 
 TENANT_PREDICATE = f"tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
-
-ROW_PRIVILEGES: tuple[str, ...] = ("SELECT", "INSERT", "UPDATE", "DELETE")
-_COMMANDS = ("ALL", "SELECT", "INSERT", "UPDATE", "DELETE")
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """A row-level security policy as code: compared by meaning with the catalog's copy."""
-
-    name: str
-    using: str | None
-    check: str | None
-    command: str = "ALL"
-    roles: tuple[str, ...] = ("PUBLIC",)
-    permissive: bool = True
-
-    def __post_init__(self) -> None:
-        ident(self.name)
-        if self.command not in _COMMANDS:
-            raise ValueError(f"policy command must be one of {_COMMANDS}, not {self.command!r}")
-        for role in self.roles:
-            if role != "PUBLIC":
-                ident(role)
-
-    def create_sql(self, relation: str) -> str:
-        """CREATE POLICY on `relation` (a schema-qualified name built from code)."""
-        kind = "PERMISSIVE" if self.permissive else "RESTRICTIVE"
-        sql = (
-            f"CREATE POLICY {self.name} ON {relation}\n"
-            f"    AS {kind} FOR {self.command} TO {', '.join(self.roles)}"
-        )
-        if self.using is not None:
-            sql += f"\n    USING ({self.using})"
-        if self.check is not None:
-            sql += f"\n    WITH CHECK ({self.check})"
-        return sql
-
-    def drop_sql(self, relation: str) -> str:
-        return f"DROP POLICY IF EXISTS {self.name} ON {relation}"
-
 
 # The policy of every tenant-owned table: a session sees and writes its tenant's rows only.
 TENANT_POLICY = Policy(POLICY_NAME, using=TENANT_PREDICATE, check=TENANT_PREDICATE)
 
 
-def protect_tenant_table(
-    table: str,
-    *,
-    rls: bool = True,
-    policies: tuple[Policy, ...] = (TENANT_POLICY,),
-    app_privileges: tuple[str, ...] = ROW_PRIVILEGES,
-    admin_privileges: tuple[str, ...] = ROW_PRIVILEGES,
-) -> list[str]:
-    """What every tenant-owned table gets: forced RLS, its policies, precise grants.
-
-    `platform_app` reads and writes rows (no TRUNCATE, REFERENCES or TRIGGER); RLS is
-    forced so even the owner is filtered. For a partitioned table the existing
-    partitions get the same RLS (platform.protect_partitions) but no grants: they are
-    reached only through the parent. The full definition of a tenant-owned table (this
-    plus the audit trigger, and the explicit opt-outs) is
-    platform_db.ddl.tenant_table.TenantProtection.
-    """
-    t = ident(table)
-    statements: list[str] = []
-    if rls:
-        statements += [
-            f"ALTER TABLE public.{t} ENABLE ROW LEVEL SECURITY",
-            f"ALTER TABLE public.{t} FORCE ROW LEVEL SECURITY",
-            *(policy.create_sql(f"public.{t}") for policy in policies),
-        ]
-    statements.append(f"REVOKE ALL ON public.{t} FROM PUBLIC")
-    for role, privileges in ((APP_ROLE, app_privileges), (ADMIN_ROLE, admin_privileges)):
-        if privileges:
-            statements.append(f"GRANT {', '.join(_privileges(privileges))} ON public.{t} TO {role}")
-    statements.append(f"SELECT {PLATFORM_SCHEMA}.protect_partitions('public.{t}'::regclass)")
-    return statements
-
-
-def unprotect_tenant_table(
-    table: str, *, rls: bool = True, policies: tuple[Policy, ...] = (TENANT_POLICY,)
-) -> list[str]:
-    """The exact reverse of protect_tenant_table (partitions included)."""
-    t = ident(table)
-    statements = [
-        f"SELECT {PLATFORM_SCHEMA}.unprotect_partitions('public.{t}'::regclass)",
-        f"REVOKE ALL ON public.{t} FROM {APP_ROLE}, {ADMIN_ROLE}",
-    ]
-    if rls:
-        statements += [
-            *(policy.drop_sql(f"public.{t}") for policy in reversed(policies)),
-            f"ALTER TABLE public.{t} NO FORCE ROW LEVEL SECURITY",
-            f"ALTER TABLE public.{t} DISABLE ROW LEVEL SECURITY",
-        ]
-    return statements
-
-
-_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-
-
-def _privileges(privileges: tuple[str, ...]) -> tuple[str, ...]:
-    for p in privileges:
-        if p not in _PRIVILEGES:
-            raise ValueError(f"unknown table privilege {p!r}")
-    return privileges
-
-
-def grant_platform_table(table: str) -> list[str]:
+def platform_table_grants(table: str) -> tuple[TableGrants, ...]:
     """A platform-level table (tenants): readable by the app, writable by admins."""
-    t = ident(table)
-    return [
-        f"REVOKE ALL ON public.{t} FROM PUBLIC",
-        f"GRANT SELECT ON public.{t} TO {APP_ROLE}",
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.{t} TO {ADMIN_ROLE}",
-    ]
-
-
-def revoke_platform_table(table: str) -> list[str]:
-    t = ident(table)
-    return [f"REVOKE ALL ON public.{t} FROM {APP_ROLE}, {ADMIN_ROLE}"]
+    t = f"public.{ident(table)}"
+    return (
+        TableGrants(t, "PUBLIC", ()),
+        TableGrants(t, APP_ROLE, ("SELECT",)),
+        TableGrants(t, ADMIN_ROLE, ROW_PRIVILEGES),
+    )
 
 
 def claim_ownership_sql(relations: list[str]) -> str:
@@ -330,18 +156,19 @@ $own$
 """
 
 
-# The setting functions are what policies call: every role that can query a tenant
-# table must be able to execute them. Nothing else in `platform` is for platform_app.
-GRANT_FUNCTIONS = f"""
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() FROM PUBLIC;
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() TO {APP_ROLE}, {ADMIN_ROLE};
-GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() TO {APP_ROLE}, {ADMIN_ROLE};
-"""
-
-REVOKE_FUNCTIONS = f"""
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() FROM {APP_ROLE}, {ADMIN_ROLE};
-REVOKE ALL ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() FROM {APP_ROLE}, {ADMIN_ROLE};
-GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_tenant_id() TO PUBLIC;
-GRANT EXECUTE ON FUNCTION {PLATFORM_SCHEMA}.current_user_id() TO PUBLIC;
-"""
+__all__ = [
+    "ADMIN_ROLE",
+    "APP_ROLE",
+    "CURRENT_TENANT_ID",
+    "CURRENT_USER_ID",
+    "OWNER_ROLE",
+    "PLATFORM_SCHEMA",
+    "ROW_PRIVILEGES",
+    "TABLE_PRIVILEGES",
+    "TENANT_POLICY",
+    "Policy",
+    "claim_ownership_sql",
+    "ident",
+    "platform_table_grants",
+    "scram_sha_256",
+]

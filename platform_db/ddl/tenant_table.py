@@ -11,9 +11,12 @@ Every model with `TenantMixin` (platform_db.models.base) is, in the database:
 
 A model changes this only through `__tenant_protection__ = TenantProtection(...)`, and
 turning RLS or auditing off requires a reason: an unprotected tenant table is a decision
-written in the model, never an accident. The revisions (`protect_tenant_table` in
-platform_db.migration.operations), `alembic check` (platform_db.migration.autogenerate) and the test plugin
-(platform_db.testing) all read the same objects defined here.
+written in the model, never an accident. `TenantTable.entities()` turns it into the
+database objects (platform_db.ddl.entities) that autogenerate renders into the revision
+creating the table, that `alembic check` compares, and that the test plugin
+(platform_db.testing) checks. This module is also the one registry of tenant tables:
+`TenantMixin` registers each table here, and everything else asks `tenant_tables()` or
+`is_tenant_table()`.
 """
 
 from __future__ import annotations
@@ -24,15 +27,22 @@ from typing import Any
 
 from sqlalchemy import Computed, Table
 
-from platform_db.ddl import audit, security
+from platform_db.ddl import audit
+from platform_db.ddl.entities import (
+    ADMIN_ROLE,
+    APP_ROLE,
+    TABLE_PRIVILEGES,
+    Entity,
+    PartitionProtection,
+    RowLevelSecurity,
+    TableGrants,
+)
 from platform_db.ddl.security import ROW_PRIVILEGES, TENANT_POLICY, Policy, ident
 
 # Table -> its model's protection, filled by TenantMixin. Not Table.info: Alembic renders
 # a table's info into the create_table of a revision.
 _PROTECTIONS: weakref.WeakKeyDictionary[Table, TenantProtection] = weakref.WeakKeyDictionary()
-_KNOWN_PRIVILEGES = frozenset(
-    ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-)
+_KNOWN_PRIVILEGES = frozenset(TABLE_PRIVILEGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,7 @@ class TenantTable:
     audit_exclude: tuple[str, ...] = ()
     protection: TenantProtection = FULL_PROTECTION
     schema: str = "public"
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         ident(self.name)
@@ -114,32 +125,21 @@ class TenantTable:
     def audit_trigger_args(self) -> list[str]:
         return audit.audit_trigger_args(self.name, self.key, self.audited_exclude)
 
-    def rls_and_grants(self) -> list[str]:
-        p = self.protection
-        return security.protect_tenant_table(
-            self.name,
-            rls=p.rls,
-            policies=p.policies,
-            app_privileges=p.app_privileges,
-            admin_privileges=p.admin_privileges,
-        )
-
-    def protect(self) -> list[str]:
-        """Every statement that makes a freshly created table a protected tenant table."""
-        statements = self.rls_and_grants()
-        if self.protection.audit:
-            statements.append(audit.create_audit_trigger(self.name, self.key, self.audited_exclude))
-        return statements
-
-    def unprotect(self) -> list[str]:
-        """The exact reverse of protect()."""
-        statements = []
-        if self.protection.audit:
-            statements.append(audit.drop_audit_trigger(self.name))
-        statements += security.unprotect_tenant_table(
-            self.name, rls=self.protection.rls, policies=self.protection.policies
-        )
-        return statements
+    def entities(self) -> list[Entity]:
+        """Every database object that makes this table a protected tenant table."""
+        t, p = self.qualified, self.protection
+        found: list[Entity] = [RowLevelSecurity(t, enabled=p.rls, forced=p.rls)]
+        found += [policy.for_table(t) for policy in p.policies]
+        found += [
+            TableGrants(t, "PUBLIC", ()),
+            TableGrants(t, APP_ROLE, p.app_privileges),
+            TableGrants(t, ADMIN_ROLE, p.admin_privileges),
+        ]
+        if p.audit:
+            found.append(audit.audit_trigger(self.name, self.key, self.audited_exclude))
+        if self.partitioned:
+            found.append(PartitionProtection(t, rls=p.rls))
+        return found
 
 
 def protection_of(cls: type[Any]) -> TenantProtection:
@@ -171,7 +171,13 @@ def describe(table: Table) -> TenantTable | None:
         audit_exclude=generated,
         protection=protection,
         schema=table.schema or "public",
+        partitioned=bool(table.dialect_options["postgresql"].get("partition_by")),
     )
+
+
+def is_tenant_table(table: Table) -> bool:
+    """Whether `table` was registered as tenant-owned (by TenantMixin)."""
+    return table in _PROTECTIONS
 
 
 def tenant_tables(metadata: Any) -> list[TenantTable]:
@@ -191,6 +197,7 @@ __all__ = [
     "TenantProtection",
     "TenantTable",
     "describe",
+    "is_tenant_table",
     "protection_of",
     "register_tenant_table",
     "tenant_tables",

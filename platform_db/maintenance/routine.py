@@ -1,7 +1,10 @@
-"""`maintain`: run every maintenance job once (what pg_cron runs on its schedule).
+"""`maintain`: run every scheduled maintenance job once (what pg_cron runs on its schedule).
 
-Takes an engine of a superuser or of a login that owns the maintenance functions (in
-practice: the migration login).
+The jobs are the one list of platform_db.ddl.jobs: pg_cron schedules them where it is
+installed, and `platform-db maintain` (run daily from the system's cron) runs the same
+ones where it is not, with its options in place of the schedule's defaults. Takes an
+engine of a superuser or of a login that owns the maintenance functions (in practice:
+the migration login).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from platform_db.ddl import jobs
+from platform_db.ddl.entities import ScheduledJob
 from platform_db.maintenance.health import clean_rows
 
 
@@ -25,6 +30,61 @@ class MaintenanceStep:
 
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """How `maintain` runs one job: its step name and its SQL with the options bound."""
+
+    job: ScheduledJob | None  # None: a step no schedule runs (retiring is opt-in)
+    name: str
+    sql: str
+
+
+# In a safe order: partitions first (nothing may find a month without its partition).
+_RUNS = (
+    _Run(
+        jobs.ENSURE_FORM_SUBMISSION_PARTITIONS,
+        "create partitions ahead",
+        "SELECT * FROM platform.ensure_form_submission_partitions(months_ahead => :months)",
+    ),
+    _Run(
+        jobs.ENSURE_AUDIT_LOG_PARTITIONS,
+        "create audit_log partitions ahead",
+        "SELECT * FROM platform.ensure_monthly_partitions("
+        "'public.audit_log'::regclass, months_ahead => :months)",
+    ),
+    _Run(
+        None,
+        "retire old partitions",
+        "SELECT * FROM platform.retire_form_submission_partitions("
+        "make_interval(months => :retention), drop_tables => :drop)",
+    ),
+    _Run(
+        jobs.REFRESH_PERFORMANCE_VIEWS,
+        "refresh materialized views",
+        "SELECT * FROM platform.refresh_performance_views()",
+    ),
+    _Run(
+        jobs.SNAPSHOT_PERFORMANCE_METRICS,
+        "snapshot performance metrics",
+        "SELECT platform.snapshot_performance_metrics() AS rows",
+    ),
+    _Run(
+        jobs.CLEANUP_PERFORMANCE_METRICS,
+        "clean up old performance metrics",
+        "SELECT platform.cleanup_old_performance_metrics(make_interval(days => :days)) AS deleted",
+    ),
+    _Run(
+        jobs.CLEANUP_CRON_HISTORY,
+        "clean up pg_cron's run history",
+        jobs.CLEANUP_CRON_HISTORY.command,
+    ),
+)
+
+_MISSING = set(jobs.JOBS) - {run.job for run in _RUNS}
+if _MISSING:  # a job added to the list must say how `maintain` runs it
+    raise RuntimeError(f"maintain does not run {sorted(j.name for j in _MISSING)}")
 
 
 def maintain(
@@ -40,61 +100,31 @@ def maintain(
     if retention_months is not None and retention_months < 1:
         raise ValueError("retention_months must be at least 1")
     say = progress or (lambda _msg: None)
+    params: dict[str, Any] = {
+        "months": months_ahead,
+        "retention": retention_months or 0,
+        "drop": drop_retired,
+        "days": metrics_retention_days,
+    }
+    with engine.connect() as conn:
+        has_cron = bool(conn.scalar(text("SELECT to_regclass('cron.job_run_details') IS NOT NULL")))
     steps: list[MaintenanceStep] = []
-
-    def run(name: str, sql: str | None, skip: str | None = None, **params: Any) -> None:
-        say(f"{name} ...")
+    for run in _RUNS:
+        skip = None
+        if run.job is None and retention_months is None:
+            skip = "no --retention-months given"
+        elif run.job is jobs.CLEANUP_CRON_HISTORY and not has_cron:
+            skip = "pg_cron is not installed in this database"
+        say(f"{run.name} ...")
         start = time.perf_counter()
         result: list[dict[str, Any]] | int | None = None
-        if sql is not None and skip is None:
+        if skip is None:
             with engine.begin() as conn:
-                rows = conn.execute(text(sql), params)
+                rows = conn.execute(
+                    text(run.sql), {k: v for k, v in params.items() if f":{k}" in run.sql}
+                )
                 result = clean_rows([dict(r._mapping) for r in rows]) if rows.returns_rows else None
         seconds = time.perf_counter() - start
-        steps.append(MaintenanceStep(name, round(seconds, 3), result, skip))
-        say(f"{name}: {'skipped (' + skip + ')' if skip else 'done'} in {seconds:.2f} s")
-
-    run(
-        "create partitions ahead",
-        "SELECT * FROM platform.ensure_form_submission_partitions(months_ahead => :m)",
-        m=months_ahead,
-    )
-    # The audit trail (revision e5f7a9b1d407): the same months ahead for audit_log.
-    with engine.connect() as conn:
-        has_audit = conn.scalar(
-            text(
-                "SELECT to_regprocedure('platform.ensure_monthly_partitions(regclass, integer, "
-                "date)') IS NOT NULL AND to_regclass('public.audit_log') IS NOT NULL"
-            )
-        )
-    run(
-        "create audit_log partitions ahead",
-        "SELECT * FROM platform.ensure_monthly_partitions("
-        "'public.audit_log'::regclass, months_ahead => :m)",
-        None if has_audit else "no audit trail in this schema version",
-        m=months_ahead,
-    )
-    run(
-        "retire old partitions",
-        "SELECT * FROM platform.retire_form_submission_partitions("
-        "make_interval(months => :r), drop_tables => :d)",
-        None if retention_months is not None else "no --retention-months given",
-        r=retention_months or 0,
-        d=drop_retired,
-    )
-    with engine.connect() as conn:
-        has_refresh = conn.scalar(
-            text("SELECT to_regprocedure('platform.refresh_performance_views()') IS NOT NULL")
-        )
-    run(
-        "refresh materialized views",
-        "SELECT * FROM platform.refresh_performance_views()",
-        None if has_refresh else "no materialized views in this schema version",
-    )
-    run("snapshot performance metrics", "SELECT platform.snapshot_performance_metrics() AS rows")
-    run(
-        "clean up old performance metrics",
-        "SELECT platform.cleanup_old_performance_metrics(make_interval(days => :d)) AS deleted",
-        d=metrics_retention_days,
-    )
+        steps.append(MaintenanceStep(run.name, round(seconds, 3), result, skip))
+        say(f"{run.name}: {'skipped (' + skip + ')' if skip else 'done'} in {seconds:.2f} s")
     return steps

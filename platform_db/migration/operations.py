@@ -1,18 +1,28 @@
-"""Migration operations of platform-db, for revisions written by hand or by autogenerate.
+"""The migration operations of platform-db: three generic entity operations, and index
+builds for tables that hold data.
 
-Each operation is an Alembic `MigrateOperation` (so autogenerate can emit it, reverse it
-for the downgrade and render it) with a typed function that revisions call::
+A revision creates, drops or replaces database objects that the models do not describe
+(policies, grants, triggers, functions, views, materialized views, scheduled jobs: the
+entities of platform_db.ddl.entities) with three operations, each an Alembic
+`MigrateOperation` that autogenerate emits, reverses for the downgrade and renders::
 
-    from platform_db.migration.operations import protect_tenant_table
+    from platform_db.ddl.entities import Policy
+    from platform_db.migration.operations import create_entity, replace_entity
+
+    notes_tenant_isolation = Policy(name="tenant_isolation", on="public.notes", ...)
 
     def upgrade() -> None:
-        op.create_table("notes", ...)
-        protect_tenant_table("notes")
+        create_entity(notes_tenant_isolation)
+        replace_entity(lead_funnel_monthly, replaces="e5f7a9b1d407.lead_funnel_monthly")
 
-The SQL comes from the package's one definitions: platform_db.ddl.tenant_table for a
-tenant-owned table, platform_db.ddl.dashboards.MaterializedView for a dashboard view.
-(They are not added to Alembic's `op` namespace: a typed function is what mypy, which
-checks the revisions, can see.)
+    def downgrade() -> None:
+        replace_entity(lead_funnel_monthly, replace_with="e5f7a9b1d407.lead_funnel_monthly")
+        drop_entity(notes_tenant_isolation)
+
+The definition a revision runs is the one written in that revision: `replaces=` names the
+earlier revision (and the module-level name in it) that holds the previous definition, as
+in Alembic's "Replaceable Objects" cookbook recipe; the downgrade puts that one back.
+(They are typed functions rather than names on Alembic's `op`: mypy checks the revisions.)
 
 `create_index_concurrently` / `drop_index_concurrently` are the way to change indexes of
 a table that already holds data: CONCURRENTLY, outside the transaction, re-runnable, and
@@ -32,15 +42,7 @@ from alembic.autogenerate import renderers
 from alembic.autogenerate.api import AutogenContext
 from alembic.operations import MigrateOperation, Operations
 
-from platform_db.ddl import audit
-from platform_db.ddl.dashboards import MaterializedView
-from platform_db.ddl.security import (
-    APP_ROLE,
-    PLATFORM_SCHEMA,
-    TENANT_POLICY,
-    Policy,
-    ident,
-)
+from platform_db.ddl.entities import Entity, ident
 from platform_db.ddl.tenant_table import FULL_PROTECTION, TenantProtection, TenantTable
 
 # --------------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def migration_lock_timeout() -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Tenant-owned tables
+# Entities: create, drop, replace
 # --------------------------------------------------------------------------------------
 
 
@@ -74,51 +76,135 @@ def _execute_all(operations: Operations, statements: Sequence[str]) -> None:
         operations.execute(sa.text(statement))
 
 
-class ProtectTenantTableOp(MigrateOperation):
-    """Give a table everything a tenant-owned table gets (TenantTable.protect())."""
+def resolve(operations: Operations, reference: str) -> Entity:
+    """The entity that `<revision>.<name>` names: module attribute `name` of that revision."""
+    revision, _, name = reference.partition(".")
+    script = operations.get_context().script
+    if not revision or not name or script is None:
+        raise ValueError(f"expected '<revision>.<name>', not {reference!r}")
+    found = script.get_revision(revision)
+    if found is None:
+        raise ValueError(f"{reference!r}: no revision {revision!r}")
+    entity = getattr(found.module, name, None)
+    if not isinstance(entity, Entity):
+        raise ValueError(f"{reference!r}: revision {revision} has no entity named {name!r}")
+    return entity
 
-    def __init__(self, table: TenantTable) -> None:
-        self.table = table
 
-    def reverse(self) -> UnprotectTenantTableOp:
-        return UnprotectTenantTableOp(self.table)
+class EntityOp(MigrateOperation):
+    """What the three operations share: the entity, and how `alembic check` shows it."""
+
+    verb = "entity"
+
+    def __init__(self, entity: Entity, *, reasons: Sequence[str] = ()) -> None:
+        self.entity = entity
+        self.reasons = tuple(reasons)
+        # Set by autogenerate when it renders the entity at module level of the revision.
+        self.variable: str | None = None
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("protect_tenant_table", self.table.qualified, _protection_summary(self.table))
+        detail = "; ".join(self.reasons) or self.entity.describe()
+        return (f"{self.verb}_{self.entity.kind}", self.entity.identity, detail)
 
 
-class UnprotectTenantTableOp(MigrateOperation):
-    """The exact reverse of ProtectTenantTableOp."""
+class CreateEntityOp(EntityOp):
+    verb = "create"
 
-    def __init__(self, table: TenantTable) -> None:
-        self.table = table
-
-    def reverse(self) -> ProtectTenantTableOp:
-        return ProtectTenantTableOp(self.table)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("unprotect_tenant_table", self.table.qualified)
+    def reverse(self) -> DropEntityOp:
+        return DropEntityOp(self.entity)
 
 
-@Operations.implementation_for(ProtectTenantTableOp)
-def _protect(operations: Operations, operation: ProtectTenantTableOp) -> None:
-    _execute_all(operations, operation.table.protect())
+class DropEntityOp(EntityOp):
+    verb = "drop"
+
+    def reverse(self) -> CreateEntityOp:
+        return CreateEntityOp(self.entity)
 
 
-@Operations.implementation_for(UnprotectTenantTableOp)
-def _unprotect(operations: Operations, operation: UnprotectTenantTableOp) -> None:
-    _execute_all(operations, operation.table.unprotect())
+class ReplaceEntityOp(EntityOp):
+    """Turn the previous definition of an object into `entity`.
+
+    The previous one is given (`previous`), or named in an earlier revision: `replaces`
+    (upgrade: previous -> entity) or `replace_with` (downgrade: entity -> that one)."""
+
+    verb = "replace"
+
+    def __init__(
+        self,
+        entity: Entity,
+        *,
+        previous: Entity | None = None,
+        replaces: str | None = None,
+        replace_with: str | None = None,
+        reasons: Sequence[str] = (),
+    ) -> None:
+        super().__init__(entity, reasons=reasons)
+        if sum(x is not None for x in (previous, replaces, replace_with)) != 1:
+            raise ValueError("replace_entity needs exactly one of previous, replaces, replace_with")
+        self.previous, self.replaces, self.replace_with = previous, replaces, replace_with
+        self.previous_variable: str | None = None
+
+    def reverse(self) -> ReplaceEntityOp:
+        if self.previous is not None:
+            return ReplaceEntityOp(self.previous, previous=self.entity)
+        if self.replaces is not None:
+            return ReplaceEntityOp(self.entity, replace_with=self.replaces)
+        return ReplaceEntityOp(self.entity, replaces=self.replace_with)
 
 
-def _protection_summary(table: TenantTable) -> str:
-    p = table.protection
-    parts = [
-        "RLS forced" if p.rls else f"NO RLS ({p.reason})",
-        f"policies {', '.join(x.name for x in p.policies) or 'none'}",
-        f"{APP_ROLE}: {', '.join(p.app_privileges) or 'nothing'}",
-        "audit trigger" if p.audit else f"NOT audited ({p.reason})",
-    ]
-    return "; ".join(parts)
+@Operations.implementation_for(CreateEntityOp)
+def _create(operations: Operations, operation: CreateEntityOp) -> None:
+    _execute_all(operations, operation.entity.create_sql())
+
+
+@Operations.implementation_for(DropEntityOp)
+def _drop(operations: Operations, operation: DropEntityOp) -> None:
+    _execute_all(operations, operation.entity.drop_sql())
+
+
+@Operations.implementation_for(ReplaceEntityOp)
+def _replace(operations: Operations, operation: ReplaceEntityOp) -> None:
+    if operation.replace_with is not None:
+        target = resolve(operations, operation.replace_with)
+        _execute_all(operations, target.replace_sql(operation.entity))
+        return
+    previous = operation.previous
+    if previous is None:
+        assert operation.replaces is not None
+        previous = resolve(operations, operation.replaces)
+    _execute_all(operations, operation.entity.replace_sql(previous))
+
+
+def create_entity(entity: Entity) -> None:
+    """Create a database object (a policy, grant, trigger, function, view, job, ...)."""
+    op.invoke(CreateEntityOp(entity))
+
+
+def drop_entity(entity: Entity) -> None:
+    """Drop a database object: the reverse of create_entity."""
+    op.invoke(DropEntityOp(entity))
+
+
+def replace_entity(
+    entity: Entity,
+    *,
+    previous: Entity | None = None,
+    replaces: str | None = None,
+    replace_with: str | None = None,
+) -> None:
+    """Replace an object's definition, in place where PostgreSQL allows it.
+
+    - `replaces="<revision>.<name>"`: the previous definition is that revision's entity;
+    - `replace_with="<revision>.<name>"`: the reverse (a downgrade), back to that one;
+    - `previous=<entity>`: the previous definition, given (what autogenerate writes when
+      the database held something no revision defines).
+    """
+    op.invoke(
+        ReplaceEntityOp(entity, previous=previous, replaces=replaces, replace_with=replace_with)
+    )
+
+
+# --- tenant tables, as revisions written before the entity operations call them ---------
 
 
 def protect_tenant_table(
@@ -128,13 +214,13 @@ def protect_tenant_table(
     audit_exclude: tuple[str, ...] = (),
     protection: TenantProtection = FULL_PROTECTION,
 ) -> None:
-    """RLS enabled and forced, its policies, grants and the audit trigger on a new table.
+    """Create every entity of a new tenant table (TenantTable.entities(), today's definition).
 
-    `key`: the primary key columns besides tenant_id (recorded as the audit row key);
-    `audit_exclude`: columns never written to the audit trail (generated columns);
-    `protection`: the model's `__tenant_protection__` when it is not the default.
+    Deprecated for new revisions: autogenerate writes the entities themselves, frozen in
+    the revision. Kept so that revisions that call it still run.
     """
-    op.invoke(ProtectTenantTableOp(TenantTable(table, key, audit_exclude, protection)))
+    for entity in TenantTable(table, key, audit_exclude, protection).entities():
+        create_entity(entity)
 
 
 def unprotect_tenant_table(
@@ -144,342 +230,9 @@ def unprotect_tenant_table(
     audit_exclude: tuple[str, ...] = (),
     protection: TenantProtection = FULL_PROTECTION,
 ) -> None:
-    """Remove what protect_tenant_table added (the downgrade of a new tenant table)."""
-    op.invoke(UnprotectTenantTableOp(TenantTable(table, key, audit_exclude, protection)))
-
-
-# --- drift repairs emitted by autogenerate (platform_db.migration.autogenerate) -------------------------
-
-
-class SetRowLevelSecurityOp(MigrateOperation):
-    def __init__(
-        self, table: str, *, enabled: bool, forced: bool, was_enabled: bool, was_forced: bool
-    ) -> None:
-        self.table = ident(table)
-        self.enabled, self.forced = enabled, forced
-        self.was_enabled, self.was_forced = was_enabled, was_forced
-
-    def reverse(self) -> SetRowLevelSecurityOp:
-        return SetRowLevelSecurityOp(
-            self.table,
-            enabled=self.was_enabled,
-            forced=self.was_forced,
-            was_enabled=self.enabled,
-            was_forced=self.forced,
-        )
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return (
-            "set_row_level_security",
-            f"public.{self.table}",
-            f"enabled={self.enabled}, forced={self.forced} "
-            f"(database: enabled={self.was_enabled}, forced={self.was_forced})",
-        )
-
-
-@Operations.implementation_for(SetRowLevelSecurityOp)
-def _set_rls(operations: Operations, operation: SetRowLevelSecurityOp) -> None:
-    t = f"public.{operation.table}"
-    _execute_all(
-        operations,
-        [
-            f"ALTER TABLE {t} {'ENABLE' if operation.enabled else 'DISABLE'} ROW LEVEL SECURITY",
-            f"ALTER TABLE {t} {'' if operation.forced else 'NO '}FORCE ROW LEVEL SECURITY",
-        ],
-    )
-
-
-def set_row_level_security(table: str, *, enabled: bool, forced: bool) -> None:
-    """Enable/disable and force/unforce row-level security of `public.<table>`."""
-    op.invoke(
-        SetRowLevelSecurityOp(
-            table, enabled=enabled, forced=forced, was_enabled=enabled, was_forced=forced
-        )
-    )
-
-
-class CreatePolicyOp(MigrateOperation):
-    def __init__(self, table: str, policy: Policy) -> None:
-        self.table = ident(table)
-        self.policy = policy
-
-    def reverse(self) -> DropPolicyOp:
-        return DropPolicyOp(self.table, self.policy)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("create_policy", f"public.{self.table}", self.policy.name)
-
-
-class DropPolicyOp(MigrateOperation):
-    def __init__(self, table: str, policy: Policy) -> None:
-        self.table = ident(table)
-        self.policy = policy
-
-    def reverse(self) -> CreatePolicyOp:
-        return CreatePolicyOp(self.table, self.policy)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return (
-            "drop_policy",
-            f"public.{self.table}",
-            self.policy.name,
-            self.policy.create_sql(f"public.{self.table}").replace("\n", " "),
-        )
-
-
-@Operations.implementation_for(CreatePolicyOp)
-def _create_policy(operations: Operations, operation: CreatePolicyOp) -> None:
-    operations.execute(sa.text(operation.policy.create_sql(f"public.{operation.table}")))
-
-
-@Operations.implementation_for(DropPolicyOp)
-def _drop_policy(operations: Operations, operation: DropPolicyOp) -> None:
-    operations.execute(sa.text(operation.policy.drop_sql(f"public.{operation.table}")))
-
-
-def create_policy(table: str, policy: Policy) -> None:
-    op.invoke(CreatePolicyOp(table, policy))
-
-
-def drop_policy(table: str, policy: Policy) -> None:
-    op.invoke(DropPolicyOp(table, policy))
-
-
-class _AuditTriggerOp(MigrateOperation):
-    """What both directions carry: the table, the key and excluded columns, the trigger."""
-
-    def __init__(
-        self,
-        table: str,
-        *,
-        key: tuple[str, ...] = ("id",),
-        audit_exclude: tuple[str, ...] = (),
-        definition: str | None = None,
-        name: str = audit.AUDIT_TRIGGER,
-    ) -> None:
-        self.table = ident(table)
-        self.key, self.audit_exclude = key, tuple(sorted(audit_exclude))
-        self.definition, self.name = definition, ident(name)
-
-    def _args(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "audit_exclude": self.audit_exclude,
-            "definition": self.definition,
-            "name": self.name,
-        }
-
-
-class CreateAuditTriggerOp(_AuditTriggerOp):
-    """The package's audit trigger, or (in a downgrade) a trigger definition from the catalog."""
-
-    def reverse(self) -> DropAuditTriggerOp:
-        return DropAuditTriggerOp(self.table, **self._args())
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("create_audit_trigger", f"public.{self.table}", self.name)
-
-    def sql(self) -> str:
-        return self.definition or audit.create_audit_trigger(
-            self.table, self.key, self.audit_exclude
-        )
-
-
-class DropAuditTriggerOp(_AuditTriggerOp):
-    def reverse(self) -> CreateAuditTriggerOp:
-        return CreateAuditTriggerOp(self.table, **self._args())
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return (
-            "drop_audit_trigger",
-            f"public.{self.table}",
-            self.name,
-            self.definition or "the package's audit trigger",
-        )
-
-
-@Operations.implementation_for(CreateAuditTriggerOp)
-def _create_audit_trigger(operations: Operations, operation: CreateAuditTriggerOp) -> None:
-    operations.execute(sa.text(operation.sql()))
-
-
-@Operations.implementation_for(DropAuditTriggerOp)
-def _drop_audit_trigger(operations: Operations, operation: DropAuditTriggerOp) -> None:
-    operations.execute(sa.text(audit.drop_audit_trigger(operation.table, operation.name)))
-
-
-def create_audit_trigger(
-    table: str,
-    *,
-    key: tuple[str, ...] = ("id",),
-    audit_exclude: tuple[str, ...] = (),
-    definition: str | None = None,
-    name: str = audit.AUDIT_TRIGGER,
-) -> None:
-    """Record every row change of `public.<table>` in audit_log (the package's trigger).
-
-    `definition` replaces the package's trigger by that exact CREATE TRIGGER statement:
-    autogenerate uses it to restore, in a downgrade, a trigger it found in the catalog.
-    """
-    op.invoke(
-        CreateAuditTriggerOp(
-            table, key=key, audit_exclude=audit_exclude, definition=definition, name=name
-        )
-    )
-
-
-def drop_audit_trigger(
-    table: str,
-    *,
-    key: tuple[str, ...] = ("id",),
-    audit_exclude: tuple[str, ...] = (),
-    definition: str | None = None,
-    name: str = audit.AUDIT_TRIGGER,
-) -> None:
-    op.invoke(
-        DropAuditTriggerOp(
-            table, key=key, audit_exclude=audit_exclude, definition=definition, name=name
-        )
-    )
-
-
-class SetTablePrivilegesOp(MigrateOperation):
-    """Exactly these table privileges for one role (PUBLIC included) on `public.<table>`."""
-
-    def __init__(
-        self, table: str, role: str, privileges: tuple[str, ...], previous: tuple[str, ...]
-    ) -> None:
-        self.table = ident(table)
-        self.role = role if role == "PUBLIC" else ident(role)
-        self.privileges, self.previous = privileges, previous
-
-    def reverse(self) -> SetTablePrivilegesOp:
-        return SetTablePrivilegesOp(self.table, self.role, self.previous, self.privileges)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return (
-            "set_table_privileges",
-            f"public.{self.table}",
-            self.role,
-            f"{', '.join(self.privileges) or 'nothing'} "
-            f"(database: {', '.join(self.previous) or 'nothing'})",
-        )
-
-
-@Operations.implementation_for(SetTablePrivilegesOp)
-def _set_privileges(operations: Operations, operation: SetTablePrivilegesOp) -> None:
-    t, role = f"public.{operation.table}", operation.role
-    statements = [f"REVOKE ALL ON {t} FROM {role}"]
-    if operation.privileges:
-        statements.append(f"GRANT {', '.join(operation.privileges)} ON {t} TO {role}")
-    _execute_all(operations, statements)
-
-
-def set_table_privileges(table: str, role: str, privileges: tuple[str, ...]) -> None:
-    op.invoke(SetTablePrivilegesOp(table, role, privileges, privileges))
-
-
-class ProtectPartitionsOp(MigrateOperation):
-    """Re-copy a parent's RLS flags and policies to all its partitions, revoke direct access.
-
-    Idempotent, and its own reverse: a downgrade has no reason to unprotect partitions.
-    """
-
-    def __init__(self, table: str, problems: tuple[str, ...] = ()) -> None:
-        self.table = ident(table)
-        self.problems = problems
-
-    def reverse(self) -> ProtectPartitionsOp:
-        return ProtectPartitionsOp(self.table)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("protect_partitions", f"public.{self.table}", "; ".join(self.problems))
-
-
-@Operations.implementation_for(ProtectPartitionsOp)
-def _protect_partitions(operations: Operations, operation: ProtectPartitionsOp) -> None:
-    rel = f"'public.{operation.table}'::regclass"
-    _execute_all(
-        operations,
-        [
-            f"SELECT {PLATFORM_SCHEMA}.unprotect_partitions({rel})",
-            f"SELECT {PLATFORM_SCHEMA}.protect_partitions({rel})",
-        ],
-    )
-
-
-def protect_partitions(table: str) -> None:
-    op.invoke(ProtectPartitionsOp(table))
-
-
-# --------------------------------------------------------------------------------------
-# Dashboard materialized views
-# --------------------------------------------------------------------------------------
-
-
-class CreateMaterializedViewOp(MigrateOperation):
-    def __init__(self, view: MaterializedView) -> None:
-        self.view = view
-
-    def reverse(self) -> DropMaterializedViewOp:
-        return DropMaterializedViewOp(self.view)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("create_materialized_view", self.view.qualified)
-
-
-class DropMaterializedViewOp(MigrateOperation):
-    def __init__(self, view: MaterializedView) -> None:
-        self.view = view
-
-    def reverse(self) -> CreateMaterializedViewOp:
-        return CreateMaterializedViewOp(self.view)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("drop_materialized_view", self.view.qualified)
-
-
-class ReplaceMaterializedViewOp(MigrateOperation):
-    """Drop and re-create a materialized view with its unique index and tenant view."""
-
-    def __init__(
-        self, view: MaterializedView, previous: MaterializedView, reasons: tuple[str, ...] = ()
-    ) -> None:
-        self.view, self.previous, self.reasons = view, previous, reasons
-
-    def reverse(self) -> ReplaceMaterializedViewOp:
-        return ReplaceMaterializedViewOp(self.previous, self.view)
-
-    def to_diff_tuple(self) -> tuple[Any, ...]:
-        return ("replace_materialized_view", self.view.qualified, "; ".join(self.reasons))
-
-
-@Operations.implementation_for(CreateMaterializedViewOp)
-def _create_mv(operations: Operations, operation: CreateMaterializedViewOp) -> None:
-    _execute_all(operations, operation.view.create())
-
-
-@Operations.implementation_for(DropMaterializedViewOp)
-def _drop_mv(operations: Operations, operation: DropMaterializedViewOp) -> None:
-    _execute_all(operations, operation.view.drop())
-
-
-@Operations.implementation_for(ReplaceMaterializedViewOp)
-def _replace_mv(operations: Operations, operation: ReplaceMaterializedViewOp) -> None:
-    _execute_all(operations, [*operation.previous.drop(), *operation.view.create()])
-
-
-def create_materialized_view(view: MaterializedView) -> None:
-    op.invoke(CreateMaterializedViewOp(view))
-
-
-def drop_materialized_view(view: MaterializedView) -> None:
-    op.invoke(DropMaterializedViewOp(view))
-
-
-def replace_materialized_view(view: MaterializedView, *, previous: MaterializedView) -> None:
-    """Replace `previous` by `view` (both with their unique index and tenant view)."""
-    op.invoke(ReplaceMaterializedViewOp(view, previous))
+    """The reverse of protect_tenant_table."""
+    for entity in reversed(TenantTable(table, key, audit_exclude, protection).entities()):
+        drop_entity(entity)
 
 
 # --------------------------------------------------------------------------------------
@@ -599,10 +352,6 @@ $guard$"""
 # --------------------------------------------------------------------------------------
 
 _MODULE = "platform_db.migration.operations"
-_KNOWN_POLICIES = {
-    TENANT_POLICY: ("platform_db.ddl.security", "TENANT_POLICY"),
-    audit.AUDIT_APPEND_POLICY: ("platform_db.ddl.audit", "AUDIT_APPEND_POLICY"),
-}
 
 
 def _import(ctx: AutogenContext, name: str, module: str = _MODULE) -> str:
@@ -610,176 +359,50 @@ def _import(ctx: AutogenContext, name: str, module: str = _MODULE) -> str:
     return name
 
 
-def _str(value: str) -> str:
-    if "\n" in value and '"""' not in value and "\\" not in value and not value.endswith('"'):
-        return f'"""{value}"""'
-    return repr(value)
+def render_entity(ctx: AutogenContext, entity: Entity) -> str:
+    """The entity's constructor call, with the import it needs."""
+    _import(ctx, type(entity).__name__, "platform_db.ddl.entities")
+    return entity.render()
 
 
-def _tuple(values: Sequence[str]) -> str:
-    inner = ", ".join(repr(v) for v in values)
-    return f"({inner},)" if len(values) == 1 else f"({inner})"
+def _ref(ctx: AutogenContext, entity: Entity, variable: str | None) -> str:
+    return variable if variable is not None else render_entity(ctx, entity)
 
 
-def _render_policy(ctx: AutogenContext, policy: Policy) -> str:
-    known = _KNOWN_POLICIES.get(policy)
-    if known is not None:
-        return _import(ctx, known[1], known[0])
-    _import(ctx, "Policy", "platform_db.ddl.security")
-    args = [repr(policy.name), f"using={_str(policy.using) if policy.using else None}"]
-    args.append(f"check={_str(policy.check) if policy.check else None}")
-    if policy.command != "ALL":
-        args.append(f"command={policy.command!r}")
-    if policy.roles != ("PUBLIC",):
-        args.append(f"roles={_tuple(policy.roles)}")
-    if not policy.permissive:
-        args.append("permissive=False")
-    return f"Policy({', '.join(args)})"
+@renderers.dispatch_for(CreateEntityOp)
+def _render_create(ctx: AutogenContext, operation: CreateEntityOp) -> str:
+    return f"{_import(ctx, 'create_entity')}({_ref(ctx, operation.entity, operation.variable)})"
 
 
-def _render_protection(ctx: AutogenContext, p: TenantProtection) -> str:
-    _import(ctx, "TenantProtection", "platform_db.ddl.tenant_table")
-    default = FULL_PROTECTION
-    args = []
-    if not p.rls:
-        args.append("rls=False")
-    if not p.audit:
-        args.append("audit=False")
-    if p.reason:
-        args.append(f"reason={p.reason!r}")
-    if p.audit_exclude:
-        args.append(f"audit_exclude={_tuple(p.audit_exclude)}")
-    if p.app_privileges != default.app_privileges:
-        args.append(f"app_privileges={_tuple(p.app_privileges)}")
-    if p.admin_privileges != default.admin_privileges:
-        args.append(f"admin_privileges={_tuple(p.admin_privileges)}")
-    if p.extra_policies:
-        policies = ", ".join(_render_policy(ctx, x) for x in p.extra_policies)
-        args.append(f"extra_policies=({policies},)")
-    return f"TenantProtection({', '.join(args)})"
+@renderers.dispatch_for(DropEntityOp)
+def _render_drop(ctx: AutogenContext, operation: DropEntityOp) -> str:
+    return f"{_import(ctx, 'drop_entity')}({_ref(ctx, operation.entity, operation.variable)})"
 
 
-def _render_tenant_table_call(ctx: AutogenContext, fn: str, table: TenantTable) -> str:
-    args = [repr(table.name)]
-    if table.key != ("id",):
-        args.append(f"key={_tuple(table.key)}")
-    if table.audited_exclude:
-        args.append(f"audit_exclude={_tuple(table.audited_exclude)}")
-    if not table.protection.is_default:
-        args.append(f"protection={_render_protection(ctx, table.protection)}")
-    return f"{_import(ctx, fn)}({', '.join(args)})"
-
-
-@renderers.dispatch_for(ProtectTenantTableOp)
-def _render_protect(ctx: AutogenContext, operation: ProtectTenantTableOp) -> str:
-    return _render_tenant_table_call(ctx, "protect_tenant_table", operation.table)
-
-
-@renderers.dispatch_for(UnprotectTenantTableOp)
-def _render_unprotect(ctx: AutogenContext, operation: UnprotectTenantTableOp) -> str:
-    return _render_tenant_table_call(ctx, "unprotect_tenant_table", operation.table)
-
-
-@renderers.dispatch_for(SetRowLevelSecurityOp)
-def _render_set_rls(ctx: AutogenContext, operation: SetRowLevelSecurityOp) -> str:
-    fn = _import(ctx, "set_row_level_security")
-    return f"{fn}({operation.table!r}, enabled={operation.enabled}, forced={operation.forced})"
-
-
-@renderers.dispatch_for(CreatePolicyOp)
-def _render_create_policy(ctx: AutogenContext, operation: CreatePolicyOp) -> str:
-    policy = _render_policy(ctx, operation.policy)
-    return f"{_import(ctx, 'create_policy')}({operation.table!r}, {policy})"
-
-
-@renderers.dispatch_for(DropPolicyOp)
-def _render_drop_policy(ctx: AutogenContext, operation: DropPolicyOp) -> str:
-    policy = _render_policy(ctx, operation.policy)
-    return f"{_import(ctx, 'drop_policy')}({operation.table!r}, {policy})"
-
-
-def _render_trigger_call(
-    ctx: AutogenContext, fn: str, operation: CreateAuditTriggerOp | DropAuditTriggerOp
-) -> str:
-    args = [repr(operation.table)]
-    if operation.name != audit.AUDIT_TRIGGER:
-        args.append(f"name={operation.name!r}")
-    if operation.definition is not None:
-        args.append(f"definition={_str(operation.definition)}")
-    else:
-        if operation.key != ("id",):
-            args.append(f"key={_tuple(operation.key)}")
-        if operation.audit_exclude:
-            args.append(f"audit_exclude={_tuple(operation.audit_exclude)}")
-    return f"{_import(ctx, fn)}({', '.join(args)})"
-
-
-@renderers.dispatch_for(CreateAuditTriggerOp)
-def _render_create_trigger(ctx: AutogenContext, operation: CreateAuditTriggerOp) -> str:
-    return _render_trigger_call(ctx, "create_audit_trigger", operation)
-
-
-@renderers.dispatch_for(DropAuditTriggerOp)
-def _render_drop_trigger(ctx: AutogenContext, operation: DropAuditTriggerOp) -> str:
-    return _render_trigger_call(ctx, "drop_audit_trigger", operation)
-
-
-@renderers.dispatch_for(SetTablePrivilegesOp)
-def _render_privileges(ctx: AutogenContext, operation: SetTablePrivilegesOp) -> str:
-    fn = _import(ctx, "set_table_privileges")
-    return f"{fn}({operation.table!r}, {operation.role!r}, {_tuple(operation.privileges)})"
-
-
-@renderers.dispatch_for(ProtectPartitionsOp)
-def _render_protect_partitions(ctx: AutogenContext, operation: ProtectPartitionsOp) -> str:
-    return f"{_import(ctx, 'protect_partitions')}({operation.table!r})"
-
-
-def _render_view(ctx: AutogenContext, view: MaterializedView) -> str:
-    _import(ctx, "MaterializedView", "platform_db.ddl.dashboards")
-    return (
-        "MaterializedView(\n"
-        f"    name={view.name!r},\n"
-        f"    unique_columns={_tuple(view.unique_columns)},\n"
-        f"    tenant_view={view.tenant_view!r},\n"
-        f"    query={_str(view.query)},\n"
-        ")"
-    )
-
-
-@renderers.dispatch_for(CreateMaterializedViewOp)
-def _render_create_mv(ctx: AutogenContext, operation: CreateMaterializedViewOp) -> str:
-    return f"{_import(ctx, 'create_materialized_view')}({_render_view(ctx, operation.view)})"
-
-
-@renderers.dispatch_for(DropMaterializedViewOp)
-def _render_drop_mv(ctx: AutogenContext, operation: DropMaterializedViewOp) -> str:
-    return f"{_import(ctx, 'drop_materialized_view')}({_render_view(ctx, operation.view)})"
-
-
-@renderers.dispatch_for(ReplaceMaterializedViewOp)
-def _render_replace_mv(ctx: AutogenContext, operation: ReplaceMaterializedViewOp) -> str:
-    fn = _import(ctx, "replace_materialized_view")
-    return (
-        f"{fn}(\n{_render_view(ctx, operation.view)},\n"
-        f"previous={_render_view(ctx, operation.previous)},\n)"
-    )
+@renderers.dispatch_for(ReplaceEntityOp)
+def _render_replace(ctx: AutogenContext, operation: ReplaceEntityOp) -> str:
+    fn = _import(ctx, "replace_entity")
+    entity = _ref(ctx, operation.entity, operation.variable)
+    if operation.replaces is not None:
+        return f"{fn}({entity}, replaces={operation.replaces!r})"
+    if operation.replace_with is not None:
+        return f"{fn}({entity}, replace_with={operation.replace_with!r})"
+    assert operation.previous is not None
+    previous = _ref(ctx, operation.previous, operation.previous_variable)
+    return f"{fn}({entity}, previous={previous})"
 
 
 __all__ = [
-    "create_audit_trigger",
+    "CreateEntityOp",
+    "DropEntityOp",
+    "EntityOp",
+    "ReplaceEntityOp",
+    "create_entity",
     "create_index_concurrently",
-    "create_materialized_view",
-    "create_policy",
-    "drop_audit_trigger",
+    "drop_entity",
     "drop_index_concurrently",
-    "drop_materialized_view",
-    "drop_policy",
     "migration_lock_timeout",
-    "protect_partitions",
     "protect_tenant_table",
-    "replace_materialized_view",
-    "set_row_level_security",
-    "set_table_privileges",
+    "replace_entity",
     "unprotect_tenant_table",
 ]

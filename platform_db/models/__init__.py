@@ -29,6 +29,7 @@ from platform_db.models.user import User, UserRole
 
 metadata = Base.metadata
 
+# The package's tenant-owned tables, from the one registry (platform_db.ddl.tenant_table).
 TENANT_OWNED_TABLES: tuple[str, ...] = tuple(
     mapper.class_.__tablename__
     for mapper in Base.registry.mappers

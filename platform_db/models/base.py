@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column
 from platform_db.ddl.tenant_table import (
     FULL_PROTECTION,
     TenantProtection,
+    is_tenant_table,
     protection_of,
     register_tenant_table,
 )
@@ -96,7 +97,6 @@ class TenantMixin:
         __tenant_protection__ = TenantProtection(audit=False, reason="...")
     """
 
-    __tenant_owned__: ClassVar[bool] = True
     __tenant_protection__: ClassVar[TenantProtection] = FULL_PROTECTION
 
     def __init_subclass__(cls, **kw: Any) -> None:
@@ -120,7 +120,9 @@ class TenantMixin:
 
 
 def is_tenant_owned(cls: type[Any]) -> bool:
-    return bool(getattr(cls, "__tenant_owned__", False))
+    """Whether a mapped class's table is tenant-owned (the registry of ddl.tenant_table)."""
+    table = getattr(cls, "__table__", None)
+    return table is not None and is_tenant_table(table)
 
 
 # Deliberately simple: one "@", no whitespace, a dot in the domain. Deliverability is
