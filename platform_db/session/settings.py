@@ -79,20 +79,6 @@ class PoolSettings:
     def application_name(self) -> str:
         return f"platform-db:{self.name}"
 
-    def server_settings(self) -> dict[str, str]:
-        """Per-connection settings, all of which PostgreSQL accepts at connection start."""
-        settings = {
-            "application_name": self.application_name,
-            "statement_timeout": str(self.statement_timeout_ms),
-            "lock_timeout": str(self.lock_timeout_ms),
-            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
-        }
-        if self.work_mem:
-            settings["work_mem"] = self.work_mem
-        if self.read_only:
-            settings["default_transaction_read_only"] = "on"
-        return settings
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
