@@ -2,9 +2,10 @@
 
 Rows are written by the superuser (which row-level security does not filter) and read
 back by the app login (member of platform_app only), so every check compares what RLS
-lets through with what is really in the tables. Subdomains carry a random suffix: the
-database is shared by the whole test run, and each module deletes its tenants at the end
-(ON DELETE CASCADE takes their rows with them).
+lets through with what is really in the tables. The tenants come from the plugin's
+`two_tenants` (platform_db.testing), filled by `seed_rows`, one pair per module (the
+`tenants`, `a` and `b` fixtures of tests/conftest.py); deleting them at the end takes
+their rows with them (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
@@ -44,28 +45,37 @@ class SeededTenant:
     """One tenant and the ids of the rows it owns in every tenant table."""
 
     tenant_id: uuid.UUID
-    subdomain: str
-    ids: dict[str, tuple[uuid.UUID, ...]] = field(default_factory=dict)
+    ids: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     user_emails: tuple[str, ...] = ()
     lead_emails: tuple[str, ...] = ()
     submission_keys: tuple[tuple[uuid.UUID, dt.datetime], ...] = ()
+    # The partition key (created_at, changed_at) of each row of a partitioned table,
+    # in the order of ids[table].
+    times: dict[str, tuple[dt.datetime, ...]] = field(default_factory=dict)
 
     def count(self, table: str) -> int:
         return len(self.ids[table])
 
-    def first(self, table: str) -> uuid.UUID:
+    def first(self, table: str) -> Any:
         return self.ids[table][0]
 
 
-def seed_tenant(conn: Connection, label: str) -> SeededTenant:
-    """Insert a tenant with rows in every tenant table (caller commits)."""
+# How many rows seed_rows gives a tenant (audit_log: one per row written, and the update
+# of the last lead).
+SEEDED_ROWS = {
+    "users": 2,
+    "forms": 1,
+    "leads": 3,
+    "pages": 2,
+    "form_submissions": 4,
+    "audit_log": 13,
+}
+
+
+def seed_rows(conn: Connection, tenant_id: uuid.UUID) -> SeededTenant:
+    """Insert rows for an existing tenant in every tenant table (caller commits)."""
+    label = tenant_id.hex[:8]
     suffix = secrets.token_hex(4)
-    subdomain = f"iso-{label}-{suffix}"
-    tenant_id = uuid.uuid4()
-    conn.execute(
-        text("INSERT INTO tenants (id, name, subdomain) VALUES (:id, :name, :sub)"),
-        {"id": tenant_id, "name": f"Isolation {label}", "sub": subdomain},
-    )
     users = (uuid.uuid4(), uuid.uuid4())
     user_emails = tuple(f"user{i}-{suffix}@{label}.example.com" for i in range(len(users)))
     for uid, email in zip(users, user_emails, strict=True):
@@ -133,25 +143,29 @@ def seed_tenant(conn: Connection, label: str) -> SeededTenant:
         ),
         {"sid": keys[0][0], "at": keys[0][1], "t": tenant_id, "id": leads[2]},
     )
+    # What the audit trigger recorded for all of the above.
+    audit = conn.execute(
+        text("SELECT id, changed_at FROM audit_log WHERE tenant_id = :t ORDER BY id"),
+        {"t": tenant_id},
+    ).all()
     return SeededTenant(
         tenant_id=tenant_id,
-        subdomain=subdomain,
         ids={
             "users": users,
             "forms": forms,
             "leads": leads,
             "pages": pages,
             "form_submissions": tuple(k[0] for k in keys),
+            "audit_log": tuple(r[0] for r in audit),
         },
         user_emails=user_emails,
         lead_emails=lead_emails,
         submission_keys=tuple(keys),
+        times={
+            "form_submissions": tuple(k[1] for k in keys),
+            "audit_log": tuple(r[1] for r in audit),
+        },
     )
-
-
-def seed_tenants(engine: Engine, labels: Sequence[str]) -> list[SeededTenant]:
-    with engine.begin() as conn:
-        return [seed_tenant(conn, label) for label in labels]
 
 
 def delete_tenants(engine: Engine, tenant_ids: Sequence[uuid.UUID]) -> None:

@@ -45,31 +45,12 @@ from tests.isolation_helpers import (
     delete_tenants,
     expect_db_error,
     fingerprint,
-    seed_tenants,
     sqlstate,
     tenant_connection,
     visible_tenant_ids,
 )
 
 RLS_VIOLATION = "row-level security"
-
-
-@pytest.fixture(scope="module")
-def tenants(engine: Engine) -> Iterator[tuple[SeededTenant, SeededTenant]]:
-    """Tenants A and B, committed, with rows in every tenant table."""
-    a, b = seed_tenants(engine, ["a", "b"])
-    yield a, b
-    delete_tenants(engine, [a.tenant_id, b.tenant_id])
-
-
-@pytest.fixture
-def a(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
-    return tenants[0]
-
-
-@pytest.fixture
-def b(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
-    return tenants[1]
 
 
 def _raw(conn: Connection) -> psycopg.Connection[Any]:
