@@ -6,6 +6,10 @@ lets through with what is really in the tables. The tenants come from the plugin
 `two_tenants` (platform_db.testing), filled by `seed_rows`, one pair per module (the
 `tenants`, `a` and `b` fixtures of tests/conftest.py); deleting them at the end takes
 their rows with them (ON DELETE CASCADE).
+
+The tables are the tenant-table registry's (`tenant_tables(metadata)`), audit_log
+included: a new model with TenantMixin joins every check, and `seed_rows` must give it
+rows (test_seeded_rows_exist_for_both_tenants_and_span_partitions says so).
 """
 
 from __future__ import annotations
@@ -21,10 +25,36 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from platform_db.ddl.tenant_table import tenant_tables
+from platform_db.models import metadata
 from platform_db.session.tenancy import TenantSession
 
-# Every tenant-owned table of the schema (the RLS revision protects exactly these).
-TENANT_TABLES: tuple[str, ...] = ("users", "pages", "forms", "leads", "form_submissions")
+# Every tenant-owned table of the schema, as the registry knows them (sorted by name).
+TENANT_TABLE_SPECS = {spec.name: spec for spec in tenant_tables(metadata)}
+TENANT_TABLES: tuple[str, ...] = tuple(TENANT_TABLE_SPECS)
+# Tables split into partitions (COPY ... TO reads only the empty parent under RLS).
+PARTITIONED_TABLES = frozenset(
+    name
+    for name in TENANT_TABLES
+    if metadata.tables[name].dialect_options["postgresql"]["partition_by"]
+)
+
+
+def app_may(table: str, privilege: str) -> bool:
+    """Whether platform_app holds `privilege` on the table (audit_log: SELECT only)."""
+    return privilege in TENANT_TABLE_SPECS[table].protection.app_privileges
+
+
+def write_refusal(table: str, privilege: str) -> str:
+    """What the database says when platform_app's write is refused (SQLSTATE 42501).
+
+    Where platform_app holds the privilege, only RLS can refuse the row; where it does
+    not (audit_log is read-only), the statement is refused before any row is looked at.
+    """
+    if app_may(table, privilege):
+        return "row-level security"
+    return f"permission denied for table {table}"
+
 
 # Submissions land in several partitions: this month, next month (both created by the
 # migration, which makes this month and three ahead) and the default partition (a date
