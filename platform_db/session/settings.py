@@ -131,22 +131,13 @@ class Settings:
         return cls(url, replica, pools["main"], pools["analytics"], pools["background"])
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _PoolDefaults:
-    """What a pool gets when its POSTGRES_* variables are unset (timeouts in ms)."""
-
-    min_size: int
-    max_size: int
-    acquire_timeout_ms: int
-    statement_timeout_ms: int
-    lock_timeout_ms: int
-    idle_in_transaction_timeout_ms: int
-    work_mem: str | None = None
-    read_only: bool = False
-
-
-_POOL_DEFAULTS: dict[str, _PoolDefaults] = {
-    "main": _PoolDefaults(
+# What a pool gets when its POSTGRES_* variables are unset: a PoolSettings built by
+# keyword, so no two numbers can trade places. The URL stands in until the real one is read.
+_NO_URL = make_url("postgresql://invalid/invalid")
+_POOL_DEFAULTS: dict[str, PoolSettings] = {
+    "main": PoolSettings(
+        name="main",
+        url=_NO_URL,
         min_size=5,
         max_size=20,
         acquire_timeout_ms=5_000,
@@ -154,7 +145,9 @@ _POOL_DEFAULTS: dict[str, _PoolDefaults] = {
         lock_timeout_ms=10_000,
         idle_in_transaction_timeout_ms=60_000,
     ),
-    "analytics": _PoolDefaults(
+    "analytics": PoolSettings(
+        name="analytics",
+        url=_NO_URL,
         min_size=2,
         max_size=10,
         acquire_timeout_ms=10_000,
@@ -164,7 +157,9 @@ _POOL_DEFAULTS: dict[str, _PoolDefaults] = {
         work_mem="64MB",
         read_only=True,
     ),
-    "background": _PoolDefaults(
+    "background": PoolSettings(
+        name="background",
+        url=_NO_URL,
         min_size=1,
         max_size=5,
         acquire_timeout_ms=30_000,
@@ -229,7 +224,7 @@ class _Reader:
             self.errors.append(f"{prefix}WORK_MEM must look like 64MB or 512kB, got {mem!r}")
         return PoolSettings(
             name=name,
-            url=url if url is not None else make_url("postgresql://invalid/invalid"),
+            url=url if url is not None else default.url,
             min_size=min_size,
             max_size=max_size,
             acquire_timeout_ms=self.integer(
@@ -249,5 +244,7 @@ class _Reader:
             ),
             work_mem=mem.replace(" ", "") if mem else None,
             read_only=default.read_only,
-            ping_after_ms=self.integer(f"{prefix}POOL_PING_AFTER", 500, minimum=0, maximum=day),
+            ping_after_ms=self.integer(
+                f"{prefix}POOL_PING_AFTER", default.ping_after_ms, minimum=0, maximum=day
+            ),
         )
