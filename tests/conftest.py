@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from platform_db.session.engines import make_async_engine, make_engine
 from platform_db.session.tenancy import TenantSession
 from platform_db.testing import scratch
+from platform_db.testing.plugin import two_tenants
 from platform_db.testing.scratch import temporary_app_login
+from tests.isolation_helpers import SeededTenant, seed_rows
 
 
 def _docker_available() -> bool:
@@ -120,6 +123,32 @@ async def app_async_engine(app_login: URL) -> AsyncIterator[AsyncEngine]:
     eng = make_async_engine(app_login, application_name="platform-db-tests-app-async")
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture(scope="module")
+def tenants(engine: Engine) -> Iterator[tuple[SeededTenant, SeededTenant]]:
+    """Tenants A and B, committed, with rows in every tenant table; a pair per module.
+
+    Made by the plugin's `two_tenants` (as `platform_db_tenants` is), filled by
+    `seed_rows`, which also records the ids of what it wrote.
+    """
+    seeded: dict[uuid.UUID, SeededTenant] = {}
+
+    def fill(conn: Connection, tenant_id: uuid.UUID) -> None:
+        seeded[tenant_id] = seed_rows(conn, tenant_id)
+
+    with two_tenants(engine, [fill]) as pair:
+        yield seeded[pair.a], seeded[pair.b]
+
+
+@pytest.fixture
+def a(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
+    return tenants[0]
+
+
+@pytest.fixture
+def b(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
+    return tenants[1]
 
 
 # The isolation plugin (platform_db.testing, enabled in pyproject's addopts) runs on this

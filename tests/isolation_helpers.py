@@ -2,9 +2,14 @@
 
 Rows are written by the superuser (which row-level security does not filter) and read
 back by the app login (member of platform_app only), so every check compares what RLS
-lets through with what is really in the tables. Subdomains carry a random suffix: the
-database is shared by the whole test run, and each module deletes its tenants at the end
-(ON DELETE CASCADE takes their rows with them).
+lets through with what is really in the tables. The tenants come from the plugin's
+`two_tenants` (platform_db.testing), filled by `seed_rows`, one pair per module (the
+`tenants`, `a` and `b` fixtures of tests/conftest.py); deleting them at the end takes
+their rows with them (ON DELETE CASCADE).
+
+The tables are the tenant-table registry's (`tenant_tables(metadata)`), audit_log
+included: a new model with TenantMixin joins every check, and `seed_rows` must give it
+rows (test_seeded_rows_exist_for_both_tenants_and_span_partitions says so).
 """
 
 from __future__ import annotations
@@ -20,10 +25,36 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from platform_db.ddl.tenant_table import tenant_tables
+from platform_db.models import metadata
 from platform_db.session.tenancy import TenantSession
 
-# Every tenant-owned table of the schema (the RLS revision protects exactly these).
-TENANT_TABLES: tuple[str, ...] = ("users", "pages", "forms", "leads", "form_submissions")
+# Every tenant-owned table of the schema, as the registry knows them (sorted by name).
+TENANT_TABLE_SPECS = {spec.name: spec for spec in tenant_tables(metadata)}
+TENANT_TABLES: tuple[str, ...] = tuple(TENANT_TABLE_SPECS)
+# Tables split into partitions (COPY ... TO reads only the empty parent under RLS).
+PARTITIONED_TABLES = frozenset(
+    name
+    for name in TENANT_TABLES
+    if metadata.tables[name].dialect_options["postgresql"]["partition_by"]
+)
+
+
+def app_may(table: str, privilege: str) -> bool:
+    """Whether platform_app holds `privilege` on the table (audit_log: SELECT only)."""
+    return privilege in TENANT_TABLE_SPECS[table].protection.app_privileges
+
+
+def write_refusal(table: str, privilege: str) -> str:
+    """What the database says when platform_app's write is refused (SQLSTATE 42501).
+
+    Where platform_app holds the privilege, only RLS can refuse the row; where it does
+    not (audit_log is read-only), the statement is refused before any row is looked at.
+    """
+    if app_may(table, privilege):
+        return "row-level security"
+    return f"permission denied for table {table}"
+
 
 # Submissions land in several partitions: this month, next month (both created by the
 # migration, which makes this month and three ahead) and the default partition (a date
@@ -44,28 +75,37 @@ class SeededTenant:
     """One tenant and the ids of the rows it owns in every tenant table."""
 
     tenant_id: uuid.UUID
-    subdomain: str
-    ids: dict[str, tuple[uuid.UUID, ...]] = field(default_factory=dict)
+    ids: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     user_emails: tuple[str, ...] = ()
     lead_emails: tuple[str, ...] = ()
     submission_keys: tuple[tuple[uuid.UUID, dt.datetime], ...] = ()
+    # The partition key (created_at, changed_at) of each row of a partitioned table,
+    # in the order of ids[table].
+    times: dict[str, tuple[dt.datetime, ...]] = field(default_factory=dict)
 
     def count(self, table: str) -> int:
         return len(self.ids[table])
 
-    def first(self, table: str) -> uuid.UUID:
+    def first(self, table: str) -> Any:
         return self.ids[table][0]
 
 
-def seed_tenant(conn: Connection, label: str) -> SeededTenant:
-    """Insert a tenant with rows in every tenant table (caller commits)."""
+# How many rows seed_rows gives a tenant (audit_log: one per row written, and the update
+# of the last lead).
+SEEDED_ROWS = {
+    "users": 2,
+    "forms": 1,
+    "leads": 3,
+    "pages": 2,
+    "form_submissions": 4,
+    "audit_log": 13,
+}
+
+
+def seed_rows(conn: Connection, tenant_id: uuid.UUID) -> SeededTenant:
+    """Insert rows for an existing tenant in every tenant table (caller commits)."""
+    label = tenant_id.hex[:8]
     suffix = secrets.token_hex(4)
-    subdomain = f"iso-{label}-{suffix}"
-    tenant_id = uuid.uuid4()
-    conn.execute(
-        text("INSERT INTO tenants (id, name, subdomain) VALUES (:id, :name, :sub)"),
-        {"id": tenant_id, "name": f"Isolation {label}", "sub": subdomain},
-    )
     users = (uuid.uuid4(), uuid.uuid4())
     user_emails = tuple(f"user{i}-{suffix}@{label}.example.com" for i in range(len(users)))
     for uid, email in zip(users, user_emails, strict=True):
@@ -133,25 +173,29 @@ def seed_tenant(conn: Connection, label: str) -> SeededTenant:
         ),
         {"sid": keys[0][0], "at": keys[0][1], "t": tenant_id, "id": leads[2]},
     )
+    # What the audit trigger recorded for all of the above.
+    audit = conn.execute(
+        text("SELECT id, changed_at FROM audit_log WHERE tenant_id = :t ORDER BY id"),
+        {"t": tenant_id},
+    ).all()
     return SeededTenant(
         tenant_id=tenant_id,
-        subdomain=subdomain,
         ids={
             "users": users,
             "forms": forms,
             "leads": leads,
             "pages": pages,
             "form_submissions": tuple(k[0] for k in keys),
+            "audit_log": tuple(r[0] for r in audit),
         },
         user_emails=user_emails,
         lead_emails=lead_emails,
         submission_keys=tuple(keys),
+        times={
+            "form_submissions": tuple(k[1] for k in keys),
+            "audit_log": tuple(r[1] for r in audit),
+        },
     )
-
-
-def seed_tenants(engine: Engine, labels: Sequence[str]) -> list[SeededTenant]:
-    with engine.begin() as conn:
-        return [seed_tenant(conn, label) for label in labels]
 
 
 def delete_tenants(engine: Engine, tenant_ids: Sequence[uuid.UUID]) -> None:

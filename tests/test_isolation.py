@@ -26,7 +26,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import Connection, Engine, create_engine, event, select, text
+from sqlalchemy import Connection, Engine, TextClause, create_engine, event, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -40,36 +40,21 @@ from tests.isolation_helpers import (
     FEATURE_NOT_SUPPORTED,
     FOREIGN_KEY_VIOLATION,
     INSUFFICIENT_PRIVILEGE,
+    PARTITIONED_TABLES,
+    SEEDED_ROWS,
     TENANT_TABLES,
     SeededTenant,
+    app_may,
     delete_tenants,
     expect_db_error,
     fingerprint,
-    seed_tenants,
     sqlstate,
     tenant_connection,
     visible_tenant_ids,
+    write_refusal,
 )
 
 RLS_VIOLATION = "row-level security"
-
-
-@pytest.fixture(scope="module")
-def tenants(engine: Engine) -> Iterator[tuple[SeededTenant, SeededTenant]]:
-    """Tenants A and B, committed, with rows in every tenant table."""
-    a, b = seed_tenants(engine, ["a", "b"])
-    yield a, b
-    delete_tenants(engine, [a.tenant_id, b.tenant_id])
-
-
-@pytest.fixture
-def a(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
-    return tenants[0]
-
-
-@pytest.fixture
-def b(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
-    return tenants[1]
 
 
 def _raw(conn: Connection) -> psycopg.Connection[Any]:
@@ -89,9 +74,12 @@ def _uid() -> str:
 def test_seeded_rows_exist_for_both_tenants_and_span_partitions(
     engine: Engine, a: SeededTenant, b: SeededTenant
 ) -> None:
+    # Every tenant table of the registry has rows of both tenants, as many as seeded.
+    assert set(SEEDED_ROWS) == set(TENANT_TABLES), "seed_rows must fill every tenant table"
     for tenant in (a, b):
         fp = fingerprint(engine, tenant.tenant_id)
         assert {t: fp[t][0] for t in TENANT_TABLES} == {t: tenant.count(t) for t in TENANT_TABLES}
+        assert {t: tenant.count(t) for t in TENANT_TABLES} == SEEDED_ROWS
     with engine.connect() as conn:
         parts = {
             r[0]
@@ -184,6 +172,10 @@ INSERT_SQL = {
     "forms": "INSERT INTO forms (tenant_id, name, slug) VALUES (:t, 'x', :slug)",
     "leads": "INSERT INTO leads (tenant_id, email) VALUES (:t, :email)",
     "form_submissions": "INSERT INTO form_submissions (tenant_id, form_id) VALUES (:t, :form)",
+    # Read-only for platform_app (the audit trigger writes it): every write is refused.
+    "audit_log": "INSERT INTO audit_log "
+    "(tenant_id, table_name, row_key, action, db_user, transaction_id) "
+    "VALUES (:t, 'leads', '{}', 'INSERT', current_user, 0)",
 }
 UPDATE_COLUMN = {
     "users": "first_name",
@@ -191,6 +183,7 @@ UPDATE_COLUMN = {
     "forms": "name",
     "leads": "company",
     "form_submissions": "user_agent",
+    "audit_log": "table_name",
 }
 
 
@@ -210,17 +203,40 @@ def test_insert_for_other_tenant_is_refused(
     engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant, table: str
 ) -> None:
     before = fingerprint(engine, b.tenant_id)
+    refusal = write_refusal(table, "INSERT")
     for returning in ("", " RETURNING *"):
         with (
             tenant_connection(app_engine, a.tenant_id) as conn,
-            expect_db_error(INSUFFICIENT_PRIVILEGE, RLS_VIOLATION),
+            expect_db_error(INSUFFICIENT_PRIVILEGE, refusal),
         ):
             conn.execute(text(INSERT_SQL[table] + returning), _insert_params(b))
-    # Positive control: the same statement for the own tenant works.
+    # Positive control: the same statement for the own tenant works, where platform_app
+    # may insert at all; into a read-only table it is refused for the own tenant too.
     with tenant_connection(app_engine, a.tenant_id) as conn:
-        got = conn.execute(text(INSERT_SQL[table] + " RETURNING tenant_id"), _insert_params(a))
-        assert got.scalar_one() == a.tenant_id
+        own = text(INSERT_SQL[table] + " RETURNING tenant_id")
+        if app_may(table, "INSERT"):
+            assert conn.execute(own, _insert_params(a)).scalar_one() == a.tenant_id
+        else:
+            with expect_db_error(INSUFFICIENT_PRIVILEGE, refusal):
+                conn.execute(own, _insert_params(a))
     assert fingerprint(engine, b.tenant_id) == before
+
+
+def _assert_each_refused(
+    app_engine: Engine,
+    tenant: SeededTenant,
+    table: str,
+    privilege: str,
+    statements: list[tuple[TextClause, dict[str, Any]]],
+) -> None:
+    """A table platform_app may not write (audit_log): each statement, in a transaction
+    of its own as `tenant`, is refused outright for want of `privilege`."""
+    for stmt, params in statements:
+        with (
+            tenant_connection(app_engine, tenant.tenant_id) as conn,
+            expect_db_error(INSUFFICIENT_PRIVILEGE, write_refusal(table, privilege)),
+        ):
+            conn.execute(stmt, params)
 
 
 @pytest.mark.parametrize("table", TENANT_TABLES)
@@ -229,20 +245,30 @@ def test_update_of_other_tenant_rows_affects_nothing(
 ) -> None:
     before = fingerprint(engine, b.tenant_id)
     col = UPDATE_COLUMN[table]
+    by_tenant = text(f"UPDATE {table} SET {col} = 'pwned' WHERE tenant_id = :t RETURNING id")
+    by_id = text(f"UPDATE {table} SET {col} = 'pwned' WHERE id = ANY(:ids)")
+    unfiltered = text(f"UPDATE {table} SET {col} = {col} RETURNING tenant_id")
+    if not app_may(table, "UPDATE"):
+        _assert_each_refused(
+            app_engine,
+            a,
+            table,
+            "UPDATE",
+            [
+                (by_tenant, {"t": b.tenant_id}),
+                (by_id, {"ids": list(b.ids[table])}),
+                (unfiltered, {}),
+            ],
+        )
+        assert fingerprint(engine, b.tenant_id) == before
+        return
     with tenant_connection(app_engine, a.tenant_id, commit=True) as conn:
-        res = conn.execute(
-            text(f"UPDATE {table} SET {col} = 'pwned' WHERE tenant_id = :t RETURNING id"),
-            {"t": b.tenant_id},
-        )
+        res = conn.execute(by_tenant, {"t": b.tenant_id})
         assert res.all() == []
-        res = conn.execute(
-            text(f"UPDATE {table} SET {col} = 'pwned' WHERE id = ANY(:ids)"),
-            {"ids": list(b.ids[table])},
-        )
+        res = conn.execute(by_id, {"ids": list(b.ids[table])})
         assert res.rowcount == 0
         # An unfiltered no-op update touches exactly the own rows.
-        res = conn.execute(text(f"UPDATE {table} SET {col} = {col} RETURNING tenant_id"))
-        returned = res.scalars().all()
+        returned = conn.execute(unfiltered).scalars().all()
         assert set(returned) == {a.tenant_id}
         assert len(returned) == a.count(table)
     assert fingerprint(engine, b.tenant_id) == before
@@ -255,7 +281,7 @@ def test_moving_own_row_to_other_tenant_is_refused(
     before_a = fingerprint(engine, a.tenant_id)
     with (
         tenant_connection(app_engine, a.tenant_id) as conn,
-        expect_db_error(INSUFFICIENT_PRIVILEGE, RLS_VIOLATION),
+        expect_db_error(INSUFFICIENT_PRIVILEGE, write_refusal(table, "UPDATE")),
     ):
         conn.execute(
             text(f"UPDATE {table} SET tenant_id = :b WHERE id = :id RETURNING *"),
@@ -269,26 +295,39 @@ def test_delete_of_other_tenant_rows_affects_nothing(
     engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant, table: str
 ) -> None:
     before = fingerprint(engine, b.tenant_id)
+    by_tenant = text(f"DELETE FROM {table} WHERE tenant_id = :t RETURNING *")
+    by_id = text(f"DELETE FROM {table} WHERE id = ANY(:ids)")
+    if not app_may(table, "DELETE"):
+        _assert_each_refused(
+            app_engine,
+            a,
+            table,
+            "DELETE",
+            [(by_tenant, {"t": b.tenant_id}), (by_id, {"ids": list(b.ids[table])})],
+        )
+        assert fingerprint(engine, b.tenant_id) == before
+        return
     with tenant_connection(app_engine, a.tenant_id, commit=True) as conn:
-        res = conn.execute(
-            text(f"DELETE FROM {table} WHERE tenant_id = :t RETURNING *"), {"t": b.tenant_id}
-        )
+        res = conn.execute(by_tenant, {"t": b.tenant_id})
         assert res.all() == []
-        res = conn.execute(
-            text(f"DELETE FROM {table} WHERE id = ANY(:ids)"), {"ids": list(b.ids[table])}
-        )
+        res = conn.execute(by_id, {"ids": list(b.ids[table])})
         assert res.rowcount == 0
     assert fingerprint(engine, b.tenant_id) == before
 
 
-@pytest.mark.parametrize("table", ["users", "pages", "leads", "form_submissions"])
+# forms is left out: A's own submissions reference A's form (NO ACTION), so an
+# unfiltered delete of forms fails on A's rows before B could matter.
+@pytest.mark.parametrize("table", [t for t in TENANT_TABLES if t != "forms"])
 def test_unfiltered_delete_removes_only_own_rows(
     app_engine: Engine, a: SeededTenant, table: str
 ) -> None:
-    # forms is left out: A's own submissions reference A's form (NO ACTION), so an
-    # unfiltered delete of forms fails on A's rows before B could matter.
+    delete = text(f"DELETE FROM {table} RETURNING tenant_id")
     with tenant_connection(app_engine, a.tenant_id) as conn:  # rolled back
-        returned = conn.execute(text(f"DELETE FROM {table} RETURNING tenant_id")).scalars().all()
+        if not app_may(table, "DELETE"):
+            with expect_db_error(INSUFFICIENT_PRIVILEGE, write_refusal(table, "DELETE")):
+                conn.execute(delete)
+            return
+        returned = conn.execute(delete).scalars().all()
         assert set(returned) == {a.tenant_id}
         assert len(returned) == a.count(table)
 
@@ -305,6 +344,10 @@ UPSERT_SQL = {
     "form_submissions": "INSERT INTO form_submissions (tenant_id, id, created_at, form_id) "
     "VALUES (:t, :id, :at, :form) "
     "ON CONFLICT (tenant_id, id, created_at) DO {action} RETURNING tenant_id, id",
+    "audit_log": "INSERT INTO audit_log (tenant_id, id, changed_at, table_name, row_key, "
+    "action, db_user, transaction_id) OVERRIDING SYSTEM VALUE "
+    "VALUES (:t, :id, :at, 'leads', '{{}}', 'INSERT', current_user, 0) "
+    "ON CONFLICT (tenant_id, changed_at, id) DO {action} RETURNING tenant_id, id",
 }
 
 
@@ -313,21 +356,30 @@ def test_upsert_hitting_other_tenant_key_is_refused(
     engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant, table: str
 ) -> None:
     before = fingerprint(engine, b.tenant_id)
-    params = _insert_params(b) | {"id": b.first(table), "at": b.submission_keys[0][1]}
+    # B's real key: id, and for a partitioned table the time it is partitioned by.
+    at = b.times[table][0] if table in b.times else None
+    params = _insert_params(b) | {"id": b.first(table), "at": at}
     do_update = f"UPDATE SET {UPDATE_COLUMN[table]} = 'pwned'"
+    refusal = write_refusal(table, "INSERT")
     for action in (do_update, "NOTHING"):
         # The proposed row is checked against the policy before any conflict is
         # looked for, so neither the update nor the existence of B's key gets through.
         with (
             tenant_connection(app_engine, a.tenant_id) as conn,
-            expect_db_error(INSUFFICIENT_PRIVILEGE, RLS_VIOLATION),
+            expect_db_error(INSUFFICIENT_PRIVILEGE, refusal),
         ):
             conn.execute(text(UPSERT_SQL[table].format(action=action)), params)
-    # The same key under A's own tenant does not conflict with B's row: a new A row.
+    # The same key under A's own tenant does not conflict with B's row: a new A row
+    # (where platform_app may insert at all; a read-only table refuses it too).
     own = params | {"t": a.tenant_id, "form": a.first("forms")}
     with tenant_connection(app_engine, a.tenant_id) as conn:
-        got = conn.execute(text(UPSERT_SQL[table].format(action=do_update)), own).all()
-        assert [tuple(r) for r in got] == [(a.tenant_id, b.first(table))]
+        upsert = text(UPSERT_SQL[table].format(action=do_update))
+        if app_may(table, "INSERT"):
+            got = conn.execute(upsert, own).all()
+            assert [tuple(r) for r in got] == [(a.tenant_id, b.first(table))]
+        else:
+            with expect_db_error(INSUFFICIENT_PRIVILEGE, refusal):
+                conn.execute(upsert, own)
     assert fingerprint(engine, b.tenant_id) == before
 
 
@@ -367,10 +419,11 @@ def test_copy_to_stdout_returns_only_own_rows(
         rows = _copy_out(conn, f"COPY (SELECT tenant_id FROM {table}) TO STDOUT")
         assert [r[0] for r in rows] == [str(a.tenant_id)] * a.count(table)
         rows = _copy_out(conn, f"COPY {table} (tenant_id, id) TO STDOUT")
-        # Under RLS, `COPY table TO` runs as `SELECT ... FROM ONLY table`: for the
-        # partitioned form_submissions that is the empty parent (PostgreSQL behaviour;
-        # without RLS it would be "cannot copy from partitioned table"). Nothing leaks.
-        own = [] if table == "form_submissions" else sorted(str(i) for i in a.ids[table])
+        # Under RLS, `COPY table TO` runs as `SELECT ... FROM ONLY table`: for a
+        # partitioned table (form_submissions, audit_log) that is the empty parent
+        # (PostgreSQL behaviour; without RLS it would be "cannot copy from partitioned
+        # table"). Nothing leaks.
+        own = [] if table in PARTITIONED_TABLES else sorted(str(i) for i in a.ids[table])
         assert sorted(r[1] for r in rows) == own
         assert {r[0] for r in rows} <= {str(a.tenant_id)}
         rows = _copy_out(conn, f"COPY {table} TO STDOUT")
@@ -382,10 +435,17 @@ def test_copy_from_stdin_is_refused(
     engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant, table: str
 ) -> None:
     before = fingerprint(engine, b.tenant_id)
+    # COPY FROM is refused under RLS altogether; a read-only table refuses it earlier,
+    # for want of INSERT.
+    state, match = (
+        (FEATURE_NOT_SUPPORTED, "COPY FROM not supported with row-level")
+        if app_may(table, "INSERT")
+        else (INSUFFICIENT_PRIVILEGE, write_refusal(table, "INSERT"))
+    )
     for target in (a, b):
         with (
             tenant_connection(app_engine, a.tenant_id) as conn,
-            expect_db_error(FEATURE_NOT_SUPPORTED, "COPY FROM not supported with row-level"),
+            expect_db_error(state, match),
             _raw(conn).cursor() as cur,
             cur.copy(f"COPY {table} (tenant_id) FROM STDIN") as copy,
         ):
@@ -520,7 +580,12 @@ def test_privileges_of_platform_app_are_exactly_row_rights(
                     text("SELECT has_table_privilege(current_user, :r, :p)"), {"r": rel, "p": p}
                 )
             }
-            expected = {"SELECT", "INSERT", "UPDATE", "DELETE"} if rel in TENANT_TABLES else set()
+            if rel == "audit_log":  # written by the audit trigger only
+                expected = {"SELECT"}
+            elif rel in TENANT_TABLES:
+                expected = {"SELECT", "INSERT", "UPDATE", "DELETE"}
+            else:
+                expected = set()
             assert got == expected, rel
         got = {
             p
@@ -674,7 +739,7 @@ def _counts(conn: Connection) -> dict[str, int]:
 def _assert_writes_refused(conn: Connection, a: SeededTenant) -> None:
     for table in TENANT_TABLES:
         conn.execute(text("SAVEPOINT w"))
-        with expect_db_error(INSUFFICIENT_PRIVILEGE, RLS_VIOLATION):
+        with expect_db_error(INSUFFICIENT_PRIVILEGE, write_refusal(table, "INSERT")):
             conn.execute(text(INSERT_SQL[table]), _insert_params(a))
         conn.execute(text("ROLLBACK TO SAVEPOINT w"))
 

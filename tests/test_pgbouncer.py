@@ -37,9 +37,7 @@ from platform_db.session.tenancy import (
 from tests.isolation_helpers import (
     INSUFFICIENT_PRIVILEGE,
     SeededTenant,
-    delete_tenants,
     expect_db_error,
-    seed_tenants,
 )
 
 pytestmark = pytest.mark.pgbouncer
@@ -98,13 +96,6 @@ def bouncer(
             pytest.fail(str(exc))
         through = app_login.set(host=started.host, port=started.port, query={})
         yield Bouncer(url=through, single_url=through.set(database=f"{dbname}_one"), log=log)
-
-
-@pytest.fixture(scope="module")
-def tenants(engine: Engine) -> Iterator[tuple[SeededTenant, SeededTenant]]:
-    a, b = seed_tenants(engine, ["pa", "pb"])
-    yield a, b
-    delete_tenants(engine, [a.tenant_id, b.tenant_id])
 
 
 def _conninfo(url: URL) -> str:

@@ -34,28 +34,11 @@ from platform_db.session.tenancy import (
     tenant_context,
     tenant_sessionmaker,
 )
-from tests.isolation_helpers import SeededTenant, delete_tenants, seed_tenants
+from tests.isolation_helpers import SeededTenant
 
 TENANT_SQL = text("SELECT current_setting('app.current_tenant_id', true)")
 USER_SQL = text("SELECT current_setting('app.current_user_id', true)")
 LEADS_SQL = text("SELECT tenant_id FROM leads")
-
-
-@pytest.fixture(scope="module")
-def tenants(engine: Engine) -> Iterator[tuple[SeededTenant, SeededTenant]]:
-    a, b = seed_tenants(engine, ["ha", "hb"])
-    yield a, b
-    delete_tenants(engine, [a.tenant_id, b.tenant_id])
-
-
-@pytest.fixture
-def a(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
-    return tenants[0]
-
-
-@pytest.fixture
-def b(tenants: tuple[SeededTenant, SeededTenant]) -> SeededTenant:
-    return tenants[1]
 
 
 @pytest.fixture

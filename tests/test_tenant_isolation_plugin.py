@@ -6,15 +6,13 @@ assertion can fail: on a database of their own, they break isolation and expect 
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from platform_db.models import metadata
-from platform_db.testing import IsolationChecker, TwoTenants, default_row_factories
+from platform_db.testing import IsolationChecker, default_row_factories, two_tenants
 from tests.conftest import temporary_database
 
 
@@ -31,19 +29,6 @@ def test_every_tenant_table_is_closed_to_the_other_tenant(
     assert reports["audit_log"].rows_of_b >= len(default_row_factories())
 
 
-def _seed(conn: Connection, factories: dict[str, object]) -> TwoTenants:
-    ids = TwoTenants(uuid.uuid4(), uuid.uuid4())
-    for tenant in (ids.a, ids.b):
-        conn.execute(
-            text("INSERT INTO tenants (id, name, subdomain) VALUES (:i, 'I', :s)"),
-            {"i": tenant, "s": f"iso-{tenant.hex[:12]}"},
-        )
-        for factory in factories.values():
-            assert callable(factory)
-            factory(conn, tenant)
-    return ids
-
-
 def test_the_plugin_fails_on_a_broken_table_and_on_a_table_without_rows(
     server_url: URL, database_url: URL, app_login: URL
 ) -> None:
@@ -55,23 +40,22 @@ def test_the_plugin_fails_on_a_broken_table_and_on_a_table_without_rows(
         )
         factories = default_row_factories()
         del factories["pages"]
-        with admin.begin() as conn:
-            tenants = _seed(conn, dict(factories))
-        checker = IsolationChecker(admin, app, metadata, tenants)
-        with pytest.raises(AssertionError, match=r"public\.pages: tenant A has no rows"):
-            checker.assert_closed()
+        with two_tenants(admin, factories.values()) as tenants:
+            checker = IsolationChecker(admin, app, metadata, tenants)
+            with pytest.raises(AssertionError, match=r"public\.pages: tenant A has no rows"):
+                checker.assert_closed()
 
-        with admin.begin() as conn:
-            default_row_factories()["pages"](conn, tenants.a)
-            default_row_factories()["pages"](conn, tenants.b)
-        checker.assert_closed()  # positive control: now everything is shown closed
+            with admin.begin() as conn:
+                default_row_factories()["pages"](conn, tenants.a)
+                default_row_factories()["pages"](conn, tenants.b)
+            checker.assert_closed()  # positive control: now everything is shown closed
 
-        with admin.begin() as conn:
-            conn.execute(text("CREATE POLICY open_door ON leads USING (true)"))
-        with pytest.raises(AssertionError, match=r"drop_policy.*open_door"):
-            checker.assert_closed()
-        # Even without the catalog comparison, behaviour gives the hole away.
-        with pytest.raises(AssertionError, match=r"public\.leads: tenant A should see exactly"):
-            checker.assert_closed(check_catalog=False)
+            with admin.begin() as conn:
+                conn.execute(text("CREATE POLICY open_door ON leads USING (true)"))
+            with pytest.raises(AssertionError, match=r"drop_policy.*open_door"):
+                checker.assert_closed()
+            # Even without the catalog comparison, behaviour gives the hole away.
+            with pytest.raises(AssertionError, match=r"public\.leads: tenant A should see exactly"):
+                checker.assert_closed(check_catalog=False)
         admin.dispose()
         app.dispose()

@@ -96,14 +96,7 @@ class Database:
 
     def acquire_stats(self) -> list[AcquireStats]:
         """Checkout times of every pool created so far (sync and async)."""
-        stats = []
-        for engine in self._engines.values():
-            if isinstance(engine.pool, TimedQueuePool):
-                stats.append(engine.pool.acquire_stats())
-        for aengine in self._async_engines.values():
-            if isinstance(aengine.sync_engine.pool, TimedAsyncQueuePool):
-                stats.append(aengine.sync_engine.pool.acquire_stats())
-        return stats
+        return [pool.acquire_stats() for pool in self._timed_pools()]
 
     def _timed_pools(self) -> list[TimedQueuePool | TimedAsyncQueuePool]:
         pools: list[TimedQueuePool | TimedAsyncQueuePool] = []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -67,33 +68,112 @@ def ping_when_idle(pool: Pool, dialect: Dialect, *, after_ms: int) -> None:
             raise sa_exc.DisconnectionError("connection failed its ping")
 
 
-def _server_settings(
-    *,
-    application_name: str,
-    statement_timeout_ms: int,
-    lock_timeout_ms: int,
-    idle_in_transaction_timeout_ms: int,
-    work_mem: str | None,
-    read_only: bool,
-) -> dict[str, str]:
-    for name, value in (
-        ("statement_timeout_ms", statement_timeout_ms),
-        ("lock_timeout_ms", lock_timeout_ms),
-        ("idle_in_transaction_timeout_ms", idle_in_transaction_timeout_ms),
-    ):
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    settings = {
-        "application_name": application_name,
-        "statement_timeout": str(statement_timeout_ms),
-        "lock_timeout": str(lock_timeout_ms),
-        "idle_in_transaction_session_timeout": str(idle_in_transaction_timeout_ms),
-    }
-    if work_mem:
-        settings["work_mem"] = work_mem
-    if read_only:
-        settings["default_transaction_read_only"] = "on"
-    return settings
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _EngineOptions:
+    """The arguments make_engine and make_async_engine share, validated once.
+
+    Both engines are built from it: the per-connection settings, each driver's connect
+    arguments (with or without PgBouncer), the timed pool, the idle ping and the pool's
+    label. The two factories keep their explicit keyword-only signatures (the public
+    API, which IDEs and mypy show) and only hand their arguments over.
+    """
+
+    application_name: str
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    statement_timeout_ms: int
+    lock_timeout_ms: int
+    idle_in_transaction_timeout_ms: int
+    work_mem: str | None
+    read_only: bool
+    pgbouncer: bool
+    pool_label: str | None
+    ping_after_ms: int
+
+    def __post_init__(self) -> None:
+        for name, value in (
+            ("statement_timeout_ms", self.statement_timeout_ms),
+            ("lock_timeout_ms", self.lock_timeout_ms),
+            ("idle_in_transaction_timeout_ms", self.idle_in_transaction_timeout_ms),
+            ("ping_after_ms", self.ping_after_ms),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+    def server_settings(self) -> dict[str, str]:
+        """Per-connection settings, all of which PostgreSQL accepts at connection start."""
+        settings = {
+            "application_name": self.application_name,
+            "statement_timeout": str(self.statement_timeout_ms),
+            "lock_timeout": str(self.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
+        }
+        if self.work_mem:
+            settings["work_mem"] = self.work_mem
+        if self.read_only:
+            settings["default_transaction_read_only"] = "on"
+        return settings
+
+    def psycopg_connect_args(self) -> dict[str, Any]:
+        """psycopg takes the settings as `-c` options; behind PgBouncer it never prepares."""
+        if self.pgbouncer:
+            return {"application_name": self.application_name, "prepare_threshold": None}
+        options = " ".join(
+            f"-c {k}={v}" for k, v in self.server_settings().items() if k != "application_name"
+        )
+        return {"application_name": self.application_name, "options": options}
+
+    def asyncpg_connect_args(self) -> dict[str, Any]:
+        """asyncpg takes the settings as `server_settings`; behind PgBouncer, no caches."""
+        connect_args: dict[str, Any]
+        if self.pgbouncer:
+            connect_args = {
+                "server_settings": {"application_name": self.application_name},
+                "statement_cache_size": 0,
+                "prepared_statement_cache_size": 0,
+                "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4()}__",
+            }
+        else:
+            connect_args = {"server_settings": self.server_settings()}
+        # Lets the tenant hook send its setting in the same message as BEGIN
+        # (platform_db.session.asyncpg_connection).
+        connect_args["connection_class"] = TenantConnection
+        return connect_args
+
+    def engine_arguments(
+        self,
+        connect_args: dict[str, Any],
+        engine_kwargs: dict[str, Any],
+        *,
+        poolclass: type[Pool],
+    ) -> dict[str, Any]:
+        """Keyword arguments of create_engine/create_async_engine.
+
+        The caller's own `connect_args` win over the driver's; a caller's `poolclass`
+        replaces the timed pool together with its sizing.
+        """
+        arguments = dict(engine_kwargs)
+        if "pool_pre_ping" in arguments:
+            raise TypeError("pool_pre_ping comes from ping_after_ms (0: ping at every checkout)")
+        connect_args = {**connect_args, **arguments.pop("connect_args", {})}
+        if "poolclass" not in arguments:
+            arguments.update(
+                poolclass=poolclass,
+                pool_size=self.pool_size,
+                max_overflow=self.max_overflow,
+                pool_timeout=self.pool_timeout,
+                pool_recycle=self.pool_recycle,
+            )
+        return {"pool_pre_ping": self.ping_after_ms == 0, "connect_args": connect_args, **arguments}
+
+    def configure_pool(self, pool: Pool, dialect: Dialect) -> None:
+        """The idle ping and the label that checkout times are reported under."""
+        if self.ping_after_ms:
+            ping_when_idle(pool, dialect, after_ms=self.ping_after_ms)
+        if isinstance(pool, TimedQueuePool | TimedAsyncQueuePool):
+            pool.label = self.pool_label or self.application_name
 
 
 def make_engine(
@@ -120,42 +200,28 @@ def make_engine(
     statements, and only application_name is sent at startup (PgBouncer refuses other
     startup parameters); set the timeouts on the login role (ALTER ROLE ... SET) instead.
     """
-    settings = _server_settings(
+    options = _EngineOptions(
         application_name=application_name,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=pool_recycle,
         statement_timeout_ms=statement_timeout_ms,
         lock_timeout_ms=lock_timeout_ms,
         idle_in_transaction_timeout_ms=idle_in_transaction_timeout_ms,
         work_mem=work_mem,
         read_only=read_only,
+        pgbouncer=pgbouncer,
+        pool_label=pool_label,
+        ping_after_ms=ping_after_ms,
     )
-    connect_args: dict[str, Any] = {"application_name": application_name}
-    if pgbouncer:
-        connect_args["prepare_threshold"] = None
-    else:
-        connect_args["options"] = " ".join(
-            f"-c {k}={v}" for k, v in settings.items() if k != "application_name"
-        )
-    connect_args.update(engine_kwargs.pop("connect_args", {}))
-    if "poolclass" not in engine_kwargs:
-        engine_kwargs.update(
-            poolclass=TimedQueuePool,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_timeout=pool_timeout,
-            pool_recycle=pool_recycle,
-        )
-    if ping_after_ms < 0:
-        raise ValueError(f"ping_after_ms must be >= 0, got {ping_after_ms}")
     engine = create_engine(
         with_driver(url, SYNC_DRIVER),
-        pool_pre_ping=ping_after_ms == 0,
-        connect_args=connect_args,
-        **engine_kwargs,
+        **options.engine_arguments(
+            options.psycopg_connect_args(), engine_kwargs, poolclass=TimedQueuePool
+        ),
     )
-    if ping_after_ms:
-        ping_when_idle(engine.pool, engine.dialect, after_ms=ping_after_ms)
-    if isinstance(engine.pool, TimedQueuePool):
-        engine.pool.label = pool_label or application_name
+    options.configure_pool(engine.pool, engine.dialect)
     return engine
 
 
@@ -192,48 +258,29 @@ def make_async_engine(
     PgBouncer ignores startup parameters it does not track, so only application_name is
     sent; set the timeouts on the login role (ALTER ROLE ... SET) behind PgBouncer.
     """
-    settings = _server_settings(
+    options = _EngineOptions(
         application_name=application_name,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=pool_timeout,
+        pool_recycle=pool_recycle,
         statement_timeout_ms=statement_timeout_ms,
         lock_timeout_ms=lock_timeout_ms,
         idle_in_transaction_timeout_ms=idle_in_transaction_timeout_ms,
         work_mem=work_mem,
         read_only=read_only,
+        pgbouncer=pgbouncer,
+        pool_label=pool_label,
+        ping_after_ms=ping_after_ms,
     )
-    connect_args: dict[str, Any] = {}
-    if pgbouncer:
-        connect_args.update(
-            server_settings={"application_name": application_name},
-            statement_cache_size=0,
-            prepared_statement_cache_size=0,
-            prepared_statement_name_func=lambda: f"__asyncpg_{uuid.uuid4()}__",
-        )
-    else:
-        connect_args["server_settings"] = settings
-    # Lets the tenant hook send its setting in the same message as BEGIN (platform_db.session.asyncpg_connection).
-    connect_args["connection_class"] = TenantConnection
-    connect_args.update(engine_kwargs.pop("connect_args", {}))
-    if "poolclass" not in engine_kwargs:
-        engine_kwargs.update(
-            poolclass=TimedAsyncQueuePool,
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_timeout=pool_timeout,
-            pool_recycle=pool_recycle,
-        )
-    if ping_after_ms < 0:
-        raise ValueError(f"ping_after_ms must be >= 0, got {ping_after_ms}")
     engine = create_async_engine(
         with_driver(url, ASYNC_DRIVER),
-        pool_pre_ping=ping_after_ms == 0,
-        connect_args=connect_args,
-        **engine_kwargs,
+        **options.engine_arguments(
+            options.asyncpg_connect_args(), engine_kwargs, poolclass=TimedAsyncQueuePool
+        ),
     )
-    if ping_after_ms:
-        ping_when_idle(engine.sync_engine.pool, engine.dialect, after_ms=ping_after_ms)
+    options.configure_pool(engine.sync_engine.pool, engine.dialect)
     event.listen(engine.sync_engine.pool, "checkin", _discard_pending)
-    if isinstance(engine.sync_engine.pool, TimedAsyncQueuePool):
-        engine.sync_engine.pool.label = pool_label or application_name
     return engine
 
 

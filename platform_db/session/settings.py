@@ -79,20 +79,6 @@ class PoolSettings:
     def application_name(self) -> str:
         return f"platform-db:{self.name}"
 
-    def server_settings(self) -> dict[str, str]:
-        """Per-connection settings, all of which PostgreSQL accepts at connection start."""
-        settings = {
-            "application_name": self.application_name,
-            "statement_timeout": str(self.statement_timeout_ms),
-            "lock_timeout": str(self.lock_timeout_ms),
-            "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
-        }
-        if self.work_mem:
-            settings["work_mem"] = self.work_mem
-        if self.read_only:
-            settings["default_transaction_read_only"] = "on"
-        return settings
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -145,11 +131,42 @@ class Settings:
         return cls(url, replica, pools["main"], pools["analytics"], pools["background"])
 
 
-# name: (min, max, acquire, statement, lock, idle in transaction, work_mem, read_only)
-_POOL_DEFAULTS: dict[str, tuple[int, int, int, int, int, int, str | None, bool]] = {
-    "main": (5, 20, 5_000, 30_000, 10_000, 60_000, None, False),
-    "analytics": (2, 10, 10_000, 300_000, 10_000, 300_000, "64MB", True),
-    "background": (1, 5, 30_000, 600_000, 30_000, 600_000, None, False),
+# What a pool gets when its POSTGRES_* variables are unset: a PoolSettings built by
+# keyword, so no two numbers can trade places. The URL stands in until the real one is read.
+_NO_URL = make_url("postgresql://invalid/invalid")
+_POOL_DEFAULTS: dict[str, PoolSettings] = {
+    "main": PoolSettings(
+        name="main",
+        url=_NO_URL,
+        min_size=5,
+        max_size=20,
+        acquire_timeout_ms=5_000,
+        statement_timeout_ms=30_000,
+        lock_timeout_ms=10_000,
+        idle_in_transaction_timeout_ms=60_000,
+    ),
+    "analytics": PoolSettings(
+        name="analytics",
+        url=_NO_URL,
+        min_size=2,
+        max_size=10,
+        acquire_timeout_ms=10_000,
+        statement_timeout_ms=300_000,
+        lock_timeout_ms=10_000,
+        idle_in_transaction_timeout_ms=300_000,
+        work_mem="64MB",
+        read_only=True,
+    ),
+    "background": PoolSettings(
+        name="background",
+        url=_NO_URL,
+        min_size=1,
+        max_size=5,
+        acquire_timeout_ms=30_000,
+        statement_timeout_ms=600_000,
+        lock_timeout_ms=30_000,
+        idle_in_transaction_timeout_ms=600_000,
+    ),
 }
 _MEMORY = re.compile(r"^\d+\s*(kB|MB|GB)$")
 MAX_POOL_SIZE = 1000
@@ -190,33 +207,44 @@ class _Reader:
         return value
 
     def pool(self, name: str, prefix: str, url: URL | None) -> PoolSettings:
-        lo, hi, acquire, statement, lock, idle, work_mem, read_only = _POOL_DEFAULTS[name]
+        default = _POOL_DEFAULTS[name]
         day = 86_400_000
-        min_size = self.integer(f"{prefix}POOL_MIN", lo, minimum=0, maximum=MAX_POOL_SIZE)
-        max_size = self.integer(f"{prefix}POOL_MAX", hi, minimum=1, maximum=MAX_POOL_SIZE)
+        min_size = self.integer(
+            f"{prefix}POOL_MIN", default.min_size, minimum=0, maximum=MAX_POOL_SIZE
+        )
+        max_size = self.integer(
+            f"{prefix}POOL_MAX", default.max_size, minimum=1, maximum=MAX_POOL_SIZE
+        )
         if max_size < min_size:
             self.errors.append(
                 f"{prefix}POOL_MAX ({max_size}) is below {prefix}POOL_MIN ({min_size})"
             )
-        mem = self.raw(f"{prefix}WORK_MEM") or work_mem
+        mem = self.raw(f"{prefix}WORK_MEM") or default.work_mem
         if mem is not None and not _MEMORY.match(mem):
             self.errors.append(f"{prefix}WORK_MEM must look like 64MB or 512kB, got {mem!r}")
         return PoolSettings(
             name=name,
-            url=url if url is not None else make_url("postgresql://invalid/invalid"),
+            url=url if url is not None else default.url,
             min_size=min_size,
             max_size=max_size,
             acquire_timeout_ms=self.integer(
-                f"{prefix}POOL_ACQUIRE_TIMEOUT", acquire, minimum=1, maximum=day
+                f"{prefix}POOL_ACQUIRE_TIMEOUT", default.acquire_timeout_ms, minimum=1, maximum=day
             ),
             statement_timeout_ms=self.integer(
-                f"{prefix}STATEMENT_TIMEOUT", statement, minimum=0, maximum=day
+                f"{prefix}STATEMENT_TIMEOUT", default.statement_timeout_ms, minimum=0, maximum=day
             ),
-            lock_timeout_ms=self.integer(f"{prefix}LOCK_TIMEOUT", lock, minimum=0, maximum=day),
+            lock_timeout_ms=self.integer(
+                f"{prefix}LOCK_TIMEOUT", default.lock_timeout_ms, minimum=0, maximum=day
+            ),
             idle_in_transaction_timeout_ms=self.integer(
-                f"{prefix}IDLE_IN_TRANSACTION_TIMEOUT", idle, minimum=0, maximum=day
+                f"{prefix}IDLE_IN_TRANSACTION_TIMEOUT",
+                default.idle_in_transaction_timeout_ms,
+                minimum=0,
+                maximum=day,
             ),
             work_mem=mem.replace(" ", "") if mem else None,
-            read_only=read_only,
-            ping_after_ms=self.integer(f"{prefix}POOL_PING_AFTER", 500, minimum=0, maximum=day),
+            read_only=default.read_only,
+            ping_after_ms=self.integer(
+                f"{prefix}POOL_PING_AFTER", default.ping_after_ms, minimum=0, maximum=day
+            ),
         )

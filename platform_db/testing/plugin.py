@@ -30,14 +30,18 @@ Fixtures (override any of them in your conftest.py):
   other factories' writes fill it.
 - ``platform_db_app_login``, ``platform_db_app_engine``, ``platform_db_admin_engine``,
   ``platform_db_tenants`` (a ``TwoTenants``), ``tenant_isolation``.
+
+``two_tenants(admin_engine, factories)`` is what ``platform_db_tenants`` is made with:
+use it for tenants of your own scope (per module, per test, on another database).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +65,34 @@ INSUFFICIENT_PRIVILEGE = "42501"
 class TwoTenants:
     a: uuid.UUID
     b: uuid.UUID
+
+
+@contextlib.contextmanager
+def two_tenants(admin_engine: Engine, factories: Iterable[RowFactory]) -> Iterator[TwoTenants]:
+    """Tenants A and B, committed with their rows, and deleted again at the end.
+
+    In one transaction of `admin_engine` (a superuser or the owner, which RLS does not
+    stop from writing for any tenant), each tenant is inserted and then every factory
+    runs for it, in order. Deleting a tenant removes its rows (ON DELETE CASCADE); its
+    audit trail stays, as it does for every deleted tenant.
+    """
+    factories = list(factories)
+    tenants = TwoTenants(uuid.uuid4(), uuid.uuid4())
+    with admin_engine.begin() as conn:
+        for label, tenant in (("a", tenants.a), ("b", tenants.b)):
+            conn.execute(
+                text("INSERT INTO tenants (id, name, subdomain) VALUES (:i, :n, :s)"),
+                {"i": tenant, "n": f"Isolation {label}", "s": f"iso-{label}-{tenant.hex[:12]}"},
+            )
+            for factory in factories:
+                factory(conn, tenant)
+    try:
+        yield tenants
+    finally:
+        with admin_engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM tenants WHERE id IN (:a, :b)"), {"a": tenants.a, "b": tenants.b}
+            )
 
 
 def _exec(sql: str) -> RowFactory:
@@ -293,18 +325,8 @@ def platform_db_tenants(
     platform_db_admin_engine: Engine, platform_db_row_factories: dict[str, RowFactory]
 ) -> Iterator[TwoTenants]:
     """Tenants A and B, committed, each with rows from every row factory."""
-    ids = TwoTenants(uuid.uuid4(), uuid.uuid4())
-    with platform_db_admin_engine.begin() as conn:
-        for label, tenant in (("a", ids.a), ("b", ids.b)):
-            conn.execute(
-                text("INSERT INTO tenants (id, name, subdomain) VALUES (:i, :n, :s)"),
-                {"i": tenant, "n": f"Isolation {label}", "s": f"iso-{label}-{tenant.hex[:12]}"},
-            )
-            for factory in platform_db_row_factories.values():
-                factory(conn, tenant)
-    yield ids
-    with platform_db_admin_engine.begin() as conn:
-        conn.execute(text("DELETE FROM tenants WHERE id IN (:a, :b)"), {"a": ids.a, "b": ids.b})
+    with two_tenants(platform_db_admin_engine, platform_db_row_factories.values()) as tenants:
+        yield tenants
 
 
 @pytest.fixture
@@ -333,4 +355,5 @@ __all__ = [
     "platform_db_tenants",
     "platform_db_url",
     "tenant_isolation",
+    "two_tenants",
 ]
