@@ -3,12 +3,20 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+# A second venv with the lowest versions pyproject.toml declares (.ci/lowest.txt).
+LOWEST ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.installed-lowest
+# The tests that prove the floors: the revisions, autogenerate, check and drift, then the
+# ORM, async and pool paths over the migrated schema. About a minute.
+LOWEST_TESTS ?= tests/test_migrations.py tests/test_autogenerate.py tests/test_drift.py \
+	tests/test_migration_safety.py tests/test_schema.py tests/test_query.py \
+	tests/test_tenancy_hook.py tests/test_pools.py
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint format migrate check clean
+.PHONY: help install demo test test-lowest lint format migrate check clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,6 +33,16 @@ demo: $(STAMP) ## migrate, create sample tenants, print a summary (embedded Post
 
 test: $(STAMP) ## run the tests (TEST_DATABASE_URL, else Docker, else an embedded PostgreSQL)
 	$(BIN)/pytest
+
+$(LOWEST_STAMP): pyproject.toml .ci/lowest.txt
+	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet -c .ci/lowest.txt -e '.[dev]'
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP) ## the migration tests against the lowest declared SQLAlchemy, Alembic and drivers
+	$(LOWEST)/bin/python .ci/check_lowest.py
+	$(LOWEST)/bin/pytest $(LOWEST_TESTS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, squawk on the revisions' SQL
 	$(BIN)/ruff check .
@@ -43,4 +61,4 @@ check: $(STAMP) ## alembic check on DATABASE_URL: do the models and the database
 	$(BIN)/alembic check
 
 clean: ## remove the virtualenv, caches and the embedded server's data
-	rm -rf $(VENV) .pgdata .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST) .pgdata .pytest_cache .mypy_cache .ruff_cache
