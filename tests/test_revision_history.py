@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -217,3 +217,98 @@ def test_a_changed_definition_becomes_a_replace_revision_that_points_at_the_old_
             # Back at the package's head, and the package's own check is clean again.
             migrations.check(conn)
         engine.dispose()
+
+
+PLAIN = textwrap.dedent(
+    """
+    import sys
+
+    from alembic.config import main
+
+    main(argv=sys.argv[1:])
+    """
+)
+
+
+def test_drift_is_repaired_by_the_next_autogenerate_and_restored_by_its_downgrade(
+    tmp_path: Path, server_url: URL, database_url: URL
+) -> None:
+    del database_url  # keeps the cluster-wide roles in use
+    location = _copy_of_the_history(tmp_path)
+    (tmp_path / "runner.py").write_text(PLAIN)
+    breaks = [
+        "ALTER POLICY tenant_isolation ON forms USING (true)",
+        "GRANT TRUNCATE ON pages TO platform_app",
+        "ALTER TABLE users DISABLE TRIGGER audit_row_change",
+        "CREATE POLICY open_door ON leads USING (true)",
+    ]
+
+    def state(conn: Connection) -> tuple[object, ...]:
+        return (
+            _policy(conn, "forms"),
+            conn.scalar(text("SELECT has_table_privilege('platform_app', 'pages', 'TRUNCATE')")),
+            conn.scalar(
+                text(
+                    "SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_row_change' "
+                    "AND tgrelid = 'users'::regclass"
+                )
+            ),
+            conn.scalar(text("SELECT count(*) FROM pg_policy WHERE polname = 'open_door'")),
+        )
+
+    with temporary_database(server_url, migrate=True) as url:
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.connect() as conn:
+            good = state(conn)
+        with engine.begin() as conn:
+            for statement in breaks:
+                conn.execute(text(statement))
+        with engine.connect() as conn:
+            broken = state(conn)
+        assert broken != good
+        assert _alembic(tmp_path, url, "check").returncode != 0
+
+        made = _alembic(tmp_path, url, "revision", "--autogenerate", "-m", "repair drift")
+        assert made.returncode == 0, made.stderr
+        (script,) = (location / "versions").glob("*_repair_drift.py")
+        source = script.read_text()
+        # What the database held is no revision's: it is written out for the downgrade.
+        assert "previous=" in source
+        assert 'using="true"' in source
+        assert "drop_entity(leads_open_door_policy)" in source
+
+        assert _alembic(tmp_path, url, "upgrade", "head").returncode == 0
+        with engine.connect() as conn:
+            assert state(conn) == good
+        checked = _alembic(tmp_path, url, "check")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+        assert _alembic(tmp_path, url, "downgrade", "-1").returncode == 0
+        with engine.connect() as conn:
+            assert state(conn) == broken
+        engine.dispose()
+
+
+def test_the_comparator_honours_include_object_and_include_name(engine: Engine) -> None:
+    from alembic.autogenerate import compare_metadata  # noqa: PLC0415
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
+    def diffs(**opts: object) -> list[str]:
+        with engine.connect() as conn:
+            trans = conn.begin()
+            conn.execute(text("ALTER POLICY tenant_isolation ON forms USING (true)"))
+            conn.execute(text("GRANT TRUNCATE ON pages TO platform_app"))
+            context = MigrationContext.configure(conn, opts={"target_metadata": metadata, **opts})
+            found = [str(d[0]) for d in compare_metadata(context, metadata)]
+            trans.rollback()
+        return found
+
+    assert {"replace_policy", "replace_table_privileges"} <= set(diffs())
+    no_policies = diffs(include_object=lambda _o, _n, type_, _r, _c: type_ != "policy")
+    assert "replace_policy" not in no_policies
+    assert "replace_table_privileges" in no_policies
+    no_pages = diffs(
+        include_name=lambda name, type_, _p: not (type_ == "table" and name == "pages")
+    )
+    assert "replace_table_privileges" not in no_pages
+    assert "replace_policy" in no_pages

@@ -137,7 +137,7 @@ class Entity:
         """Why `live` (read from the catalog) does not mean what this definition means."""
         return [] if self == live else ["differs from the definition"]
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         """A short summary for `alembic check` and autogenerate's log."""
         return ""
 
@@ -215,7 +215,7 @@ class RowLevelSecurity(Entity):
             f"(database: enabled={live.enabled}, forced={live.forced})"
         ]
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"enabled={self.enabled}, forced={self.forced}"
 
 
@@ -340,7 +340,7 @@ class Policy(Entity):
             return []
         return [f"database has: {live.create_sql()[0].replace(chr(10), ' ')}"]
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return self.name
 
 
@@ -420,7 +420,7 @@ class TableGrants(Entity):
             f"(database: {', '.join(live.privileges) or 'nothing'})"
         ]
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return f"{self.role}: {', '.join(self.privileges) or 'nothing'}"
 
 
@@ -566,7 +566,7 @@ class Trigger(Entity):
         shown = live.definition or live.create_sql()[0].replace("\n", " ")
         return [f"database has: {shown}{'' if live.enabled else ' (disabled)'}"]
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return self.name
 
 
@@ -1072,7 +1072,7 @@ $do$"""
         )
         return {f"cron.{r.jobname}": cls(r.jobname, r.schedule, r.command) for r in rows}
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         return self.schedule
 
 

@@ -158,7 +158,7 @@ def register_tenant_table(table: Table, protection: TenantProtection) -> None:
     _PROTECTIONS[table] = protection
 
 
-def describe(table: Table) -> TenantTable | None:
+def tenant_table_of(table: Table) -> TenantTable | None:
     """The TenantTable of a mapped table, or None when it is not tenant-owned."""
     protection = _PROTECTIONS.get(table)
     if protection is None:
@@ -187,7 +187,7 @@ def tenant_tables(metadata: Any) -> list[TenantTable]:
         spec
         for md in metadatas
         for table in md.tables.values()
-        if (spec := describe(table)) is not None
+        if (spec := tenant_table_of(table)) is not None
     ]
     return sorted(found, key=lambda s: s.name)
 
@@ -196,9 +196,9 @@ __all__ = [
     "FULL_PROTECTION",
     "TenantProtection",
     "TenantTable",
-    "describe",
     "is_tenant_table",
     "protection_of",
     "register_tenant_table",
+    "tenant_table_of",
     "tenant_tables",
 ]

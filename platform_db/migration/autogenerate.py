@@ -218,9 +218,9 @@ def _history(context: MigrationContext) -> dict[str, tuple[str, str, Entity]]:
     return found
 
 
-def _variable(entity: Entity, taken: set[str]) -> str:
+def _variable(entity: Entity, taken: set[str], suffix: str = "") -> str:
     identity = entity.identity.removeprefix("public.").removeprefix("platform.")
-    base = re.sub(r"[^a-z0-9]+", "_", f"{identity}_{entity.kind}".lower()).strip("_")
+    base = re.sub(r"[^a-z0-9]+", "_", f"{identity}_{entity.kind}{suffix}".lower()).strip("_")
     name, n = base, 2
     while name in taken:
         name, n = f"{base}_{n}", n + 1
@@ -304,9 +304,10 @@ def prepare_revision(
     names: dict[Entity, str] = {}
     taken: set[str] = set()
     for o in operations:
-        for entity in (o.entity, getattr(o, "previous", None)):
+        # The previous definition of a replace, read from the database: "as found".
+        for entity, suffix in ((o.entity, ""), (getattr(o, "previous", None), "_as_found")):
             if entity is not None and entity not in names:
-                names[entity] = _variable(entity, taken)
+                names[entity] = _variable(entity, taken, suffix)
         o.variable = names[o.entity]
         if isinstance(o, ReplaceEntityOp) and o.previous is not None:
             o.previous_variable = names[o.previous]

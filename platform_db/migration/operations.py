@@ -103,7 +103,7 @@ class EntityOp(MigrateOperation):
         self.variable: str | None = None
 
     def to_diff_tuple(self) -> tuple[Any, ...]:
-        detail = "; ".join(self.reasons) or self.entity.describe()
+        detail = "; ".join(self.reasons) or self.entity.summary()
         return (f"{self.verb}_{self.entity.kind}", self.entity.identity, detail)
 
 
