@@ -39,7 +39,7 @@ from platform_db.migration.operations import create_entity, drop_entity
 
 revision: str = "e5f7a9b1d407"
 down_revision: str | Sequence[str] | None = None
-branch_labels: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = ("platform_db",)
 depends_on: str | Sequence[str] | None = None
 
 CREATE_ROLES = """
