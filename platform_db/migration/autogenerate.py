@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,25 @@ from platform_db.migration.operations import (
 )
 
 log = logging.getLogger("alembic.autogenerate.compare.platform_db")
+
+# The key of context.configure() under which an environment says what it owns.
+SCOPE_OPTION = "platform_db_scope"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What one Alembic environment owns: these tables (their columns, indexes,
+    constraints and tenant-table entities), and, for the package, schema `platform`."""
+
+    tables: frozenset[str]
+    package: bool
+
+    def wanted(self, metadata: Any) -> list[Entity]:
+        """The entities this environment defines."""
+        if self.package:
+            return definitions(metadata)
+        return [e for t in tenant_tables(metadata) if t.name in self.tables for e in t.entities()]
+
 
 Filter = Callable[[Entity], bool]
 
@@ -169,10 +189,16 @@ def _compare(
     conn = autogen_context.connection
     if conn is None or autogen_context.metadata is None or None not in schemas:
         return _CONTINUE
+    scope = autogen_context.opts.get(SCOPE_OPTION)
+    if not isinstance(scope, Scope):
+        # An environment that does not say (an older env.py): the package's view.
+        metadata = autogen_context.metadata
+        metadatas = metadata if isinstance(metadata, Sequence) else [metadata]
+        scope = Scope(tables=frozenset(t for m in metadatas for t in m.tables), package=True)
     upgrade_ops.ops.extend(
         compare_entities(
             conn,
-            definitions(autogen_context.metadata),
+            scope.wanted(autogen_context.metadata),
             new_tables=_created_tables(upgrade_ops),
             include=_filter(autogen_context),
         )
@@ -339,4 +365,4 @@ def _protection_notes(context: MigrationContext, tables: set[str]) -> list[str]:
     return ["\n".join(notes)] if notes else []
 
 
-__all__ = ["compare_entities", "drift", "prepare_revision"]
+__all__ = ["SCOPE_OPTION", "Scope", "compare_entities", "drift", "prepare_revision"]

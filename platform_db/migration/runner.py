@@ -9,7 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Connection
 
 from platform_db.ddl.dashboards import TENANT_VIEWS
-from platform_db.models import metadata
+from platform_db.models import PACKAGE_TABLES
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # A checkout has alembic/ beside the package; an installed wheel carries a copy inside.
@@ -21,7 +21,7 @@ EXTRA_RELATIONS: tuple[str, ...] = TENANT_VIEWS
 
 def managed_relations() -> list[str]:
     """Names of the relations in `public` that belong to platform-db."""
-    return sorted({*metadata.tables.keys(), *EXTRA_RELATIONS})
+    return sorted({*PACKAGE_TABLES, *EXTRA_RELATIONS})
 
 
 def script_location() -> Path:

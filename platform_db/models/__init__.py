@@ -29,6 +29,10 @@ from platform_db.models.user import User, UserRole
 
 metadata = Base.metadata
 
+# The package's own tables, as defined here: a service's models added to the same
+# metadata later are not among them (platform_db.migration.environment).
+PACKAGE_TABLES: frozenset[str] = frozenset(metadata.tables)
+
 # The package's tenant-owned tables, from the one registry (platform_db.ddl.tenant_table).
 TENANT_OWNED_TABLES: tuple[str, ...] = tuple(
     mapper.class_.__tablename__
@@ -39,6 +43,7 @@ TENANT_OWNED_TABLES: tuple[str, ...] = tuple(
 __all__ = [
     "FUNNEL_ORDER",
     "NAMING_CONVENTION",
+    "PACKAGE_TABLES",
     "TENANT_OWNED_TABLES",
     "AuditAction",
     "AuditLog",
