@@ -1,17 +1,29 @@
 """The isolation plugin shipped in platform_db.testing, used on our own schema.
 
-The first test is what a downstream service writes. The others show that the plugin's
-assertion can fail: on a database of their own, they break isolation and expect it to.
+The first test is what a downstream service writes. The second shows that the plugin's
+assertion can fail: on a database of its own, it breaks isolation and expects it to. The
+last builds the service of docs/TESTING.md (its own models, revisions and alembic.ini) and
+runs its tests in a pytest of its own, as the service would.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
+from platform_db.migration import runner as migrations
 from platform_db.models import metadata
+from platform_db.session.settings import SYNC_DRIVER, with_driver
 from platform_db.testing import IsolationChecker, default_row_factories, two_tenants
 from tests.conftest import temporary_database
 
@@ -59,3 +71,174 @@ def test_the_plugin_fails_on_a_broken_table_and_on_a_table_without_rows(
                 checker.assert_closed(check_catalog=False)
         admin.dispose()
         app.dispose()
+
+
+# --- a service on the plugin ------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "TESTING.md"
+# A fenced block whose first line is "# <relative path>" is a file of the example service.
+DOC_FILE = re.compile(r"^```\w+\n# ([\w./-]+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+SERVICE_ENV = '''\
+"""The example service's Alembic environment, as small as the plugin needs."""
+
+from alembic import context
+
+import notes_service.models  # noqa: F401
+from platform_db.models import metadata
+
+context.configure(connection=context.config.attributes["connection"], target_metadata=metadata)
+with context.begin_transaction():
+    context.run_migrations()
+'''
+
+SERVICE_REVISION = '''\
+"""Add notes: the service's first revision, on the package's head."""
+
+import sqlalchemy as sa
+from alembic import op
+
+from platform_db.ddl.tenant_table import TenantTable
+from platform_db.migration.operations import create_entity, drop_entity
+
+revision = "5a1e0b7c9d21"
+down_revision = None
+branch_labels = ("notes_service",)
+depends_on = "{package_head}"
+
+
+def upgrade() -> None:
+    op.create_table(
+        "notes",
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("id", sa.Uuid(), server_default=sa.text("gen_random_uuid()"), nullable=False),
+        sa.Column("lead_id", sa.Uuid(), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenants.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tenant_id", "lead_id"], ["leads.tenant_id", "leads.id"], ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("tenant_id", "id"),
+    )
+    for entity in TenantTable("notes").entities():
+        create_entity(entity)
+
+
+def downgrade() -> None:
+    for entity in reversed(TenantTable("notes").entities()):
+        drop_entity(entity)
+    op.drop_table("notes")
+'''
+
+# Beside the documented test: the database is the service's, named as configured, and
+# the plugin really checks `notes` (it fails when the table is opened).
+SERVICE_CHECKS = """\
+import os
+
+import pytest
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+
+
+def test_the_database_is_the_services(
+    platform_db_url, platform_db_app_login, platform_db_admin_engine, platform_db_alembic_config
+):
+    prefix = os.environ["EXPECTED_PREFIX"]
+    assert platform_db_url.database.startswith(prefix + "_")
+    assert platform_db_app_login.username.startswith(prefix + "_app_")
+    with platform_db_admin_engine.connect() as conn:
+        current = set(conn.scalars(text("SELECT version_num FROM alembic_version")))
+    # The service's head stands for the package's, which it depends on: every revision of
+    # both branches has run.
+    assert current == {{"5a1e0b7c9d21"}}
+    script = ScriptDirectory.from_config(platform_db_alembic_config)
+    applied = {{r.revision for r in script.iterate_revisions("5a1e0b7c9d21", "base")}}
+    assert "{package_head}" in applied
+    assert applied == {{r.revision for r in script.walk_revisions()}}
+
+
+def test_an_open_notes_table_fails(tenant_isolation, platform_db_admin_engine):
+    with platform_db_admin_engine.begin() as conn:
+        conn.execute(text("CREATE POLICY open_door ON notes USING (true)"))
+    try:
+        with pytest.raises(AssertionError, match=r"open_door"):
+            tenant_isolation.assert_closed()
+        with pytest.raises(AssertionError, match=r"public\\.notes: tenant A should see exactly"):
+            tenant_isolation.assert_closed(check_catalog=False)
+    finally:
+        with platform_db_admin_engine.begin() as conn:
+            conn.execute(text("DROP POLICY open_door ON notes"))
+"""
+
+
+def _write_service(root: Path, prefix: str) -> None:
+    """The service of docs/TESTING.md: its documented files, plus an env.py, a revision
+    and an alembic.ini naming this checkout's versions."""
+    documented = dict(DOC_FILE.findall(DOCS.read_text()))
+    assert {"pyproject.toml", "notes_service/models.py", "tests/conftest.py"} <= set(documented)
+    for name, body in documented.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(body)
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'platform_db_name_prefix = "notes_iso"' in pyproject
+    (root / "pyproject.toml").write_text(
+        pyproject.replace('"notes_iso"', f'"{prefix}"') + 'pythonpath = "."\n'
+    )
+    (root / "notes_service" / "__init__.py").write_text("")
+    package_head = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
+    assert package_head is not None
+    (root / "migrations" / "versions").mkdir(parents=True)
+    (root / "migrations" / "env.py").write_text(SERVICE_ENV)
+    (root / "migrations" / "versions" / "5a1e0b7c9d21_add_notes.py").write_text(
+        SERVICE_REVISION.format(package_head=package_head)
+    )
+    (root / "tests" / "test_service_database.py").write_text(
+        SERVICE_CHECKS.format(package_head=package_head)
+    )
+    versions = [root / "migrations" / "versions", migrations.script_location() / "versions"]
+    (root / "alembic.ini").write_text(
+        "[alembic]\n"
+        "script_location = %(here)s/migrations\n"
+        f"version_locations = {os.pathsep.join(str(v) for v in versions)}\n"
+        "path_separator = os\n"
+    )
+
+
+def test_a_service_gets_its_tables_checked_by_the_plugin(server_url: URL, tmp_path: Path) -> None:
+    prefix = f"notes_iso_{secrets.token_hex(3)}"
+    _write_service(tmp_path, prefix)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTEST_", "PYTHONPATH", "DATABASE_URL"))
+    }
+    env |= {
+        "TEST_DATABASE_URL": server_url.render_as_string(hide_password=False),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "EXPECTED_PREFIX": prefix,
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"\b3 passed\b", run.stdout), run.stdout
+
+    # The plugin dropped what it made, under the configured names.
+    admin = create_engine(with_driver(server_url, SYNC_DRIVER), poolclass=NullPool)
+    with admin.connect() as conn:
+        left = conn.scalars(
+            text(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, :p) "
+                "UNION ALL SELECT rolname FROM pg_roles WHERE starts_with(rolname, :p)"
+            ),
+            {"p": prefix},
+        ).all()
+    admin.dispose()
+    assert left == []

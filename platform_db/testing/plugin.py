@@ -18,18 +18,33 @@ whose model has `TenantMixin`:
   change nothing (or are refused outright);
 - it has no TRUNCATE, REFERENCES or TRIGGER on the table.
 
+Settings (pytest ini options, in pytest.ini, pyproject's [tool.pytest.ini_options], ...):
+
+- ``platform_db_alembic_ini``: a service's alembic.ini (relative to the file that sets
+  it). The default database is migrated with that configuration to ``heads``, so it
+  carries the service's tables beside the package's. Default: the package's revisions.
+- ``platform_db_name_prefix``: the default database is ``<prefix>_<hex>``, the login
+  ``<prefix>_app_<hex>``. Default: ``pdb_iso``.
+
 Fixtures (override any of them in your conftest.py):
 
-- ``platform_db_url``: superuser URL of a database migrated to your head. Default: a
-  database of its own on ``TEST_DATABASE_URL``, migrated with platform-db's revisions
-  and dropped at the end.
-- ``platform_db_metadata``: the MetaData to check (default: platform_db.models.metadata).
+- ``platform_db_url``: superuser URL of a database migrated to your heads. Default: a
+  database of its own on ``TEST_DATABASE_URL``, migrated with
+  ``platform_db_alembic_config`` and dropped at the end.
+- ``platform_db_alembic_config``: the Alembic Config that migrates it (default: from
+  ``platform_db_alembic_ini``); ``platform_db_name_prefix``: the prefix (default: from
+  the ini option).
+- ``platform_db_metadata``: the MetaData to check. Default: platform_db.models.metadata,
+  which is ``Base.metadata`` and so holds every model imported by then: import your
+  models in your conftest.py.
 - ``platform_db_row_factories``: ``{table: factory(conn, tenant_id)}`` inserting at least
   one row of that table for a tenant, as the superuser. Default: the package's own
   tables (``default_row_factories()``); add yours to it. `audit_log` needs none: the
   other factories' writes fill it.
 - ``platform_db_app_login``, ``platform_db_app_engine``, ``platform_db_admin_engine``,
   ``platform_db_tenants`` (a ``TwoTenants``), ``tenant_isolation``.
+
+docs/TESTING.md has all of it, with a service's conftest.py.
 
 ``two_tenants(admin_engine, factories)`` is what ``platform_db_tenants`` is made with:
 use it for tenants of your own scope (per module, per test, on another database).
@@ -46,13 +61,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from platform_db.ddl.entities import ident
 from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
+from platform_db.migration import runner as migrations
 from platform_db.migration.autogenerate import drift
 from platform_db.session.settings import SYNC_DRIVER, with_driver
 from platform_db.testing.scratch import temporary_app_login, temporary_database
@@ -275,18 +293,83 @@ class _TenantTransaction:
 # --- fixtures ---------------------------------------------------------------------------
 
 
+ALEMBIC_INI_OPTION = "platform_db_alembic_ini"
+NAME_PREFIX_OPTION = "platform_db_name_prefix"
+DEFAULT_NAME_PREFIX = "pdb_iso"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        ALEMBIC_INI_OPTION,
+        "a service's alembic.ini (relative to the file that sets it): the plugin's database "
+        "is migrated with it to heads (default: platform-db's own revisions)",
+        default="",
+    )
+    parser.addini(
+        NAME_PREFIX_OPTION,
+        "prefix of the plugin's scratch database (<prefix>_<hex>) and login "
+        f"(<prefix>_app_<hex>); a lower-case identifier (default: {DEFAULT_NAME_PREFIX})",
+        default=DEFAULT_NAME_PREFIX,
+    )
+
+
+def _ini(config: pytest.Config, name: str) -> str:
+    value = config.getini(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
 @pytest.fixture(scope="session")
-def platform_db_url() -> Iterator[URL]:
+def platform_db_name_prefix(pytestconfig: pytest.Config) -> str:
+    """Prefix of the default database's and login's names (ini `platform_db_name_prefix`)."""
+    prefix = _ini(pytestconfig, NAME_PREFIX_OPTION) or DEFAULT_NAME_PREFIX
+    try:
+        ident(f"{prefix}_app_{'0' * 8}")
+    except ValueError:
+        pytest.fail(
+            f"{NAME_PREFIX_OPTION} = {prefix!r}: use lower-case letters, digits and _, "
+            "at most 50 characters, not starting with a digit",
+            pytrace=False,
+        )
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def platform_db_alembic_config(pytestconfig: pytest.Config) -> Config:
+    """The Alembic configuration the default database is migrated with (to heads).
+
+    Ini `platform_db_alembic_ini` names a service's alembic.ini, relative to the
+    configuration file that sets it (else to the rootdir); unset, the package's own.
+    """
+    value = _ini(pytestconfig, ALEMBIC_INI_OPTION)
+    if not value:
+        return migrations.alembic_config()
+    base = pytestconfig.inipath.parent if pytestconfig.inipath else pytestconfig.rootpath
+    path = base / value
+    if not path.is_file():
+        pytest.fail(f"{ALEMBIC_INI_OPTION} = {value!r}: {path} does not exist", pytrace=False)
+    return migrations.alembic_config(ini=path)
+
+
+@pytest.fixture(scope="session")
+def platform_db_url(
+    platform_db_alembic_config: Config, platform_db_name_prefix: str
+) -> Iterator[URL]:
     """Superuser URL of a migrated database (default: its own, on TEST_DATABASE_URL)."""
     raw = os.environ.get("TEST_DATABASE_URL", "").strip()
     if not raw:
         pytest.skip("TEST_DATABASE_URL is not set (or override the platform_db_url fixture)")
-    with temporary_database(make_url(raw), migrate=True, prefix="pdb_iso") as url:
+    with temporary_database(
+        make_url(raw),
+        migrate=True,
+        prefix=platform_db_name_prefix,
+        alembic_config=platform_db_alembic_config,
+    ) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def platform_db_metadata() -> Any:
+    """platform_db.models.metadata (Base.metadata): every model imported by now, yours too."""
     from platform_db.models import metadata  # noqa: PLC0415
 
     return metadata
@@ -305,10 +388,12 @@ def platform_db_admin_engine(platform_db_url: URL) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def platform_db_app_login(platform_db_admin_engine: Engine, platform_db_url: URL) -> Iterator[URL]:
+def platform_db_app_login(
+    platform_db_admin_engine: Engine, platform_db_url: URL, platform_db_name_prefix: str
+) -> Iterator[URL]:
     """URL of a LOGIN role that is only a member of platform_app, as a deployer makes it."""
     with temporary_app_login(
-        platform_db_admin_engine, platform_db_url, prefix="pdb_iso_app"
+        platform_db_admin_engine, platform_db_url, prefix=f"{platform_db_name_prefix}_app"
     ) as url:
         yield url
 
@@ -348,12 +433,15 @@ __all__ = [
     "TwoTenants",
     "default_row_factories",
     "platform_db_admin_engine",
+    "platform_db_alembic_config",
     "platform_db_app_engine",
     "platform_db_app_login",
     "platform_db_metadata",
+    "platform_db_name_prefix",
     "platform_db_row_factories",
     "platform_db_tenants",
     "platform_db_url",
+    "pytest_addoption",
     "tenant_isolation",
     "two_tenants",
 ]

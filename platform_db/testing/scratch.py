@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
@@ -16,13 +17,25 @@ from sqlalchemy.pool import NullPool
 from platform_db.ddl.security import APP_ROLE, ident, scram_sha_256
 from platform_db.session.settings import SYNC_DRIVER, with_driver
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 
 @contextlib.contextmanager
-def temporary_database(server: URL, *, migrate: bool, prefix: str = "pdb_tmp") -> Iterator[URL]:
-    """A database of its own on `server`, optionally migrated to head; dropped afterwards.
+def temporary_database(
+    server: URL,
+    *,
+    migrate: bool,
+    prefix: str = "pdb_tmp",
+    alembic_config: Config | None = None,
+) -> Iterator[URL]:
+    """A database of its own on `server`, optionally migrated to heads; dropped afterwards.
 
-    Yields the superuser URL of the new database (psycopg driver). `server` names a
-    superuser on any database of that server.
+    Yields the superuser URL of the new database (psycopg driver), named
+    ``<prefix>_<8 hex digits>`` (a plain lower-case identifier). `server` names a
+    superuser on any database of that server. `alembic_config` is the history to migrate
+    with, for example a service's (``runner.alembic_config(ini=...)``); default: the
+    package's revisions.
     """
     name = ident(f"{prefix}_{secrets.token_hex(4)}")
     server = with_driver(server, SYNC_DRIVER)
@@ -33,14 +46,7 @@ def temporary_database(server: URL, *, migrate: bool, prefix: str = "pdb_tmp") -
         url = server.set(database=name)
         try:
             if migrate:
-                from platform_db.migration import runner as migrations  # noqa: PLC0415 - loads alembic
-
-                engine = create_engine(url, poolclass=NullPool)
-                try:
-                    with engine.begin() as conn:
-                        migrations.upgrade(conn, "head")
-                finally:
-                    engine.dispose()
+                _migrate(url, alembic_config)
             yield url
         finally:
             with admin.connect() as conn:
@@ -49,11 +55,27 @@ def temporary_database(server: URL, *, migrate: bool, prefix: str = "pdb_tmp") -
         admin.dispose()
 
 
+def _migrate(url: URL, config: Config | None) -> None:
+    from platform_db.migration import runner as migrations  # noqa: PLC0415 - loads alembic
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        # Not inside a transaction of ours: the environment begins (and commits) its own,
+        # so a revision may use an autocommit block (CREATE INDEX CONCURRENTLY), as it
+        # does in a deploy.
+        with engine.connect() as conn:
+            migrations.upgrade(conn, "heads", config=config)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def temporary_app_login(admin: Engine, url: URL, *, prefix: str = "pdb_app") -> Iterator[URL]:
     """A LOGIN role that is only a member of platform_app, as a deployer makes it.
 
-    Yields `url` with that login's name and password; the role is dropped afterwards.
+    Yields `url` with that login's name and password; the role, ``<prefix>_<8 hex
+    digits>``, is dropped afterwards.
     The password goes to the server as its SCRAM verifier only.
     """
     name = ident(f"{prefix}_{secrets.token_hex(4)}")
