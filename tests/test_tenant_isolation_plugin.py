@@ -79,21 +79,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "TESTING.md"
 # A fenced block whose first line is "# <relative path>" is a file of the example service.
 DOC_FILE = re.compile(r"^```\w+\n# ([\w./-]+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
-SERVICE_ENV = '''\
-"""The example service's Alembic environment, as small as the plugin needs."""
-
-from alembic import context
-
-import notes_service.models  # noqa: F401
-from platform_db.models import metadata
-
-context.configure(connection=context.config.attributes["connection"], target_metadata=metadata)
-with context.begin_transaction():
-    context.run_migrations()
-'''
-
 SERVICE_REVISION = '''\
-"""Add notes: the service's first revision, on the package's head."""
+"""Add notes: the service's first revision."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -103,8 +90,8 @@ from platform_db.migration.operations import create_entity, drop_entity
 
 revision = "5a1e0b7c9d21"
 down_revision = None
-branch_labels = ("notes_service",)
-depends_on = "{package_head}"
+branch_labels = None
+depends_on = None
 
 
 def upgrade() -> None:
@@ -147,14 +134,13 @@ def test_the_database_is_the_services(
     assert platform_db_url.database.startswith(prefix + "_")
     assert platform_db_app_login.username.startswith(prefix + "_app_")
     with platform_db_admin_engine.connect() as conn:
-        current = set(conn.scalars(text("SELECT version_num FROM alembic_version")))
-    # The service's head stands for the package's, which it depends on: every revision of
-    # both branches has run.
-    assert current == {{"5a1e0b7c9d21"}}
+        service = set(conn.scalars(text("SELECT version_num FROM notes_alembic_version")))
+        package = set(conn.scalars(text("SELECT version_num FROM alembic_version")))
+    # Each history at its head, in its own version table: the package's first.
+    assert service == {{"5a1e0b7c9d21"}}
+    assert package == {{"{package_head}"}}
     script = ScriptDirectory.from_config(platform_db_alembic_config)
-    applied = {{r.revision for r in script.iterate_revisions("5a1e0b7c9d21", "base")}}
-    assert "{package_head}" in applied
-    assert applied == {{r.revision for r in script.walk_revisions()}}
+    assert {{r.revision for r in script.walk_revisions()}} == service
 
 
 def test_an_open_notes_table_fails(tenant_isolation, platform_db_admin_engine):
@@ -172,10 +158,15 @@ def test_an_open_notes_table_fails(tenant_isolation, platform_db_admin_engine):
 
 
 def _write_service(root: Path, prefix: str) -> None:
-    """The service of docs/TESTING.md: its documented files, plus an env.py, a revision
-    and an alembic.ini naming this checkout's versions."""
+    """The service of docs/TESTING.md: its documented files, plus a revision and an
+    alembic.ini."""
     documented = dict(DOC_FILE.findall(DOCS.read_text()))
-    assert {"pyproject.toml", "notes_service/models.py", "tests/conftest.py"} <= set(documented)
+    assert {
+        "pyproject.toml",
+        "notes_service/models.py",
+        "migrations/env.py",
+        "tests/conftest.py",
+    } <= set(documented)
     for name, body in documented.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(body)
@@ -188,19 +179,14 @@ def _write_service(root: Path, prefix: str) -> None:
     package_head = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
     assert package_head is not None
     (root / "migrations" / "versions").mkdir(parents=True)
-    (root / "migrations" / "env.py").write_text(SERVICE_ENV)
     (root / "migrations" / "versions" / "5a1e0b7c9d21_add_notes.py").write_text(
         SERVICE_REVISION.format(package_head=package_head)
     )
     (root / "tests" / "test_service_database.py").write_text(
         SERVICE_CHECKS.format(package_head=package_head)
     )
-    versions = [root / "migrations" / "versions", migrations.script_location() / "versions"]
     (root / "alembic.ini").write_text(
-        "[alembic]\n"
-        "script_location = %(here)s/migrations\n"
-        f"version_locations = {os.pathsep.join(str(v) for v in versions)}\n"
-        "path_separator = os\n"
+        "[alembic]\nscript_location = %(here)s/migrations\npath_separator = os\n"
     )
 
 
