@@ -127,3 +127,43 @@ def test_offline_sql_script_builds_the_same_schema(database_url: URL, server_url
             assert policies is not None
             assert policies >= 5
         engine.dispose()
+
+
+def test_platform_db_check_reports_drift_and_a_schema_behind(
+    database_url: URL, server_url: URL
+) -> None:
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    del database_url  # keeps the cluster-wide roles in use
+
+    def check(url: URL) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, DATABASE_URL=url.render_as_string(hide_password=False))
+        return subprocess.run(
+            [sys.executable, "-m", "platform_db.cli", "check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    with temporary_database(server_url, migrate=True) as url:
+        clean = check(url)
+        assert clean.returncode == 0, clean.stdout + clean.stderr
+        assert "no drift" in clean.stdout
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.begin() as conn:
+            conn.execute(text("GRANT TRUNCATE ON pages TO platform_app"))
+        drifted = check(url)
+        assert drifted.returncode == 1
+        assert "public.pages.platform_app" in drifted.stdout
+        assert "TRUNCATE" in drifted.stdout
+        with engine.begin() as conn:
+            conn.execute(text("REVOKE TRUNCATE ON pages FROM platform_app"))
+            migrations.downgrade(conn, "-1")
+        behind = check(url)
+        assert behind.returncode == 1
+        assert "platform-db upgrade" in behind.stderr
+        engine.dispose()
