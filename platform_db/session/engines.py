@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from platform_db.session.asyncpg_connection import TenantConnection
+from platform_db.session.asyncpg_connection import TenantConnection, as_tenant_connection
 from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
 from platform_db.session.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
 
@@ -227,8 +227,10 @@ def make_engine(
 
 def _discard_pending(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     """A statement waiting for a BEGIN never outlives its checkout (platform_db.session.asyncpg_connection)."""
-    driver = record.driver_connection if dbapi_connection is not None else None
-    if isinstance(driver, TenantConnection):
+    driver = (
+        as_tenant_connection(record.driver_connection) if dbapi_connection is not None else None
+    )
+    if driver is not None:
         driver.discard_pending()
 
 

@@ -34,7 +34,11 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, session
 
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
-from platform_db.session.asyncpg_connection import TenantConnection, quote_literal
+from platform_db.session.asyncpg_connection import (
+    TenantConnection,
+    as_tenant_connection,
+    quote_literal,
+)
 
 _INFO_KEY = "platform_db.tenant"
 _APPLIED_KEY = "platform_db.applied_tenant"
@@ -188,8 +192,8 @@ def _scope_sql(tenant: str, user: str) -> str:
 
 def _deferrable(connection: Connection) -> TenantConnection | None:
     """The asyncpg connection under `connection` if the setting can ride its BEGIN."""
-    driver = connection.connection.driver_connection
-    if isinstance(driver, TenantConnection) and not driver.is_in_transaction():
+    driver = as_tenant_connection(connection.connection.driver_connection)
+    if driver is not None and not driver.is_in_transaction():
         return driver
     return None
 
