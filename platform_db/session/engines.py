@@ -26,6 +26,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from platform_db.session.asyncpg_connection import TenantConnection, as_tenant_connection
 from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
+from platform_db.session.rls_bypass import note_on_connect
 from platform_db.session.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
@@ -222,6 +223,8 @@ def make_engine(
         ),
     )
     options.configure_pool(engine.pool, engine.dialect)
+    # Whether the login bypasses RLS, asked once per connection for the tenant hook.
+    note_on_connect(engine)
     return engine
 
 
@@ -283,6 +286,7 @@ def make_async_engine(
     )
     options.configure_pool(engine.sync_engine.pool, engine.dialect)
     event.listen(engine.sync_engine.pool, "checkin", _discard_pending)
+    note_on_connect(engine)
     return engine
 
 
