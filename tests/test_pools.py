@@ -104,6 +104,18 @@ def database(database_url: URL) -> Iterator[Database]:
     db.dispose()
 
 
+@pytest.fixture
+def app_database(app_login: URL) -> Iterator[Database]:
+    """The pools on a login that is only a member of platform_app, as a service has them.
+
+    Tenant sessions need one: on the superuser of `database` they are refused, as RLS
+    would not filter them (tests/test_rls_bypass.py).
+    """
+    db = Database.from_env(env_for(app_login, POSTGRES_POOL_MIN="1", POSTGRES_POOL_MAX="2"))
+    yield db
+    db.dispose()
+
+
 def test_each_pool_carries_its_settings(database: Database) -> None:
     with database.engine("main").connect() as conn:
         assert conn.scalar(text("SHOW application_name")) == "platform-db:main"
@@ -209,10 +221,18 @@ def test_connections_back_moments_ago_are_not_pinged(
         db.dispose()
 
 
-def test_tenant_sessions_from_the_pools(database: Database) -> None:
+def test_tenant_sessions_from_the_pools(app_database: Database) -> None:
     tenant = "0b0e8d4c-1d0c-4f6e-9d55-2d0f8f0c9a11"
-    with database.session(tenant_id=tenant) as session, session.begin():
+    with app_database.session(tenant_id=tenant) as session, session.begin():
         assert session.scalar(text("SELECT current_setting('app.current_tenant_id')")) == tenant
+
+
+async def test_async_tenant_sessions_from_the_pools(app_database: Database) -> None:
+    tenant = "9a7d5e3c-1b2a-4c6d-8e9f-0a1b2c3d4e5f"
+    async with app_database.async_session(tenant_id=tenant) as session, session.begin():
+        setting = await session.scalar(text("SELECT current_setting('app.current_tenant_id')"))
+        assert setting == tenant
+    await app_database.dispose_async()
 
 
 async def test_async_pool_exhaustion_and_settings(database: Database) -> None:
@@ -227,9 +247,5 @@ async def test_async_pool_exhaustion_and_settings(database: Database) -> None:
     finally:
         for conn in holders:
             await conn.close()
-    tenant = "9a7d5e3c-1b2a-4c6d-8e9f-0a1b2c3d4e5f"
-    async with database.async_session(tenant_id=tenant) as session, session.begin():
-        setting = await session.scalar(text("SELECT current_setting('app.current_tenant_id')"))
-        assert setting == tenant
     await database.warm_up_async("background")
     await database.dispose_async()

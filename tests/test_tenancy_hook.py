@@ -17,12 +17,13 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 from platform_db.models import Form, FormSubmission, Lead, Page, User
 from platform_db.session.asyncpg_connection import TenantConnection, quote_literal
 from platform_db.session.engines import make_async_engine
+from platform_db.session.settings import ASYNC_DRIVER, with_driver
 from platform_db.session.tenancy import (
     InvalidTenantIdError,
     TenantChangeError,
@@ -452,6 +453,21 @@ async def test_a_connection_already_in_a_transaction_gets_its_own_statement(
             with pytest.raises(RuntimeError, match="already in a transaction"):
                 driver.send_with_next_begin("SELECT 1")
         await conn.rollback()
+
+
+async def test_async_engine_the_package_did_not_make(app_login: URL, a: SeededTenant) -> None:
+    # A plain asyncpg connection (no TenantConnection) gets the setting as a statement of
+    # its own. asyncpg's metaclass says isinstance(c, TenantConnection) for any connection.
+    eng = create_async_engine(with_driver(app_login, ASYNC_DRIVER), pool_size=1)
+    try:
+        async with tenant_async_sessionmaker(eng)(tenant_id=a.tenant_id) as session:
+            conn = await session.connection()
+            raw = await conn.get_raw_connection()
+            assert type(raw.driver_connection) is not TenantConnection
+            assert await session.scalar(TENANT_SQL) == str(a.tenant_id)
+            assert set(await session.scalars(LEADS_SQL)) == {a.tenant_id}
+    finally:
+        await eng.dispose()
 
 
 def test_literals_are_quoted_and_nul_refused() -> None:

@@ -98,16 +98,20 @@ class _Prepared:
     moved: list[tuple[str, int]]
 
 
-def _prepare(engine: Engine) -> _Prepared:
-    """Migrate, create the sample tenants that are missing, run maintenance and refresh."""
-    with engine.begin() as conn:
-        migrations.upgrade(conn)
+def _prepare(engine: Engine, app_engine: Engine) -> _Prepared:
+    """Create the sample tenants that are missing, fill them, run maintenance and refresh.
+
+    `engine` is the migration login (it creates tenants, which platform_app may not);
+    the rows of each tenant are written through `app_engine`, the demo's platform_app
+    login, so that RLS checks every one of them. A tenant session on the migration login
+    would be refused: RLS does not filter a superuser (RowLevelSecurityBypassError).
+    """
     created = []
     with Session(engine, expire_on_commit=False) as session, session.begin():
         tenants = [ensure_tenant(session, spec) for spec in SAMPLE_TENANTS]
     for spec, (tenant, is_new) in zip(SAMPLE_TENANTS, tenants, strict=True):
         if is_new:
-            with TenantSession(engine, tenant_id=tenant.id) as session, session.begin():
+            with TenantSession(app_engine, tenant_id=tenant.id) as session, session.begin():
                 fill_tenant(session, spec)
             created.append(spec.subdomain)
     moved: list[tuple[str, int]] = []
@@ -170,16 +174,18 @@ def _as_tenant(app_engine: Engine, tenant: Tenant) -> dict[str, Any]:
 def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
     with demo_database(data_dir) as (url, origin):
         engine = make_engine(url, application_name="platform-db-demo")
-        prepared = _prepare(engine)
         with engine.begin() as conn:
-            catalog = _catalog(conn)
+            migrations.upgrade(conn)
             password = _ensure_demo_login(conn)
-        engine.dispose()
         app_engine = make_engine(
             url.set(username=DEMO_LOGIN, password=password),
             application_name="platform-db-demo-app",
             pool_size=1,
         )
+        prepared = _prepare(engine, app_engine)
+        with engine.begin() as conn:
+            catalog = _catalog(conn)
+        engine.dispose()
         first = prepared.tenants[0]
         view = _as_tenant(app_engine, first)
         app_engine.dispose()

@@ -75,7 +75,9 @@ def ensure_tenant(session: Session, spec: SampleTenant) -> tuple[Tenant, bool]:
 def fill_tenant(session: TenantSession, spec: SampleTenant, *, seed: int = 0) -> None:
     """Rows in every tenant-owned table for the session's tenant.
 
-    The session must be bound to the tenant (RLS checks every row); the caller commits.
+    The session must be bound to the tenant and run on a platform_app login, so that RLS
+    checks every row (a tenant session on a superuser is refused: RLS would check
+    nothing); the caller commits.
     """
     rng = random.Random(f"{spec.subdomain}:{seed}")  # noqa: S311 - sample data, not secrets
     now = dt.datetime.now(dt.UTC)

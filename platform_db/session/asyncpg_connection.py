@@ -27,7 +27,7 @@ Safety rules, all enforced here or by the tenancy hook:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -71,4 +71,15 @@ class TenantConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg shi
         return result
 
 
-__all__ = ["TenantConnection", "quote_literal"]
+def as_tenant_connection(driver: object) -> TenantConnection | None:
+    """`driver` if it is a TenantConnection, else None.
+
+    Not isinstance(): asyncpg's Connection metaclass answers isinstance() for every
+    asyncpg connection, whatever its class.
+    """
+    if issubclass(type(driver), TenantConnection):
+        return cast(TenantConnection, driver)
+    return None
+
+
+__all__ = ["TenantConnection", "as_tenant_connection", "quote_literal"]

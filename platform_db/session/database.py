@@ -7,6 +7,11 @@
         ...
     db.session(pool="analytics")                  # read-only, on the replica if configured
 
+A tenant session on a login that bypasses row-level security (a superuser, BYPASSRLS)
+raises RowLevelSecurityBypassError at its first transaction: request-serving logins are
+members of platform_app only. A platform-wide script that means to run tenant sessions on
+such a login says so: `Database(settings, allow_rls_bypass=True)`.
+
 Engines are created on first use and shared by every session of that pool. Call
 `warm_up()` at start-up to open each pool's minimum of connections, `acquire_stats()` to
 see how long checkouts take, `dispose()` at shut-down.
@@ -33,16 +38,25 @@ from platform_db.session.tenancy import TenantSession
 class Database:
     """Lazily created sync and async engines for each named pool, and tenant sessions."""
 
-    def __init__(self, settings: Settings, *, pgbouncer: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, pgbouncer: bool = False, allow_rls_bypass: bool = False
+    ) -> None:
         self.settings = settings
         self.pgbouncer = pgbouncer
+        self.allow_rls_bypass = allow_rls_bypass
         self._engines: dict[str, Engine] = {}
         self._async_engines: dict[str, AsyncEngine] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, pgbouncer: bool = False) -> Self:
-        return cls(Settings.from_env(env), pgbouncer=pgbouncer)
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        pgbouncer: bool = False,
+        allow_rls_bypass: bool = False,
+    ) -> Self:
+        return cls(Settings.from_env(env), pgbouncer=pgbouncer, allow_rls_bypass=allow_rls_bypass)
 
     def engine(self, pool: str = "main") -> Engine:
         settings = self.settings.pool(pool)
@@ -62,7 +76,12 @@ class Database:
         self, *, tenant_id: object | None = None, user_id: object | None = None, pool: str = "main"
     ) -> TenantSession:
         """A TenantSession on the pool; without a tenant it uses tenant_context()'s."""
-        return TenantSession(self.engine(pool), tenant_id=tenant_id, user_id=user_id)
+        return TenantSession(
+            self.engine(pool),
+            tenant_id=tenant_id,
+            user_id=user_id,
+            allow_rls_bypass=self.allow_rls_bypass,
+        )
 
     def async_session(
         self, *, tenant_id: object | None = None, user_id: object | None = None, pool: str = "main"
@@ -73,6 +92,7 @@ class Database:
             expire_on_commit=False,
             tenant_id=tenant_id,
             user_id=user_id,
+            allow_rls_bypass=self.allow_rls_bypass,
         )
 
     def warm_up(self, *pools: str) -> None:

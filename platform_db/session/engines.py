@@ -24,8 +24,9 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from platform_db.session.asyncpg_connection import TenantConnection
+from platform_db.session.asyncpg_connection import TenantConnection, as_tenant_connection
 from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
+from platform_db.session.rls_bypass import note_on_connect
 from platform_db.session.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
@@ -222,13 +223,17 @@ def make_engine(
         ),
     )
     options.configure_pool(engine.pool, engine.dialect)
+    # Whether the login bypasses RLS, asked once per connection for the tenant hook.
+    note_on_connect(engine)
     return engine
 
 
 def _discard_pending(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     """A statement waiting for a BEGIN never outlives its checkout (platform_db.session.asyncpg_connection)."""
-    driver = record.driver_connection if dbapi_connection is not None else None
-    if isinstance(driver, TenantConnection):
+    driver = (
+        as_tenant_connection(record.driver_connection) if dbapi_connection is not None else None
+    )
+    if driver is not None:
         driver.discard_pending()
 
 
@@ -281,6 +286,7 @@ def make_async_engine(
     )
     options.configure_pool(engine.sync_engine.pool, engine.dialect)
     event.listen(engine.sync_engine.pool, "checkin", _discard_pending)
+    note_on_connect(engine)
     return engine
 
 

@@ -15,6 +15,13 @@ The tenant comes from the session (``TenantSession(tenant_id=...)``, or a sessio
 ``tenant_sessionmaker``/``tenant_async_sessionmaker``) or, for frameworks that set it
 once per request, from ``tenant_context()``. Without a tenant the hook still runs and
 sets the empty string, so a session sees no tenant rows and can write none.
+
+A tenant transaction on a login that RLS does not filter (a superuser, or a role with
+BYPASSRLS) would see and change every tenant's rows: the hook raises
+`RowLevelSecurityBypassError` before any of the caller's statements run, unless the
+session was made with ``allow_rls_bypass=True`` (platform-wide scripts). Whether a login
+bypasses RLS is found once per connection (platform_db.session.rls_bypass), not per
+transaction. Sessions without a tenant are platform-wide by definition and not checked.
 """
 
 from __future__ import annotations
@@ -34,11 +41,17 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, session
 
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
-from platform_db.session.asyncpg_connection import TenantConnection, quote_literal
+from platform_db.session.asyncpg_connection import (
+    TenantConnection,
+    as_tenant_connection,
+    quote_literal,
+)
+from platform_db.session.rls_bypass import bypasses_rls, describe_login
 
 _INFO_KEY = "platform_db.tenant"
 _APPLIED_KEY = "platform_db.applied_tenant"
 _DEFERRED_KEY = "platform_db.deferred_on"
+_REFUSED_KEY = "platform_db.refused"
 
 
 class TenantError(RuntimeError):
@@ -55,6 +68,27 @@ class TenantChangeError(TenantError):
 
 class TenantMismatchError(TenantError):
     """The session and the ambient tenant context disagree, or a row names another tenant."""
+
+
+class RowLevelSecurityBypassError(TenantError):
+    """A tenant session on a login that RLS does not filter (superuser or BYPASSRLS).
+
+    Such a session would see and change every tenant's rows, whatever tenant it names.
+    Use a login that is only a member of platform_app, or make the session with
+    `allow_rls_bypass=True` for deliberate platform-wide work.
+    """
+
+    def __init__(self, login: str, reason: str, tenant_id: uuid.UUID) -> None:
+        self.login = login
+        self.reason = reason
+        self.tenant_id = tenant_id
+        super().__init__(
+            f"tenant session for {tenant_id} refused: login {login!r} bypasses row-level "
+            f"security ({reason}), so it would see and change every tenant's rows, not only "
+            "this tenant's; connect as a login that is only a member of platform_app, or "
+            "pass allow_rls_bypass=True (Database, TenantSession, tenant_sessionmaker) for "
+            "platform-wide work"
+        )
 
 
 def canonical_uuid(value: object, *, what: str = "tenant id") -> uuid.UUID:
@@ -120,6 +154,10 @@ class TenantSession(Session):
     transactions with `set_tenant()`. Objects of tenant-owned models added without a
     `tenant_id` get the session's tenant on flush; one that names another tenant is
     refused before any SQL runs.
+
+    A transaction with a tenant on a login that bypasses RLS (superuser, BYPASSRLS) raises
+    `RowLevelSecurityBypassError` unless `allow_rls_bypass=True`: with it, the tenant is
+    still set, but nothing filters the rows.
     """
 
     def __init__(
@@ -128,10 +166,12 @@ class TenantSession(Session):
         *,
         tenant_id: object | None = None,
         user_id: object | None = None,
+        allow_rls_bypass: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("expire_on_commit", False)
         super().__init__(bind, **kwargs)
+        self.allow_rls_bypass = allow_rls_bypass
         if tenant_id is not None:
             self.info[_INFO_KEY] = TenantScope.of(tenant_id, user_id)
         elif user_id is not None:
@@ -188,10 +228,22 @@ def _scope_sql(tenant: str, user: str) -> str:
 
 def _deferrable(connection: Connection) -> TenantConnection | None:
     """The asyncpg connection under `connection` if the setting can ride its BEGIN."""
-    driver = connection.connection.driver_connection
-    if isinstance(driver, TenantConnection) and not driver.is_in_transaction():
+    driver = as_tenant_connection(connection.connection.driver_connection)
+    if driver is not None and not driver.is_in_transaction():
         return driver
     return None
+
+
+def _refuse_rls_bypass(session: Session, connection: Connection, scope: TenantScope) -> None:
+    """Raise if RLS would not filter this tenant transaction (one dict lookup when cached)."""
+    if getattr(session, "allow_rls_bypass", False) or not bypasses_rls(connection):
+        return
+    login = describe_login(connection)
+    error = RowLevelSecurityBypassError(login.login, login.reason, scope.tenant_id)
+    # The transaction stays open on the session until the caller rolls back; any further
+    # statement in it raises again (_check_unchanged) rather than run unfiltered.
+    session.info[_REFUSED_KEY] = error
+    raise error
 
 
 @event.listens_for(TenantSession, "after_begin")
@@ -199,6 +251,8 @@ def _apply_tenant(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
     scope = _resolve_scope(session)
+    if scope is not None:
+        _refuse_rls_bypass(session, connection, scope)
     tenant = str(scope.tenant_id) if scope else ""
     user = str(scope.user_id) if scope and scope.user_id else ""
     driver = _deferrable(connection)
@@ -213,7 +267,12 @@ def _apply_tenant(
 
 
 def _check_unchanged(session: Session) -> None:
-    if not session.in_transaction() or _APPLIED_KEY not in session.info:
+    if not session.in_transaction():
+        return
+    refused = session.info.get(_REFUSED_KEY)
+    if refused is not None:
+        raise refused
+    if _APPLIED_KEY not in session.info:
         return
     applied = session.info[_APPLIED_KEY]
     now = _resolve_scope(session)
@@ -229,6 +288,7 @@ def _check_unchanged(session: Session) -> None:
 def _forget_tenant(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_APPLIED_KEY, None)
+        session.info.pop(_REFUSED_KEY, None)
         # A transaction that ran no statement sent no BEGIN: drop what waited for it.
         for driver in session.info.pop(_DEFERRED_KEY, ()):
             driver.discard_pending()
@@ -260,22 +320,33 @@ def _fill_tenant(session: Session, flush_context: Any, instances: Any) -> None:
             )
 
 
-def tenant_sessionmaker(engine: Engine, **kwargs: Any) -> sessionmaker[TenantSession]:
-    """A sessionmaker of TenantSessions: `factory(tenant_id=...)`."""
+def tenant_sessionmaker(
+    engine: Engine, *, allow_rls_bypass: bool = False, **kwargs: Any
+) -> sessionmaker[TenantSession]:
+    """A sessionmaker of TenantSessions: `factory(tenant_id=...)`.
+
+    `allow_rls_bypass=True` lets its tenant sessions run on a login that RLS does not
+    filter (platform-wide scripts); see TenantSession.
+    """
     kwargs.setdefault("expire_on_commit", False)
-    return sessionmaker(engine, class_=TenantSession, **kwargs)
+    return sessionmaker(engine, class_=TenantSession, allow_rls_bypass=allow_rls_bypass, **kwargs)
 
 
 def tenant_async_sessionmaker(
-    engine: AsyncEngine, **kwargs: Any
+    engine: AsyncEngine, *, allow_rls_bypass: bool = False, **kwargs: Any
 ) -> async_sessionmaker[AsyncSession]:
     """An async_sessionmaker whose sessions run the tenant hook: `factory(tenant_id=...)`.
 
-    The keyword arguments of a call (`tenant_id`, `user_id`) reach the underlying
-    TenantSession.
+    The keyword arguments of a call (`tenant_id`, `user_id`, `allow_rls_bypass`) reach
+    the underlying TenantSession.
     """
     kwargs.setdefault("expire_on_commit", False)
-    return async_sessionmaker(engine, sync_session_class=TenantSession, **kwargs)
+    return async_sessionmaker(
+        engine,
+        sync_session_class=TenantSession,
+        allow_rls_bypass=allow_rls_bypass,
+        **kwargs,
+    )
 
 
 def set_async_tenant(
@@ -290,6 +361,7 @@ def set_async_tenant(
 
 __all__ = [
     "InvalidTenantIdError",
+    "RowLevelSecurityBypassError",
     "TenantChangeError",
     "TenantError",
     "TenantMismatchError",
