@@ -31,8 +31,11 @@ install: $(STAMP) ## create .venv and install the package with its test and dev 
 demo: $(STAMP) ## migrate, create sample tenants, print a summary (embedded PostgreSQL unless DATABASE_URL is set)
 	$(BIN)/platform-db demo
 
-test: $(STAMP) ## run the tests (TEST_DATABASE_URL, else Docker, else an embedded PostgreSQL)
+# The example service (examples/service) runs with its own pytest configuration and the
+# plugin's database; its tests need TEST_DATABASE_URL (they are skipped without it).
+test: $(STAMP) ## run the tests, then examples/service's (TEST_DATABASE_URL, else Docker, else an embedded PostgreSQL)
 	$(BIN)/pytest
+	cd examples/service && $(abspath $(BIN))/pytest
 
 $(LOWEST_STAMP): pyproject.toml .ci/lowest.txt
 	test -x $(LOWEST)/bin/python || $(PYTHON) -m venv $(LOWEST)
@@ -44,10 +47,11 @@ test-lowest: $(LOWEST_STAMP) ## the migration tests against the lowest declared 
 	$(LOWEST)/bin/python .ci/check_lowest.py
 	$(LOWEST)/bin/pytest $(LOWEST_TESTS)
 
-lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict, squawk on the revisions' SQL
+lint: $(STAMP) ## ruff check, ruff format --check, mypy --strict (the package, then examples/service), squawk on the revisions' SQL
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	cd examples/service && $(abspath $(BIN))/mypy
 	$(BIN)/python -m platform_db.migration.lint
 
 format: $(STAMP) ## apply ruff's fixes and formatting

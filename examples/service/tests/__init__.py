@@ -1,0 +1,1 @@
+"""notes-service's tests (a package, so that they can share fixtures' types)."""
