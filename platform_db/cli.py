@@ -68,11 +68,52 @@ def _alembic(args: argparse.Namespace, action: str) -> int:
     if database_url_from_env() is None:
         raise ConfigurationError("DATABASE_URL is not set")
     cfg = migrations.alembic_config()
-    if action == "upgrade":
-        command.upgrade(cfg, args.revision, sql=args.sql)
-    elif action == "downgrade":
-        command.downgrade(cfg, args.revision, sql=args.sql)
+    if args.sql:  # offline: the SQL on stdout is the whole output
+        getattr(command, action)(cfg, args.revision, sql=True)
+        return EXIT_OK
+    engine = _admin_engine()
+    try:
+        before = _current_heads(engine)
+        getattr(command, action)(cfg, args.revision)
+        after = _current_heads(engine)
+        database = redact(engine.url)
+    finally:
+        engine.dispose()
+    _print_applied(cfg, action, before, after, database)
     return EXIT_OK
+
+
+def _current_heads(engine: Any) -> tuple[str, ...]:
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
+    with engine.connect() as conn:
+        return tuple(MigrationContext.configure(conn).get_current_heads())
+
+
+def _print_applied(
+    cfg: Any, action: str, before: tuple[str, ...], after: tuple[str, ...], database: str
+) -> None:
+    """What `upgrade` applied or `downgrade` reverted, oldest first for an upgrade."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    script = ScriptDirectory.from_config(cfg)
+    upper, lower = (after, before) if action == "upgrade" else (before, after)
+    steps = list(script.iterate_revisions(upper or "base", lower or "base"))
+    if action == "upgrade":
+        steps.reverse()
+    now = ", ".join(after) or "base (no revision)"
+    if set(after) == set(script.get_heads()):
+        now += " (head)"
+    verb = "applied" if action == "upgrade" else "reverted"
+    if not steps:
+        state = f"already at head {', '.join(after)}" if now.endswith("(head)") else f"at {now}"
+        print(f"{database}: {state}, nothing {verb}")  # noqa: T201
+        return
+    print(f"{database}: {verb} {len(steps)} revision(s)")  # noqa: T201
+    for rev in steps:
+        summary = (rev.doc or "").strip().splitlines()
+        print(f"  {rev.revision}  {summary[0] if summary else ''}")  # noqa: T201
+    print(f"now at {now}")  # noqa: T201
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -307,7 +309,7 @@ def test_verification_catches_a_dropped_row(
     data = json.loads(result.stdout)
     subs = next(c for c in data["collections"] if c["table"] == "form_submissions")
     assert not subs["balanced"]
-    assert subs["total"]["written"] == subs["total"]["accepted"] - 1
+    assert subs["total"]["in_table"] == subs["total"]["accepted"] - 1
     assert [c["collection"] for c in data["collections"] if not c["balanced"]] == [
         "form-submissions"
     ]
@@ -321,6 +323,37 @@ def test_dry_run_writes_nothing(empty: Engine, import_url: URL, sample: SampleMa
     assert subs.total.accepted == sample.good_rows("form-submissions")
     for table in TABLES.values():
         assert sum(rows_per_tenant(empty, table).values()) == 0, table
+
+
+def _as_text(report: ImportReport) -> str:
+    out = io.StringIO()
+    report.write_text(out)
+    return out.getvalue()
+
+
+def test_the_report_says_what_was_written(
+    empty: Engine, import_url: URL, sample: SampleManifest
+) -> None:
+    # Issue 19: a dry run showed its references as `0/624`, as if all were lost, and a
+    # re-import that changed nothing reported every row as written.
+    dry = run(import_url, sample.directory, Mode.DRY_RUN)
+    dry_text = _as_text(dry)
+    assert not re.search(r"\b0/[1-9]", dry_text), dry_text
+    assert "nothing written (dry run)" in dry_text
+    leads = next(c for c in dry.as_dict()["collections"] if c["table"] == "leads")
+    assert leads["total"]["references"]
+    assert all(r["found"] is None for r in leads["total"]["references"].values())
+    assert leads["total"]["written"] is None
+
+    first = run(import_url, sample.directory)
+    rows = sum(c.total.accepted for c in first.collections)
+    first_text = _as_text(first)
+    assert f"wrote {rows} rows ({rows} new, 0 updated)" in first_text, first_text
+    again = run(import_url, sample.directory)
+    again_text = _as_text(again)
+    assert "wrote nothing: every row was in the table as in the dump" in again_text, again_text
+    totals = [c["total"] for c in again.as_dict()["collections"]]
+    assert all(t["written"] == 0 and t["in_table"] == t["accepted"] for t in totals)
 
 
 def test_a_collection_lands_whole_or_not_at_all(

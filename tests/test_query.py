@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import pytest
-from sqlalchemy import text
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select, text
 
-from platform_db.models import Lead, LeadStatus, Page
+from platform_db.models import Lead, LeadStatus
 from platform_db.session.query import QueryError, find_many
 from platform_db.session.tenancy import TenantSession
 from tests.factories import new_tenant
@@ -122,6 +126,175 @@ def test_cursor_is_bound_to_its_sort(db: TenantSession, tenant_with_leads: uuid.
         find_many(db, Lead, order_by=["-score"], after=page.next_cursor)
 
 
-def test_cursor_refuses_nullable_sort(db: TenantSession) -> None:
-    with pytest.raises(QueryError, match="nullable"):
-        find_many(db, Page, order_by=["published_at"], after="e30")
+def _all_pages(
+    db: TenantSession, tenant: uuid.UUID, order_by: list[str], limit: int
+) -> list[uuid.UUID]:
+    seen: list[uuid.UUID] = []
+    cursor = None
+    while True:
+        page = find_many(
+            db, Lead, filters={"tenant_id": tenant}, order_by=order_by, limit=limit, after=cursor
+        )
+        assert len(page.items) <= limit
+        seen.extend(lead.id for lead in page.items)
+        if page.next_cursor is None:
+            return seen
+        assert len(page.items) == limit
+        assert len(seen) < 1000, "pagination does not end"
+        cursor = page.next_cursor
+
+
+def _expected_order(rows: list[Lead], order_by: list[str]) -> list[uuid.UUID]:
+    # PostgreSQL's defaults, which find_many keeps: NULLs sort after every value
+    # ascending and before every value descending. The primary key breaks ties in the
+    # direction of the last field.
+    ordered = sorted(rows, key=lambda lead: lead.id, reverse=order_by[-1].startswith("-"))
+    for spec in reversed(order_by):
+        name = spec.lstrip("-")
+
+        def key(lead: Lead, name: str = name) -> tuple[bool, str]:
+            value = getattr(lead, name)
+            return (value is None, value or "")
+
+        ordered.sort(key=key, reverse=spec.startswith("-"))
+    return [lead.id for lead in ordered]
+
+
+def _add_leads(db: TenantSession, companies: list[tuple[str | None, str | None]]) -> uuid.UUID:
+    tenant = new_tenant(db.connection())
+    db.add_all(
+        Lead(tenant_id=tenant, email=f"lead{i}@example.org", company=company, last_name=last)
+        for i, (company, last) in enumerate(companies)
+    )
+    db.flush()
+    return tenant
+
+
+def test_first_page_of_a_nullable_sort_has_a_cursor(db: TenantSession) -> None:
+    # Issue 19: 56 leads sorted by a nullable column gave three rows and no cursor.
+    companies: list[tuple[str | None, str | None]] = [
+        (None if i % 4 == 0 else f"c{i % 9}", None) for i in range(56)
+    ]
+    tenant = _add_leads(db, companies)
+    page = find_many(db, Lead, filters={"tenant_id": tenant}, order_by=["-company"], limit=3)
+    assert len(page.items) == 3
+    assert page.next_cursor is not None
+    rest = find_many(
+        db,
+        Lead,
+        filters={"tenant_id": tenant},
+        order_by=["-company"],
+        limit=1000,
+        after=page.next_cursor,
+    )
+    assert len(rest.items) == 53
+    assert rest.next_cursor is None
+
+
+@pytest.mark.parametrize("order_by", [["company"], ["-company"]])
+@pytest.mark.parametrize("limit", [1, 2, 3, 4, 5])
+def test_keyset_pages_cross_the_null_boundary(
+    db: TenantSession, order_by: list[str], limit: int
+) -> None:
+    # 3 named, 4 NULL, 2 named: with these limits a page ends on the last value before
+    # the NULLs, on a NULL, and on the last NULL, in both directions.
+    companies: list[tuple[str | None, str | None]] = [
+        ("a", None),
+        ("b", None),
+        ("b", None),
+        (None, None),
+        (None, None),
+        (None, None),
+        (None, None),
+        ("c", None),
+        ("d", None),
+    ]
+    tenant = _add_leads(db, companies)
+    rows = list(db.scalars(select(Lead).where(Lead.tenant_id == tenant)))
+    assert _all_pages(db, tenant, order_by, limit) == _expected_order(rows, order_by)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    companies=st.lists(
+        st.tuples(
+            st.none() | st.sampled_from(["a", "b", "c"]),
+            st.none() | st.sampled_from(["x", "y"]),
+        ),
+        max_size=14,
+    ),
+    order_by=st.sampled_from(
+        [
+            ["company"],
+            ["-company"],
+            ["company", "-last_name"],
+            ["-company", "last_name"],
+            ["-last_name", "-company"],
+            ["company", "score"],
+        ]
+    ),
+    limit=st.integers(1, 4),
+)
+def test_pages_concatenated_are_the_ordered_list(
+    db: TenantSession,
+    companies: list[tuple[str | None, str | None]],
+    order_by: list[str],
+    limit: int,
+) -> None:
+    tenant = _add_leads(db, companies)
+    rows = list(db.scalars(select(Lead).where(Lead.tenant_id == tenant)))
+    assert _all_pages(db, tenant, order_by, limit) == _expected_order(rows, order_by)
+
+
+def test_cursor_of_a_nullable_sort_refuses_null_for_a_required_field(db: TenantSession) -> None:
+    tenant = _add_leads(db, [(None, None), (None, None)])
+    page = find_many(db, Lead, filters={"tenant_id": tenant}, order_by=["company"], limit=1)
+    assert page.next_cursor
+    forged = page.next_cursor
+    payload = json.loads(base64.urlsafe_b64decode(forged + "=" * (-len(forged) % 4)))
+    payload["v"][-1] = None  # the id
+    bad = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode()
+    with pytest.raises(QueryError, match="malformed cursor"):
+        find_many(db, Lead, order_by=["company"], after=bad)
+
+
+def test_jsonb_containment(db: TenantSession) -> None:
+    tenant = new_tenant(db.connection())
+    db.add_all(
+        [
+            Lead(tenant_id=tenant, email="pro@example.org", attributes={"plan": "pro", "n": 1}),
+            Lead(tenant_id=tenant, email="free@example.org", attributes={"plan": "free"}),
+        ]
+    )
+    db.flush()
+    page = find_many(
+        db, Lead, filters={"tenant_id": tenant, "attributes__contains": {"plan": "pro"}}
+    )
+    assert [lead.email for lead in page.items] == ["pro@example.org"]
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (
+            {"attributes__contains": "x"},
+            r"attributes__contains: expected an object .*JSONB containment",
+        ),
+        (
+            {"attributes__lt": {"a": 1}},
+            r"attributes supports only \['eq', 'ne', 'is_null', 'contains'\]",
+        ),
+        ({"attributes__startswith": "x"}, r"attributes supports only"),
+        ({"score__contains": "1"}, r"score supports only .*'gte'"),
+        ({"created_at__startswith": "2024"}, r"created_at supports only"),
+    ],
+)
+def test_operators_the_column_cannot_take_are_a_query_error(
+    db: TenantSession, filters: dict[str, object], message: str
+) -> None:
+    with pytest.raises(QueryError, match=message):
+        find_many(db, Lead, filters=filters)

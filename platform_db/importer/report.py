@@ -44,19 +44,29 @@ class TenantCounts:
             and all(e == f for e, f in self.refs.values())
         )
 
-    def as_dict(self, *, compare_target: bool) -> dict[str, Any]:
+    def as_dict(self, *, mode: str) -> dict[str, Any]:
+        # A dry run compares nothing with the target and a verify writes nothing: what
+        # they did not measure is None, not 0 (which would read as "lost").
+        compare_target = mode != "dry-run"
+        wrote = mode == "import"
         return {
             "read": self.read,
             "rejected": self.rejected,
             "accepted": self.accepted,
-            "written": self.present,
-            "identical": self.identical,
-            "inserted": self.inserted,
-            "updated": self.updated,
+            "in_table": self.present if compare_target else None,
+            "written": self.inserted + self.updated if wrote else None,
+            "identical": self.identical if compare_target else None,
+            "inserted": self.inserted if wrote else None,
+            "updated": self.updated if wrote else None,
             "unchanged": self.identical - self.updated if compare_target else None,
             "checksum_source": f"{self.source_checksum & MASK64:016x}",
-            "checksum_target": f"{self.target_checksum & MASK64:016x}",
-            "references": {c: {"expected": e, "found": f} for c, (e, f) in self.refs.items()},
+            "checksum_target": (
+                f"{self.target_checksum & MASK64:016x}" if compare_target else None
+            ),
+            "references": {
+                c: {"expected": e, "found": f if compare_target else None}
+                for c, (e, f) in self.refs.items()
+            },
             "extra_in_target": self.extra,
             "balanced": self.balanced(compare_target=compare_target),
         }
@@ -126,13 +136,13 @@ class CollectionReport:
             "partitions_created": self.partitions,
             "fields_not_imported": self.dropped_fields,
             "balanced": self.balanced,
-            "total": self.total.as_dict(compare_target=self.compare_target),
+            "total": self.total.as_dict(mode=self.mode),
             "tenants": [
                 {
                     "tenant": str(t) if t else None,
                     "tenant_object_id": display_id(t) if t else None,
                     "subdomain": names.get(t) if t else None,
-                    **c.as_dict(compare_target=self.compare_target),
+                    **c.as_dict(mode=self.mode),
                 }
                 for t, c in sorted(self.tenants.items(), key=lambda kv: (kv[0] is None, str(kv[0])))
             ],
@@ -177,15 +187,16 @@ class ImportReport:
         rows: list[list[object]] = []
         for c in self.collections:
             if c.skipped:
-                rows.append(
-                    [c.collection, c.table, "", "", "", "", "", "", "", f"skipped: {c.skipped}"]
-                )
+                rows.append([c.collection, c.table, *[""] * 8, f"skipped: {c.skipped}"])
                 continue
             total = c.total
             for t, counts in [(None, total), *sorted(c.tenants.items(), key=lambda kv: str(kv[0]))]:
                 label = c.collection if counts is total else "  " + self._tenant_label(t)
                 ok = counts.balanced(compare_target=c.compare_target) and not c.error
-                refs = ", ".join(f"{col} {f}/{e}" for col, (e, f) in counts.refs.items())
+                refs = ", ".join(
+                    f"{col} {f}/{e}" if c.compare_target else f"{col} {e} resolved"
+                    for col, (e, f) in counts.refs.items()
+                )
                 rows.append(
                     [
                         label,
@@ -194,6 +205,7 @@ class ImportReport:
                         counts.rejected,
                         counts.accepted,
                         counts.present if c.compare_target else "-",
+                        counts.inserted + counts.updated if c.mode == "import" else "-",
                         f"{counts.inserted}/{counts.updated}" if c.mode == "import" else "-",
                         f"{counts.target_checksum & MASK64:016x}" if c.compare_target else "-",
                         refs or "-",
@@ -215,8 +227,9 @@ class ImportReport:
                 "read",
                 "rejected",
                 "accepted",
+                "in table",
                 "written",
-                "ins/upd",
+                "new/upd",
                 "checksum",
                 "references",
                 "verdict",
@@ -236,9 +249,21 @@ class ImportReport:
                 )
         if self.unmapped_files:
             out.write(f"\nfiles with no mapping, not read: {', '.join(self.unmapped_files)}\n")
+        out.write(f"\n{self._written()}\n")
         if self.rejected:
             out.write(f"\n{self.rejected} rejected: see {self.rejects_file}\n")
         out.write("\nbalanced\n" if self.balanced else "\nNOT BALANCED\n")
+
+    def _written(self) -> str:
+        if self.mode == "dry-run":
+            return "nothing written (dry run)"
+        if self.mode == "verify":
+            return "nothing written (verify)"
+        new = sum(c.total.inserted for c in self.collections)
+        updated = sum(c.total.updated for c in self.collections)
+        if new + updated == 0:
+            return "wrote nothing: every row was in the table as in the dump"
+        return f"wrote {new + updated} rows ({new} new, {updated} updated)"
 
     def _tenant_label(self, tenant: uuid.UUID | None) -> str:
         if tenant is None:

@@ -7,7 +7,9 @@ bound, and anything unknown is a clear `QueryError` before SQL runs.
 
 Pagination: `offset` for shallow pages, and keyset pagination for deep ones — pass the
 `next_cursor` of one page as `after` of the next; the cursor is opaque, carries the sort
-it was made for, and a page costs the same at any depth.
+it was made for, and a page costs the same at any depth. Nullable sort fields page like
+any other: NULLs come last ascending and first descending (PostgreSQL's default, so the
+same indexes serve), and a cursor that stopped on a NULL carries it.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, false, or_, select
+from sqlalchemy import ColumnElement, Select, String, and_, false, or_, select
 from sqlalchemy import Enum as SAEnum
-from sqlalchemy.dialects.postgresql import TSVECTOR
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, Mapper, Session
 from sqlalchemy.sql.schema import Column
@@ -50,6 +52,9 @@ OPERATORS = (
     "contains",
     "startswith",
 )
+# What a column of each kind can take; `contains` on a JSONB column is containment (@>).
+TEXT_OPERATORS = ("contains", "startswith")
+JSONB_OPERATORS = ("eq", "ne", "is_null", "contains")
 
 
 class QueryError(ValueError):
@@ -67,6 +72,7 @@ class _SortKey:
     name: str
     column: InstrumentedAttribute[Any]
     descending: bool
+    nullable: bool
 
 
 def _columns(model: type[Base]) -> dict[str, Column[Any]]:
@@ -115,11 +121,21 @@ def _coerce(column: Column[Any], value: Any, name: str) -> Any:
     return value
 
 
+def _operators_for(column: Column[Any]) -> tuple[str, ...]:
+    if isinstance(column.type, JSONB):
+        return JSONB_OPERATORS
+    if isinstance(column.type, String):
+        return OPERATORS
+    return tuple(op for op in OPERATORS if op not in TEXT_OPERATORS)
+
+
 def _escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value: Any) -> Any:
+def _field_and_operator(
+    model: type[Base], columns: dict[str, Column[Any]], key: str
+) -> tuple[str, str]:
     name, _, op = key.partition("__")
     op = op or "eq"
     if name not in columns:
@@ -128,8 +144,24 @@ def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value:
         )
     if op not in OPERATORS:
         raise QueryError(f"unknown filter operator {op!r}; known: {list(OPERATORS)}")
+    allowed = _operators_for(columns[name])
+    if op not in allowed:
+        # Checked here rather than left to PostgreSQL, which would say only that
+        # `jsonb ~~* text` does not exist.
+        raise QueryError(f"{name} supports only {list(allowed)}, not {op!r}")
+    return name, op
+
+
+def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value: Any) -> Any:
+    name, op = _field_and_operator(model, columns, key)
     attr = _attr(model, name)
     column = columns[name]
+    if isinstance(column.type, JSONB) and op == "contains":
+        if not isinstance(value, dict | list):
+            raise QueryError(
+                f"{key}: expected an object or array (JSONB containment, @>), got {value!r}"
+            )
+        return attr.contains(value)
     if op == "is_null":
         if not isinstance(value, bool):
             raise QueryError(f"{key}: expected true or false")
@@ -175,12 +207,12 @@ def _sort_keys(
             )
         if any(k.name == name for k in keys):
             raise QueryError(f"sort field {name!r} given twice")
-        keys.append(_SortKey(name, _attr(model, name), descending))
+        keys.append(_SortKey(name, _attr(model, name), descending, bool(columns[name].nullable)))
     # The primary key makes the order total, which keyset pagination needs.
     last_desc = keys[-1].descending if keys else False
     for pk in model.__mapper__.primary_key:
         if pk.key is not None and not any(k.name == pk.key for k in keys):
-            keys.append(_SortKey(pk.key, _attr(model, pk.key), last_desc))
+            keys.append(_SortKey(pk.key, _attr(model, pk.key), last_desc, False))
     return keys
 
 
@@ -213,7 +245,25 @@ def _decode_cursor(cursor: str, keys: list[_SortKey], columns: dict[str, Column[
     expected = [("-" if k.descending else "") + k.name for k in keys]
     if spec != expected or not isinstance(values, list) or len(values) != len(keys):
         raise QueryError("cursor was made for a different sort order")
+    if any(v is None and not k.nullable for k, v in zip(keys, values, strict=True)):
+        raise QueryError("malformed cursor")
     return [_coerce(columns[k.name], v, k.name) for k, v in zip(keys, values, strict=True)]
+
+
+def _equal(key: _SortKey, value: Any) -> ColumnElement[bool]:
+    return key.column.is_(None) if value is None else key.column == value
+
+
+def _step(key: _SortKey, value: Any) -> ColumnElement[bool]:
+    """Rows strictly after `value` in this key's direction; NULL sorts after every value."""
+    column = key.column
+    if value is None:
+        return column.is_not(None) if key.descending else false()
+    if key.descending:
+        before: ColumnElement[bool] = column < value
+        return before
+    after: ColumnElement[bool] = column > value
+    return or_(after, column.is_(None)) if key.nullable else after
 
 
 def _after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
@@ -222,13 +272,16 @@ def _after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
     # The leading a >= x is implied by the rest, but only it can be an index condition:
     # without it an index on (..., a) is read from the first row and the OR filters
     # away every row of the earlier pages, so page n cost n pages (docs/PERFORMANCE.md).
+    # With NULLs "=" is IS NULL and ">" follows PostgreSQL's default NULL placement.
     clauses = []
     for i, key in enumerate(keys):
-        equal = [keys[j].column == values[j] for j in range(i)]
-        step = key.column < values[i] if key.descending else key.column > values[i]
-        clauses.append(and_(*equal, step))
-    first = keys[0]
-    bound = first.column <= values[0] if first.descending else first.column >= values[0]
+        equal = [_equal(keys[j], values[j]) for j in range(i)]
+        clauses.append(and_(*equal, _step(key, values[i])))
+    first, value = keys[0], values[0]
+    if first.nullable:
+        bound = or_(_equal(first, value), _step(first, value))
+    else:
+        bound = first.column <= value if first.descending else first.column >= value
     return and_(bound, or_(*clauses))
 
 
@@ -258,22 +311,17 @@ def build_find_many(
             stmt = stmt.where(clause)
     keys = _sort_keys(model, columns, order_by)
     if after is not None:
-        nullable = [k.name for k in keys if columns[k.name].nullable]
-        if nullable:
-            raise QueryError(
-                f"cursor pagination cannot sort by nullable field(s) {nullable}; use offset"
-            )
         stmt = stmt.where(_after(keys, _decode_cursor(after, keys, columns)))
+    # ASC is NULLS LAST and DESC NULLS FIRST by default; _step relies on that.
     stmt = stmt.order_by(*(k.column.desc() if k.descending else k.column.asc() for k in keys))
     return stmt.offset(offset or None).limit(limit + 1), keys
 
 
-def _page(rows: list[T], keys: list[_SortKey], limit: int, model: type[Base]) -> PageResult[T]:
-    columns = _columns(model)
+def _page(rows: list[T], keys: list[_SortKey], limit: int) -> PageResult[T]:
     more = len(rows) > limit
     items = rows[:limit]
     cursor = None
-    if more and items and not any(columns[k.name].nullable for k in keys):
+    if more and items:
         cursor = _encode_cursor(keys, items[-1])
     return PageResult(items, cursor)
 
@@ -291,14 +339,16 @@ def find_many(
     """List rows of `model` visible to the session's tenant.
 
     `filters` maps `field` or `field__op` (ops: eq, ne, lt, lte, gt, gte, in, not_in,
-    is_null, contains, startswith) to a value; `order_by` lists fields, `-field` for
+    is_null, contains, startswith; contains and startswith on text fields only; a JSONB
+    field takes eq, ne, is_null and contains, which is containment: `{"plan": "pro"}`)
+    to a value; `order_by` lists fields, `-field` for
     descending. Returns the items and, when more follow, `next_cursor` for `after=`.
     """
     stmt, keys = build_find_many(
         model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
     )
     rows: list[T] = list(session.scalars(stmt))
-    return _page(rows, keys, limit, model)
+    return _page(rows, keys, limit)
 
 
 async def find_many_async(
@@ -316,4 +366,4 @@ async def find_many_async(
         model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
     )
     rows: list[T] = list(await session.scalars(stmt))
-    return _page(rows, keys, limit, model)
+    return _page(rows, keys, limit)
