@@ -350,7 +350,8 @@ def test_the_seeds_names_are_in_the_catalog(engine: Engine, seeded: list[uuid.UU
         categories = set(
             conn.scalars(text("SELECT DISTINCT usage_category FROM platform.index_usage_stats"))
         )
-        assert categories and categories <= {"UNUSED", "LOW_USAGE", "HIGH_USAGE"}
+        assert categories
+        assert categories <= {"UNUSED", "LOW_USAGE", "HIGH_USAGE"}
         for tenant in seeded:
             row = conn.execute(
                 text("SELECT * FROM platform.tenant_performance_summary WHERE tenant_id = :t"),
@@ -392,7 +393,8 @@ def test_a_tenant_created_after_the_refresh_reads_zeros(
         # A tenant the views know reads only its own rows, no zero row beside them.
         with TenantSession(app_engine, tenant_id=seeded[2]) as session, session.begin():
             funnel_rows = session.scalars(select(TenantLeadFunnel)).all()
-            assert funnel_rows and all(f.leads_created > 0 for f in funnel_rows)
+            assert funnel_rows
+            assert all(f.leads_created > 0 for f in funnel_rows)
             assert len(session.scalars(select(TenantDashboard)).all()) == 1
         # No tenant set: nothing at all, not a zero row.
         with TenantSession(app_engine) as session, session.begin():
