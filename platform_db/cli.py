@@ -184,7 +184,8 @@ def _cmd_current(args: argparse.Namespace) -> int:
 def _print_doctor(report: Any, out: TextIO) -> None:
     from platform_db.textfmt import write_table  # noqa: PLC0415
 
-    out.write(f"platform-db doctor: {report.database} (PostgreSQL {report.server_version})\n")
+    out.write(f"platform-db doctor: {report.headline}\n")
+    out.write(f"  PostgreSQL {report.server_version}\n")
     ext = report.extensions
     out.write(
         "  pg_stat_statements: "
@@ -274,12 +275,24 @@ def _sev(severity: str) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from platform_db.maintenance import doctor  # noqa: PLC0415
+    from platform_db.maintenance.health import (  # noqa: PLC0415
+        DoctorCannotRun,
+        check_environment,
+        doctor,
+    )
 
     engine = _admin_engine()
-    with engine.connect() as conn:
-        report = doctor(conn)
-    engine.dispose()
+    try:
+        with engine.connect() as conn:
+            report = doctor(conn)
+    except DoctorCannotRun as exc:
+        if args.json:
+            _emit_json({"healthy": False, "headline": str(exc)})
+        print(f"platform-db doctor: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
+    finally:
+        engine.dispose()
+    report.alerts.extend(check_environment(os.environ))
     if args.json:
         _emit_json(report.as_dict())
     else:

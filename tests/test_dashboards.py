@@ -327,3 +327,85 @@ def test_doctor_reports_stale_dashboards(engine: Engine, seeded: list[uuid.UUID]
     flagged = {a["subject"] for a in stale.alerts if a["metric"] == "matview_stale"}
     assert "platform.tenant_performance_summary" in flagged
     assert len(fresh.materialized_views) == 3
+
+
+def test_the_seeds_names_are_in_the_catalog(engine: Engine, seeded: list[uuid.UUID]) -> None:
+    def columns(conn: Connection, relation: str) -> set[str]:
+        return set(
+            conn.scalars(
+                text(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = CAST(:r AS regclass) "
+                    "AND attnum > 0 AND NOT attisdropped"
+                ),
+                {"r": relation},
+            )
+        )
+
+    seed = {"total_users", "total_pages", "total_leads"}
+    richer = {"users_total", "pages_total", "leads_total", "conversion_rate"}
+    with engine.connect() as conn:
+        for relation in ("platform.tenant_performance_summary", "public.tenant_dashboard"):
+            assert seed | richer <= columns(conn, relation)
+        assert "usage_category" in columns(conn, "platform.index_usage_stats")
+        categories = set(
+            conn.scalars(text("SELECT DISTINCT usage_category FROM platform.index_usage_stats"))
+        )
+        assert categories
+        assert categories <= {"UNUSED", "LOW_USAGE", "HIGH_USAGE"}
+        for tenant in seeded:
+            row = conn.execute(
+                text("SELECT * FROM platform.tenant_performance_summary WHERE tenant_id = :t"),
+                {"t": tenant},
+            ).one()
+            direct = _direct(conn, tenant)
+            assert (row.total_users, row.total_pages, row.total_leads) == (
+                direct["users_total"],
+                direct["pages_total"],
+                direct["leads_total"],
+            )
+
+
+def test_a_tenant_created_after_the_refresh_reads_zeros(
+    engine: Engine, app_engine: Engine, seeded: list[uuid.UUID]
+) -> None:
+    with engine.begin() as conn:
+        refreshed = {
+            name: conn.scalar(text(f"SELECT max(refreshed_at) FROM platform.{name}"))
+            for name in ("tenant_performance_summary", "lead_funnel_monthly")
+        }
+        late = new_tenant(conn)
+    try:
+        with TenantSession(app_engine, tenant_id=late) as session, session.begin():
+            [summary] = session.scalars(select(TenantDashboard)).all()
+            assert summary.tenant_id == late
+            assert summary.subdomain
+            assert (summary.total_users, summary.total_pages, summary.total_leads) == (0, 0, 0)
+            assert summary.leads_total == summary.submissions_total == 0
+            assert summary.conversion_rate == 0
+            assert summary.refreshed_at == refreshed["tenant_performance_summary"]
+            [funnel] = session.scalars(select(TenantLeadFunnel)).all()
+            assert (funnel.tenant_id, funnel.leads_created, funnel.converted) == (late, 0, 0)
+            assert funnel.month == dt.datetime.now(dt.UTC).date().replace(day=1)
+            assert funnel.refreshed_at == refreshed["lead_funnel_monthly"]
+            [activity] = session.scalars(select(TenantSubmissionActivity)).all()
+            assert (activity.tenant_id, activity.form_id, activity.submissions) == (late, None, 0)
+            assert activity.refreshed_at is not None
+        # A tenant the views know reads only its own rows, no zero row beside them.
+        with TenantSession(app_engine, tenant_id=seeded[2]) as session, session.begin():
+            funnel_rows = session.scalars(select(TenantLeadFunnel)).all()
+            assert funnel_rows
+            assert all(f.leads_created > 0 for f in funnel_rows)
+            assert len(session.scalars(select(TenantDashboard)).all()) == 1
+        # No tenant set: nothing at all, not a zero row.
+        with TenantSession(app_engine) as session, session.begin():
+            for model in (TenantDashboard, TenantLeadFunnel, TenantSubmissionActivity):
+                assert session.scalars(select(model)).all() == []
+        # After a refresh the tenant has its real row.
+        with engine.begin() as conn:
+            conn.execute(text("SELECT * FROM platform.refresh_performance_views()"))
+        with TenantSession(app_engine, tenant_id=late) as session, session.begin():
+            [summary] = session.scalars(select(TenantDashboard)).all()
+            assert summary.refreshed_at > refreshed["tenant_performance_summary"]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DELETE FROM tenants WHERE id = :t"), {"t": late})

@@ -89,8 +89,48 @@ def test_unused_index_alert(ops_engine: Engine) -> None:
         for a in metrics(alerts(ops_engine), "unused_index")
         if a["subject"] == "ix_leads_tenant_email"
     ]
-    # ... and reported once it is.
-    found = metrics(alerts(ops_engine, min_table_scans=5), "unused_index")
+    # ... and while nothing has been observed for a week: a database minutes old.
+    assert metrics(alerts(ops_engine, min_table_scans=0), "unused_index") == []
+    with ops_engine.begin() as conn:
+        # A retired (detached) partition: its indexes are never anybody's to scan.
+        conn.execute(
+            text(
+                "CREATE TABLE form_submissions_1999_01 PARTITION OF form_submissions "
+                "FOR VALUES FROM ('1999-01-01') TO ('1999-02-01')"
+            )
+        )
+        conn.execute(text("ALTER TABLE form_submissions DETACH PARTITION form_submissions_1999_01"))
+        flush_stats(conn)
+        # The hourly snapshot of scan counts, as if taken 8 days ago (detached ones too).
+        conn.execute(
+            text(
+                "INSERT INTO platform.performance_metrics (captured_at, metric, value, details) "
+                "SELECT now() - interval '8 days', 'index_scans', count(*), "
+                "jsonb_object_agg(parent_index, scans) FROM (SELECT parent_index, "
+                "sum(idx_scan) AS scans FROM platform.index_usage_stats GROUP BY 1) i"
+            )
+        )
+        detached = set(
+            conn.scalars(
+                text(
+                    "SELECT index_name FROM platform.index_usage_stats "
+                    "WHERE detached_partition AND table_name = 'form_submissions_1999_01'"
+                )
+            )
+        )
+    try:
+        assert detached
+        everything = metrics(alerts(ops_engine, min_table_scans=0), "unused_index")
+        assert everything
+        assert not detached & {a["subject"] for a in everything}
+        # ... and reported once it is busy and a week was observed.
+        found = metrics(alerts(ops_engine, min_table_scans=5), "unused_index")
+    finally:
+        with ops_engine.begin() as conn:
+            conn.execute(text("DROP TABLE form_submissions_1999_01"))
+            conn.execute(
+                text("DELETE FROM platform.performance_metrics WHERE metric = 'index_scans'")
+            )
     assert "ix_leads_tenant_email" in {a["subject"] for a in found}
     assert all(a["severity"] == "warning" for a in found)
     # Unique indexes enforce constraints: never reported as unused.
@@ -482,3 +522,68 @@ def test_seq_scan_heavy_table_alert(ops_engine: Engine) -> None:
     ]
     assert len(found) == 1
     assert "sequential scans" in found[0]["detail"]
+
+
+def test_doctor_on_an_unmigrated_database_names_the_command(
+    server_url: URL, database_url: URL
+) -> None:
+    del database_url
+    with temporary_database(server_url, migrate=False) as url:
+        result = _cli("doctor", url=url)
+    assert result.returncode == 1
+    assert "has not been migrated" in result.stderr
+    assert "platform-db upgrade" in result.stderr
+    assert "does not exist" not in result.stderr + result.stdout
+
+
+def test_doctor_as_the_app_login_names_the_login_to_use(ops_url: URL, app_login: URL) -> None:
+    result = _cli("doctor", url=app_login.set(database=ops_url.database))
+    assert result.returncode == 1
+    assert "migration login" in result.stderr
+    assert "permission denied" not in result.stderr
+
+
+def test_a_warning_setting_is_not_healthy(ops_engine: Engine) -> None:
+    with ops_engine.connect() as conn:
+        conn.execute(text("SET track_counts = off"))
+        report = doctor(conn)
+    found = [a for a in report.alerts if a["metric"] == "setting"]
+    assert "track_counts" in {a["subject"] for a in found}
+    assert not report.healthy
+    assert "attention needed" in report.headline
+    assert "track_counts" in report.headline
+
+
+def test_doctor_checks_the_services_environment(ops_url: URL) -> None:
+    from platform_db.maintenance import check_environment  # noqa: PLC0415
+
+    primary = ops_url.render_as_string(hide_password=False)
+    bad = check_environment(
+        {
+            "DATABASE_URL": primary,
+            "POSTGRES_POOL_MAX": "0",
+            "POSTGRES_STATEMENT_TIMEOUT": "soon",
+            "POSTGRES_REPLICA_URL": "postgresql://postgres@127.0.0.1:1/nothing",
+        },
+        connect_timeout_s=2,
+    )
+    subjects = {a["subject"] for a in bad}
+    assert {"POSTGRES_POOL_MAX", "POSTGRES_STATEMENT_TIMEOUT", "POSTGRES_REPLICA_URL"} <= subjects
+    assert all(a["severity"] == "critical" for a in bad)
+    # A "replica" that is the primary: reachable, but reads would land on the primary.
+    primary_as_replica = check_environment(
+        {"DATABASE_URL": primary, "POSTGRES_REPLICA_URL": primary}
+    )
+    assert [a["severity"] for a in primary_as_replica] == ["warning"]
+    assert check_environment({"DATABASE_URL": primary}) == []
+    env = {**os.environ, "DATABASE_URL": primary, "POSTGRES_POOL_MIN": "-1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "platform_db.cli", "doctor"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "POSTGRES_POOL_MIN" in result.stdout.splitlines()[0]

@@ -24,8 +24,17 @@ TENANT_PERFORMANCE_SUMMARY = MaterializedView(
     name="tenant_performance_summary",
     unique_columns=("tenant_id",),
     tenant_view="tenant_dashboard",
+    # A tenant created after the last refresh reads zeros, not nothing.
+    new_tenant_row="""t.id, t.subdomain, 0::bigint, 0::bigint, 0::bigint,
+           0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
+           0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
+           0::numeric, 0::bigint, 0::bigint, t.updated_at, r.refreshed_at""",
+    # total_users, total_pages, total_leads: the seed's names; the rest beside them.
     query="""SELECT t.id AS tenant_id,
        t.subdomain,
+       coalesce(u.total, 0) AS total_users,
+       coalesce(p.total, 0) AS total_pages,
+       coalesce(l.total, 0) AS total_leads,
        coalesce(u.total, 0) AS users_total,
        coalesce(u.active, 0) AS users_active,
        coalesce(p.total, 0) AS pages_total,
@@ -74,6 +83,9 @@ LEAD_FUNNEL_MONTHLY = MaterializedView(
     name="lead_funnel_monthly",
     unique_columns=("tenant_id", "month"),
     tenant_view="tenant_lead_funnel",
+    new_tenant_row="""t.id, date_trunc('month', now() AT TIME ZONE 'UTC')::date,
+           0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::numeric,
+           r.refreshed_at""",
     query="""SELECT tenant_id,
        date_trunc('month', created_at AT TIME ZONE 'UTC')::date AS month,
        count(*) AS leads_created,
@@ -93,6 +105,8 @@ SUBMISSIONS_DAILY = MaterializedView(
     name="form_submissions_daily",
     unique_columns=("tenant_id", "form_id", "day"),
     tenant_view="tenant_submission_activity",
+    new_tenant_row="""t.id, NULL::uuid, (now() AT TIME ZONE 'UTC')::date, 0::bigint, 0::bigint,
+           r.refreshed_at""",
     # The last 400 days: enough for a year-over-year chart, and a refresh reads only
     # the partitions of those months.
     query="""SELECT tenant_id,

@@ -869,6 +869,12 @@ class MaterializedView(Entity):
     query: str
     unique_columns: tuple[str, ...]
     tenant_view: str
+    # The select list of the row a tenant reads when the view holds none of its rows (a
+    # tenant created after the last refresh): over `t`, the tenant's row of public.tenants,
+    # and `r.refreshed_at`, when the view's data dates from. None: the tenant view shows
+    # only the view's rows. A definition with it also logs its creation (WITH DATA) in
+    # platform.matview_refresh_log, so that row has a date before the first refresh.
+    new_tenant_row: str | None = None
 
     def __post_init__(self) -> None:
         ident(self.name)
@@ -888,16 +894,42 @@ class MaterializedView(Entity):
     def unique_index(self) -> str:
         return f"uq_{self.name}"
 
+    def tenant_view_query(self) -> str:
+        """The query of the tenant view in `public`."""
+        own = f"SELECT * FROM {self.qualified} WHERE tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
+        if self.new_tenant_row is None:
+            return own
+        log = f"{PLATFORM_SCHEMA}.matview_refresh_log"
+        return f"""{own}
+    UNION ALL
+    SELECT {self.new_tenant_row}
+    FROM public.tenants t
+    CROSS JOIN LATERAL (SELECT coalesce(
+        (SELECT m.refreshed_at FROM {self.qualified} m LIMIT 1),
+        (SELECT max(l.finished_at) FROM {log} l WHERE l.view_name = {literal(self.qualified)})
+    ) AS refreshed_at) r
+    WHERE t.id = {PLATFORM_SCHEMA}.current_tenant_id()
+      AND NOT EXISTS (SELECT FROM {self.qualified} m WHERE m.tenant_id = t.id)"""
+
     def create_sql(self) -> list[str]:
         cols = ", ".join(self.unique_columns)
+        created = []
+        if self.new_tenant_row is not None:
+            created = [
+                f"""INSERT INTO {PLATFORM_SCHEMA}.matview_refresh_log
+    (view_name, started_at, finished_at, duration_ms, was_concurrent, row_count)
+SELECT {literal(self.qualified)}, now(), clock_timestamp(), 0, false, count(*)
+FROM {self.qualified}"""
+            ]
         return [
             f"CREATE MATERIALIZED VIEW {self.qualified} AS\n{self.query}\nWITH DATA",
+            *created,
             f"CREATE UNIQUE INDEX {self.unique_index} ON {self.qualified} ({cols})",
             f"REVOKE ALL ON {self.qualified} FROM PUBLIC",
             f"GRANT SELECT ON {self.qualified} TO {OWNER_ROLE}",
             f"ALTER MATERIALIZED VIEW {self.qualified} OWNER TO {ADMIN_ROLE}",
             f"""CREATE VIEW public.{self.tenant_view} WITH (security_barrier) AS
-    SELECT * FROM {self.qualified} WHERE tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()""",
+    {self.tenant_view_query()}""",
             f"REVOKE ALL ON public.{self.tenant_view} FROM PUBLIC",
             f"GRANT SELECT ON public.{self.tenant_view} TO {APP_ROLE}, {ADMIN_ROLE}",
         ]
@@ -977,13 +1009,15 @@ WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
             conn.execute(
                 text(
                     "CREATE TEMP VIEW platform_db_tenant_ref WITH (security_barrier) AS "
-                    f"SELECT * FROM {self.qualified} "
-                    f"WHERE tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
+                    + self.tenant_view_query()
                 )
             )
             want_tenant = _scalar(
                 conn, "SELECT pg_catalog.pg_get_viewdef('pg_temp.platform_db_tenant_ref'::regclass)"
             )
+        except DBAPIError:
+            # The tenant view's new-tenant row does not fit the view as it is: it differs.
+            want_tenant = None
         finally:
             savepoint.rollback()
         tenant = conn.execute(
@@ -997,7 +1031,7 @@ WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
         ).one_or_none()
         if tenant is None:
             reasons.append(f"tenant view public.{self.tenant_view} is missing")
-        elif tenant.definition != want_tenant or not tenant.barrier:
+        elif want_tenant is None or tenant.definition != want_tenant or not tenant.barrier:
             reasons.append(f"tenant view public.{self.tenant_view} differs from the definition")
         return reasons
 

@@ -91,9 +91,17 @@ INDEX_USAGE_STATS = View(
        i.indisprimary AS is_primary,
        CASE WHEN s.idx_scan = 0 THEN 'UNUSED'
             WHEN s.idx_scan < 100 THEN 'LOW_USAGE'
-            ELSE 'HIGH_USAGE' END AS usage
+            ELSE 'HIGH_USAGE' END AS usage,
+       CASE WHEN s.idx_scan = 0 THEN 'UNUSED'
+            WHEN s.idx_scan < 100 THEN 'LOW_USAGE'
+            ELSE 'HIGH_USAGE' END AS usage_category,
+       NOT tc.relispartition AND EXISTS (
+           SELECT FROM pg_catalog.pg_class p
+           WHERE p.relkind = 'p' AND p.relnamespace = tc.relnamespace
+             AND s.relname ~ ('^' || p.relname || '_\\d{{4}}_\\d{{2}}$')) AS detached_partition
 FROM pg_catalog.pg_stat_user_indexes s
 JOIN pg_catalog.pg_index i ON i.indexrelid = s.indexrelid
+JOIN pg_catalog.pg_class tc ON tc.oid = s.relid
 LEFT JOIN pg_catalog.pg_inherits pi ON pi.inhrelid = s.indexrelid
 LEFT JOIN pg_catalog.pg_inherits pt ON pt.inhrelid = s.relid
 WHERE s.schemaname IN ('public', '{S}')""",
@@ -216,19 +224,35 @@ BEGIN
         END LOOP;
     END IF;
 
-    -- An index nobody uses on a table that is being read: it only costs writes.
+    -- An index nobody uses on a table that is being read: it only costs writes. Only
+    -- after a week observed: its scan count unchanged since an `index_scans` snapshot
+    -- (snapshot_performance_metrics) at least 7 days old and taken after the statistics
+    -- were last reset. A database, an index or a statistics reset younger than that has
+    -- no such snapshot, and a detached (retired) partition is read by nobody on purpose.
     FOR r IN
-        SELECT u.parent_index, u.parent_table, sum(u.index_bytes) AS bytes
+        WITH baseline AS (
+            SELECT m.captured_at, m.details FROM {S}.performance_metrics m
+            WHERE m.metric = 'index_scans' AND m.captured_at <= now() - interval '7 days'
+              AND m.captured_at >= coalesce(
+                  (SELECT d.stats_reset FROM pg_catalog.pg_stat_database d
+                   WHERE d.datname = current_database()), '-infinity'::timestamptz)
+            ORDER BY m.captured_at DESC LIMIT 1)
+        SELECT u.parent_index, u.parent_table, sum(u.index_bytes) AS bytes, b.captured_at
         FROM {S}.index_usage_stats u
         JOIN {S}.table_bloat_stats t
           ON t.schema_name = u.schema_name AND t.table_name = u.table_name
-        WHERE NOT u.is_unique AND NOT u.is_primary
-        GROUP BY u.parent_index, u.parent_table
-        HAVING sum(u.idx_scan) = 0 AND sum(t.seq_scan + coalesce(t.idx_scan, 0)) >= min_table_scans
+        CROSS JOIN baseline b
+        WHERE NOT u.is_unique AND NOT u.is_primary AND NOT u.detached_partition
+          AND b.details ? u.parent_index
+        GROUP BY u.parent_index, u.parent_table, b.captured_at, b.details
+        HAVING sum(u.idx_scan) = (b.details ->> u.parent_index)::numeric
+           AND sum(t.seq_scan + coalesce(t.idx_scan, 0)) >= min_table_scans
     LOOP
         metric := 'unused_index'; subject := r.parent_index; value := 0; threshold := 0;
         severity := 'warning';
-        detail := format('never scanned since statistics were reset, on a busy table %s (%s)',
+        detail := format('not scanned since %s (%s days), on a busy table %s (%s)',
+                         to_char(r.captured_at, 'YYYY-MM-DD HH24:MI'),
+                         extract(day FROM now() - r.captured_at),
                          r.parent_table, pg_catalog.pg_size_pretty(r.bytes));
         RETURN NEXT;
     END LOOP;
@@ -336,6 +360,16 @@ BEGIN
     SELECT 'alerts', count(*), coalesce(jsonb_object_agg(severity, c), '{{}}'::jsonb)
     FROM (SELECT severity, count(*) AS c FROM {S}.check_performance_alerts() GROUP BY severity) a;
     GET DIAGNOSTICS n = ROW_COUNT;
+    -- Scan counts of the indexes, hourly: check_performance_alerts() calls an index unused
+    -- only when its count has not moved since a snapshot a week old.
+    IF NOT EXISTS (SELECT FROM {S}.performance_metrics
+                   WHERE metric = 'index_scans' AND captured_at > now() - interval '55 minutes') THEN
+        INSERT INTO {S}.performance_metrics (metric, value, details)
+        SELECT 'index_scans', count(*), coalesce(jsonb_object_agg(parent_index, scans), '{{}}'::jsonb)
+        FROM (SELECT parent_index, sum(idx_scan) AS scans FROM {S}.index_usage_stats
+              WHERE NOT detached_partition GROUP BY parent_index) i;
+        n := n + 1;
+    END IF;
     RETURN n;
 END
 $fn$""",

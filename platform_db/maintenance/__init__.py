@@ -1,14 +1,23 @@
 """Operations on a migrated database: `doctor` (health report) and `maintain` (the jobs
 pg_cron runs, once, in a safe order)."""
 
-from platform_db.maintenance.health import SEVERITY_ORDER, DoctorReport, SettingCheck, doctor
+from platform_db.maintenance.health import (
+    SEVERITY_ORDER,
+    DoctorCannotRun,
+    DoctorReport,
+    SettingCheck,
+    check_environment,
+    doctor,
+)
 from platform_db.maintenance.routine import MaintenanceStep, maintain
 
 __all__ = [
     "SEVERITY_ORDER",
+    "DoctorCannotRun",
     "DoctorReport",
     "MaintenanceStep",
     "SettingCheck",
+    "check_environment",
     "doctor",
     "maintain",
 ]

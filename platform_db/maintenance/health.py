@@ -1,13 +1,19 @@
 """`doctor`: the health report (alerts, slow queries, index usage, bloat, partitions,
 settings, materialized views).
 
-Takes a connection of a superuser or of a login that can SET ROLE to platform_admin (in
-practice: the migration login).
+Takes a connection of a superuser or of a member of platform_admin (in practice: the
+migration login). On a database without the package's schema, or as a login that cannot
+read the monitoring objects, it raises `DoctorCannotRun` with what to do instead.
+
+The verdict (`healthy`) is what an alert can key on: no warning or critical alert, where
+alerts include, besides `platform.check_performance_alerts()`, stale dashboards and server
+settings at warning level (`autovacuum = off`, ...). `check_environment()` adds the
+service's own settings (POSTGRES_*, the replica URL).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -15,6 +21,11 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
+UPGRADE_COMMAND = "platform-db upgrade"
+
+
+class DoctorCannotRun(RuntimeError):
+    """The database cannot be examined as it is: the message says what to do instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +62,25 @@ class DoctorReport:
     def healthy(self) -> bool:
         return self.worst_severity in (None, "info")
 
+    @property
+    def headline(self) -> str:
+        """One line for an alert: the verdict and what it rests on."""
+        if self.healthy:
+            return f"{self.database}: healthy"
+        serious = [a for a in self.alerts if SEVERITY_ORDER.get(str(a["severity"]), 0) > 0]
+        names = [
+            f"{a['metric']} {a['subject']}" if a["subject"] else str(a["metric"]) for a in serious
+        ]
+        what = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        return (
+            f"{self.database}: attention needed ({self.worst_severity}): "
+            f"{len(serious)} alert{'s' if len(serious) != 1 else ''}: {what}"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["healthy"] = self.healthy
+        data["headline"] = self.headline
         return data
 
 
@@ -76,12 +103,15 @@ def clean_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # (setting, test on the current value, recommendation, status when the test fails)
 _SETTING_RULES: list[tuple[str, Callable[[str], bool], str, str]] = [
     (
+        # Optional (DESIGN.md): its absence is reported (an `info` alert), not unhealthy.
         "shared_preload_libraries",
         lambda v: "pg_stat_statements" in v,
         "include pg_stat_statements (and pg_cron to schedule maintenance)",
-        "warning",
+        "advice",
     ),
-    ("autovacuum", lambda v: v == "on", "on", "warning"),
+    ("autovacuum", lambda v: v == "on", "on: without it dead rows and bloat only grow", "warning"),
+    ("track_counts", lambda v: v == "on", "on: autovacuum and index statistics need it", "warning"),
+    ("fsync", lambda v: v == "on", "on: off risks corruption after a crash", "warning"),
     (
         "shared_buffers",
         lambda v: v != "128MB",
@@ -140,6 +170,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
     """
     version = conn.scalar(text("SHOW server_version")) or "?"
     database = conn.scalar(text("SELECT current_database()")) or "?"
+    _preflight(conn, str(database))
     available = set(
         conn.scalars(
             text(
@@ -182,7 +213,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
             conn,
             "SELECT parent_index AS index, parent_table AS table, "
             "sum(index_bytes)::bigint AS bytes FROM platform.index_usage_stats "
-            "WHERE NOT is_unique GROUP BY parent_index, parent_table "
+            "WHERE NOT is_unique AND NOT detached_partition GROUP BY parent_index, parent_table "
             "HAVING sum(idx_scan) = 0 ORDER BY 3 DESC LIMIT 20",
         )
     )
@@ -229,6 +260,19 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
                         else f"last refreshed {age / 60:.0f} minutes ago: is the refresh job running?",
                     }
                 )
+    settings = check_settings(conn)
+    for check in settings:
+        if check.status == "warning":
+            alerts.append(
+                {
+                    "metric": "setting",
+                    "subject": check.name,
+                    "value": check.current,
+                    "threshold": None,
+                    "severity": "warning",
+                    "detail": f"{check.name} = {check.current}; should be {check.recommendation}",
+                }
+            )
     return DoctorReport(
         server_version=str(version),
         database=str(database),
@@ -240,6 +284,104 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
         bloat=bloat,
         cache_hit=cache,
         partitions={k: _json_safe(v) for k, v in partitions._mapping.items()},
-        settings=check_settings(conn),
+        settings=settings,
         materialized_views=matviews,
     )
+
+
+def _preflight(conn: Connection, database: str) -> None:
+    """Refuse, with what to do, where the report cannot be collected."""
+    state = conn.execute(
+        text(
+            "SELECT to_regnamespace('platform') IS NOT NULL AS schema, "
+            "EXISTS (SELECT FROM pg_proc WHERE proname = 'check_performance_alerts' "
+            "AND pronamespace = to_regnamespace('platform')) AS alerts, "
+            "current_user AS login, "
+            "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
+            "OR coalesce(pg_has_role(current_user, (SELECT oid FROM pg_roles "
+            "WHERE rolname = 'platform_admin'), 'USAGE'), false) AS can_read"
+        )
+    ).one()
+    if not state.schema or not state.alerts:
+        raise DoctorCannotRun(
+            f"database {database} has not been migrated (no schema platform"
+            f"{'' if not state.schema else ' monitoring functions'}): run `{UPGRADE_COMMAND}` "
+            "(or `alembic upgrade head`) with DATABASE_URL of the migration login, "
+            "then run doctor again"
+        )
+    if not state.can_read:
+        raise DoctorCannotRun(
+            f"login {state.login} cannot read the monitoring views and functions (they are "
+            "platform_admin's): run doctor as the migration login (a superuser, or a member "
+            "of platform_admin) - an app login (member of platform_app) is not enough"
+        )
+
+
+def check_environment(
+    env: Mapping[str, str], *, connect_timeout_s: int = 5
+) -> list[dict[str, Any]]:
+    """Alerts for the service's own settings: every POSTGRES_* problem Settings would
+    refuse at start-up (critical), and a replica URL that cannot be reached or is not a
+    replica."""
+    from platform_db.session.settings import (  # noqa: PLC0415
+        ConfigurationError,
+        Settings,
+        parse_database_url,
+        redact,
+    )
+
+    def alert(subject: str, severity: str, detail: str) -> dict[str, Any]:
+        return {
+            "metric": "environment",
+            "subject": subject,
+            "value": None,
+            "threshold": None,
+            "severity": severity,
+            "detail": detail,
+        }
+
+    alerts = []
+    try:
+        Settings.from_env(env)
+    except ConfigurationError as exc:
+        for line in str(exc).splitlines()[1:] or [str(exc)]:
+            problem = line.strip()
+            alerts.append(alert(problem.split(" ", 1)[0], "critical", problem))
+    raw_replica = env.get("POSTGRES_REPLICA_URL", "").strip()
+    if raw_replica:
+        try:
+            replica = parse_database_url(raw_replica, name="POSTGRES_REPLICA_URL")
+        except ConfigurationError:
+            return alerts  # reported above
+        from sqlalchemy import create_engine  # noqa: PLC0415
+        from sqlalchemy.exc import DBAPIError  # noqa: PLC0415
+        from sqlalchemy.pool import NullPool  # noqa: PLC0415
+
+        engine = create_engine(
+            replica, poolclass=NullPool, connect_args={"connect_timeout": connect_timeout_s}
+        )
+        try:
+            with engine.connect() as conn:
+                in_recovery = conn.scalar(text("SELECT pg_is_in_recovery()"))
+        except DBAPIError as exc:
+            alerts.append(
+                alert(
+                    "POSTGRES_REPLICA_URL",
+                    "critical",
+                    f"cannot connect to the replica {redact(replica)}: "
+                    f"{str(exc.orig).strip().splitlines()[0] if exc.orig else exc}",
+                )
+            )
+        else:
+            if not in_recovery:
+                alerts.append(
+                    alert(
+                        "POSTGRES_REPLICA_URL",
+                        "warning",
+                        f"{redact(replica)} is not a replica (pg_is_in_recovery() is false): "
+                        "the analytics pool reads from a primary",
+                    )
+                )
+        finally:
+            engine.dispose()
+    return alerts

@@ -4,7 +4,8 @@
 in `public`: through a tenant session they hold exactly that tenant's rows.
 `PlatformTenantSummary` maps the materialized view itself, for platform_admin only.
 Every row carries `refreshed_at`: the numbers are as fresh as the last
-`platform.refresh_performance_views()`.
+`platform.refresh_performance_views()`. A tenant with no rows in a view yet (created
+after the last refresh) reads one row of zeros there, with that `refreshed_at`.
 
 They live in a MetaData of their own, so autogenerate never mistakes them for tables,
 and any attempt to write through them is refused before SQL runs.
@@ -32,6 +33,10 @@ class ReadOnlyViewError(TypeError):
 class _Summary:
     tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     subdomain: Mapped[str]
+    # The seed's names; users_total, pages_total, leads_total hold the same numbers.
+    total_users: Mapped[int]
+    total_pages: Mapped[int]
+    total_leads: Mapped[int]
     users_total: Mapped[int]
     users_active: Mapped[int]
     pages_total: Mapped[int]
@@ -90,7 +95,8 @@ class TenantSubmissionActivity(ViewBase):
     __tablename__ = "tenant_submission_activity"
 
     tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    form_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    # NULL only in the zero row of a tenant with no submissions in the view yet.
+    form_id: Mapped[uuid.UUID | None] = mapped_column(primary_key=True)
     day: Mapped[dt.date] = mapped_column(primary_key=True)
     submissions: Mapped[int]
     with_lead: Mapped[int]
