@@ -70,12 +70,20 @@ def test_demo_partition_lines_agree_with_its_table(scratch_url: URL) -> None:
     # Issue 19: the demo said 18 rows moved out of the default partition and then showed
     # 3 rows there. Both were true; the line now says so in the table's numbers.
     engine = make_engine(scratch_url, application_name="platform-db-tests-demo")
+    with engine.begin() as conn:
+        password = demo._ensure_demo_login(conn)
+    app_engine = make_engine(
+        scratch_url.set(username=demo.DEMO_LOGIN, password=password),
+        application_name="platform-db-tests-demo-app",
+        pool_size=1,
+    )
     try:
-        prepared = demo._prepare(engine)
+        prepared = demo._prepare(engine, app_engine)
         with engine.begin() as conn:
             catalog = demo._catalog(conn)
     finally:
         engine.dispose()
+        app_engine.dispose()
     assert prepared.moved, "the sample history reaches months before the first partition"
     out = io.StringIO()
     demo._report(

@@ -202,7 +202,7 @@ async def dashboard(db: DbDep, tenant_id: TenantDep) -> Dashboard:
     (the read replica when POSTGRES_REPLICA_URL is set)."""
     async with db.async_session(tenant_id=tenant_id, pool="analytics") as session:
         row = await session.scalar(select(TenantDashboard))
-    if row is None:  # a tenant created since the views were last refreshed
+    if row is None:  # the views were never created or refreshed on this database
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, "no dashboard yet: the numbers are refreshed periodically"
         )
