@@ -52,6 +52,9 @@ TABLE_PRIVILEGES: tuple[str, ...] = (
 )
 ROW_PRIVILEGES: tuple[str, ...] = TABLE_PRIVILEGES[:4]
 _COMMANDS = ("ALL", "SELECT", "INSERT", "UPDATE", "DELETE")
+# How Function.differences starts a reason when PostgreSQL refuses CREATE OR REPLACE (a
+# changed return type): autogenerate then writes replace_entity(..., recreate=True).
+CANNOT_REPLACE_IN_PLACE = "cannot be replaced in place"
 
 
 def ident(name: str) -> str:
@@ -721,7 +724,7 @@ class Function(Entity):
                 {"schemas": [self.name.split(".")[0]]},
             ).all()
         except DBAPIError as exc:
-            return f"cannot be replaced in place: {str(exc.orig).splitlines()[0]}"
+            return f"{CANNOT_REPLACE_IN_PLACE}: {str(exc.orig).splitlines()[0]}"
         finally:
             savepoint.rollback()
         sig = _normalise_space(_without_defaults(self.arguments))
@@ -1185,6 +1188,7 @@ KINDS: tuple[type[Entity], ...] = tuple(
 __all__ = [
     "ADMIN_ROLE",
     "APP_ROLE",
+    "CANNOT_REPLACE_IN_PLACE",
     "KINDS",
     "OWNER_ROLE",
     "PLATFORM_SCHEMA",

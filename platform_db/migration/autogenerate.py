@@ -40,7 +40,13 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
 from platform_db.ddl import definitions
-from platform_db.ddl.entities import KINDS, Entity, PartitionProtection, Policy
+from platform_db.ddl.entities import (
+    CANNOT_REPLACE_IN_PLACE,
+    KINDS,
+    Entity,
+    PartitionProtection,
+    Policy,
+)
 from platform_db.ddl.tenant_table import tenant_tables
 from platform_db.migration.operations import (
     CreateEntityOp,
@@ -121,7 +127,11 @@ def compare_entities(
             if kind is PartitionProtection and not reasons and e.table in policy_changed:
                 reasons = ["the parent's policies change"]
             if reasons:
-                changes.append(_detected(ReplaceEntityOp(e, previous=have, reasons=reasons)))
+                # PostgreSQL refuses to replace it in place (a function's return type
+                # changed): the revision drops the old definition and creates the new one.
+                recreate = any(r.startswith(CANNOT_REPLACE_IN_PLACE) for r in reasons)
+                replace = ReplaceEntityOp(e, previous=have, recreate=recreate, reasons=reasons)
+                changes.append(_detected(replace))
         names = {e.identity for e in entities}
         for identity, have in sorted(live.items()):
             if identity not in names and keep(have):

@@ -1,0 +1,87 @@
+"""What autogenerate writes into a revision, for changes an in-place replace cannot make.
+
+Each test changes a definition (or the database) inside a transaction that is rolled
+back, compares with `compare_entities` as autogenerate does, and runs the operations it
+proposes through an Alembic `Operations` on the same connection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import render_python_code
+from alembic.operations import Operations
+from alembic.operations.ops import UpgradeOps
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, Engine, text
+
+from platform_db.ddl.dashboards import REFRESH_PERFORMANCE_VIEWS
+from platform_db.ddl.entities import Entity
+from platform_db.migration.autogenerate import compare_entities
+from platform_db.migration.operations import EntityOp, ReplaceEntityOp
+
+
+@pytest.fixture
+def conn(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as c:
+        trans = c.begin()
+        try:
+            yield c
+        finally:
+            trans.rollback()
+
+
+def _ops_on(conn: Connection, wanted: Entity, identity: str) -> list[EntityOp]:
+    return [o for o in compare_entities(conn, [wanted]) if o.entity.identity == identity]
+
+
+def _result_columns(conn: Connection) -> list[str]:
+    return [
+        str(r[0])
+        for r in conn.execute(
+            text(
+                "SELECT unnest(proargnames) FROM pg_proc "
+                "WHERE oid = 'platform.refresh_performance_views'::regproc"
+            )
+        )
+    ]
+
+
+def test_a_function_whose_return_type_changes_is_dropped_and_created(conn: Connection) -> None:
+    wider = dataclasses.replace(
+        REFRESH_PERFORMANCE_VIEWS,
+        definition=REFRESH_PERFORMANCE_VIEWS.definition.replace(
+            "duration_ms double precision)", "duration_ms double precision, row_count bigint)", 1
+        ),
+    )
+    assert wider.definition != REFRESH_PERFORMANCE_VIEWS.definition
+    (replace,) = _ops_on(conn, wider, wider.identity)
+    assert isinstance(replace, ReplaceEntityOp)
+    assert replace.recreate, replace.reasons
+    assert "cannot be replaced in place" in replace.to_diff_tuple()[2]
+    rendered = render_python_code(UpgradeOps(ops=[replace]))
+    assert "recreate=True" in rendered
+    assert "recreate=True" in render_python_code(UpgradeOps(ops=[replace.reverse()]))
+
+    operations = Operations(MigrationContext.configure(conn))
+    operations.invoke(replace)
+    assert "row_count" in _result_columns(conn)
+    assert _ops_on(conn, wider, wider.identity) == []
+
+    # The downgrade (the reverse) puts the old return type back the same way.
+    back = replace.reverse()
+    assert isinstance(back, ReplaceEntityOp)
+    assert back.recreate
+    operations.invoke(back)
+    assert "row_count" not in _result_columns(conn)
+    assert _ops_on(conn, REFRESH_PERFORMANCE_VIEWS, wider.identity) == []
+
+
+def test_a_function_replaced_in_place_is_not_recreated(conn: Connection) -> None:
+    commented = dataclasses.replace(REFRESH_PERFORMANCE_VIEWS, comment="another comment")
+    (replace,) = _ops_on(conn, commented, commented.identity)
+    assert isinstance(replace, ReplaceEntityOp)
+    assert not replace.recreate
+    assert "recreate" not in render_python_code(UpgradeOps(ops=[replace]))
