@@ -144,6 +144,26 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["DROP POLICY tenant_isolation ON audit_log_default"],
         ("replace_partition_protection", "public.audit_log", "audit_log_default"),
     ),
+    "function-executable-by-app": (
+        [
+            "GRANT EXECUTE ON FUNCTION "
+            "platform.retire_form_submission_partitions(interval, boolean) TO platform_app"
+        ],
+        (
+            "replace_function",
+            "platform.retire_form_submission_partitions",
+            "database: platform_app",
+        ),
+    ),
+    "function-comment-changed": (
+        ["COMMENT ON FUNCTION platform.refresh_performance_views() IS 'harmless, really'"],
+        ("replace_function", "platform.refresh_performance_views", "comment differs"),
+    ),
+    "function-comment-added": (
+        # Defined without a comment: a comment in the database is drift all the same.
+        ["COMMENT ON FUNCTION platform.unprotect_partitions(regclass) IS 'nothing to see'"],
+        ("replace_function", "platform.unprotect_partitions", "comment differs"),
+    ),
     "partition-granted-to-app": (
         ["GRANT SELECT ON form_submissions_default TO platform_app"],
         ("replace_partition_protection", "form_submissions_default", "direct privileges"),

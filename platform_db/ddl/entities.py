@@ -742,12 +742,14 @@ class Function(Entity):
             reasons.append(f"arguments ({live.arguments}) differ")
         elif want.definition != live.definition:
             reasons.append("its definition differs")
-        if set(want.execute) != set(live.execute):
+        # From the definition itself, not the replay: replaying it on the live function
+        # keeps grants to other roles and the live comment, which would hide their drift.
+        if set(self.execute) != set(live.execute):
             reasons.append(
-                f"EXECUTE for {', '.join(want.execute) or 'nobody'} "
+                f"EXECUTE for {', '.join(sorted(self.execute)) or 'nobody'} "
                 f"(database: {', '.join(live.execute) or 'nobody'})"
             )
-        if want.comment != live.comment:
+        if self.comment != live.comment:
             reasons.append("its comment differs")
         return reasons
 
