@@ -208,6 +208,12 @@ def test_retired_and_new_partitions_are_never_proposed_for_dropping(conn: Connec
     migrations.check(conn)
 
 
+def test_an_unknown_materialized_view_in_platform_is_left_alone(conn: Connection) -> None:
+    """Not the package's: no drop is proposed (its tenant view and index are unknown)."""
+    conn.execute(text("CREATE MATERIALIZED VIEW platform.svc_mv AS SELECT 1 AS x"))
+    migrations.check(conn)
+
+
 def _rebuild(conn: Connection, statements: list[str]) -> None:
     for statement in statements:
         conn.execute(text(statement))

@@ -922,6 +922,8 @@ class MaterializedView(Entity):
 
     @classmethod
     def read(cls, conn: Connection, wanted: Sequence[Self]) -> dict[str, Self]:
+        """The wanted materialized views only: another one in `platform` is not the
+        package's to drop (its tenant view, index and downgrade could only be guessed)."""
         tenant_views = {w.name: w.tenant_view for w in wanted}
         rows = conn.execute(
             text(
@@ -939,8 +941,10 @@ SELECT c.relname AS name, pg_catalog.pg_get_viewdef(c.oid) AS query,
            AS unique_columns
 FROM pg_catalog.pg_class c
 WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
+  AND c.relname = ANY(:names)
 """
-            )
+            ),
+            {"names": sorted(tenant_views)},
         )
         found: dict[str, Self] = {}
         for r in rows:
@@ -948,7 +952,7 @@ WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
                 r.name,
                 str(r.query).rstrip().rstrip(";"),
                 tuple(r.unique_columns or ()),
-                tenant_views.get(r.name, f"tenant_{r.name}"),
+                tenant_views[r.name],
             )
             found[view.identity] = view
         return found
