@@ -1,14 +1,22 @@
 """Operations on a migrated database: `doctor` (health report) and `maintain` (the jobs
 pg_cron runs, once, in a safe order)."""
 
-from platform_db.maintenance.health import SEVERITY_ORDER, DoctorReport, SettingCheck, doctor
-from platform_db.maintenance.routine import MaintenanceStep, maintain
+from platform_db.maintenance.health import (
+    SEVERITY_ORDER,
+    DoctorReport,
+    SettingCheck,
+    check_settings,
+    doctor,
+)
+from platform_db.maintenance.routine import MaintenanceStep, Progress, maintain
 
 __all__ = [
     "SEVERITY_ORDER",
     "DoctorReport",
     "MaintenanceStep",
+    "Progress",
     "SettingCheck",
+    "check_settings",
     "doctor",
     "maintain",
 ]

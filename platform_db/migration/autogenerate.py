@@ -375,4 +375,19 @@ def _protection_notes(context: MigrationContext, tables: set[str]) -> list[str]:
     return ["\n".join(notes)] if notes else []
 
 
+# Names of platform_db.autogen before the entity comparator (issue 12).
+_REMOVED = ("compare_tenant_tables", "compare_materialized_views")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REMOVED:
+        raise ImportError(
+            f"{name} was removed from {__name__} (formerly platform_db.autogen) in 0.1: "
+            "use compare_entities(conn, wanted), which compares every kind of entity "
+            "(platform_db.ddl.entities) at once",
+            name=__name__,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["SCOPE_OPTION", "Scope", "compare_entities", "drift", "prepare_revision"]

@@ -412,6 +412,33 @@ def _render_replace(ctx: AutogenContext, operation: ReplaceEntityOp) -> str:
     return f"{fn}({entity}, previous={previous}{recreate})"
 
 
+# Names of platform_db.migration_ops before the entity operations (issue 12), and what
+# replaces each: importing one says so instead of a bare "cannot import name".
+_REMOVED: dict[str, str] = {
+    "create_policy": "create_entity(Policy(...))",
+    "drop_policy": "drop_entity(Policy(...))",
+    "set_table_privileges": "create_entity(TableGrants(...)) or replace_entity(TableGrants(...))",
+    "set_row_level_security": "create_entity(RowLevelSecurity(...))",
+    "create_materialized_view": "create_entity(MaterializedView(...))",
+    "drop_materialized_view": "drop_entity(MaterializedView(...))",
+    "replace_materialized_view": "replace_entity(MaterializedView(...), replaces=...)",
+    "create_audit_trigger": "create_entity(Trigger(...))",
+    "drop_audit_trigger": "drop_entity(Trigger(...))",
+    "protect_partitions": "create_entity(PartitionProtection(...))",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REMOVED:
+        raise ImportError(
+            f"{name} was removed from {__name__} (formerly platform_db.migration_ops) in 0.1: "
+            f"use {_REMOVED[name]} with an entity of platform_db.ddl.entities "
+            "(create_entity / drop_entity / replace_entity)",
+            name=__name__,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CreateEntityOp",
     "DropEntityOp",
