@@ -339,21 +339,30 @@ def prepare_revision(
     ]
     names: dict[Entity, str] = {}
     taken: set[str] = set()
+    as_found = False
     for o in operations:
         # The previous definition of a replace, read from the database: "as found".
         for entity, suffix in ((o.entity, ""), (getattr(o, "previous", None), "_as_found")):
             if entity is not None and entity not in names:
                 names[entity] = _variable(entity, taken, suffix)
+                as_found = as_found or bool(suffix)
         o.variable = names[o.entity]
         if isinstance(o, ReplaceEntityOp) and o.previous is not None:
             o.previous_variable = names[o.previous]
     kinds = sorted({type(e).__name__ for e in names})
     if kinds:
         script.imports.add(f"from platform_db.ddl.entities import {', '.join(kinds)}")
-    notes = _protection_notes(context, {e.table for e in names if e.table})
+    notes = [_AS_FOUND_NOTE] if as_found else []
+    notes += _protection_notes(context, {e.table for e in names if e.table})
     template_args["entities"] = "\n\n".join(
         [*notes, *(f"{n} = {e.render()}" for e, n in names.items())]
     )
+
+
+_AS_FOUND_NOTE = """\
+# The downgrade restores the *_as_found definitions below as they were found in the
+# database, which no revision defined (drift this revision repairs, such as a loosened
+# policy or an extra grant): review them before running it."""
 
 
 def _protection_notes(context: MigrationContext, tables: set[str]) -> list[str]:
