@@ -164,6 +164,35 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["COMMENT ON FUNCTION platform.unprotect_partitions(regclass) IS 'nothing to see'"],
         ("replace_function", "platform.unprotect_partitions", "comment differs"),
     ),
+    "matview-readable-by-app": (
+        # Every tenant's rows, to every request: the side door the tenant views close.
+        ["GRANT SELECT ON platform.lead_funnel_monthly TO platform_app"],
+        ("replace_materialized_view", "platform.lead_funnel_monthly", "platform_app SELECT"),
+    ),
+    "matview-column-readable-by-app": (
+        ["GRANT SELECT (tenant_id) ON platform.lead_funnel_monthly TO platform_app"],
+        ("replace_materialized_view", "platform.lead_funnel_monthly", "column privileges"),
+    ),
+    "matview-owner-changed": (
+        ["ALTER MATERIALIZED VIEW platform.lead_funnel_monthly OWNER TO platform_owner"],
+        ("replace_materialized_view", "owned by platform_owner, should be platform_admin"),
+    ),
+    "tenant-view-readable-by-public": (
+        ["GRANT SELECT ON public.tenant_lead_funnel TO PUBLIC"],
+        ("replace_materialized_view", "public.tenant_lead_funnel", "PUBLIC SELECT"),
+    ),
+    "tenant-view-insert-granted": (
+        ["GRANT INSERT ON public.tenant_lead_funnel TO platform_app"],
+        ("replace_materialized_view", "public.tenant_lead_funnel", "platform_app INSERT"),
+    ),
+    "tenant-view-not-readable-by-app": (
+        ["REVOKE SELECT ON public.tenant_lead_funnel FROM platform_app"],
+        ("replace_materialized_view", "privileges on public.tenant_lead_funnel"),
+    ),
+    "tenant-view-owned-by-app": (
+        ["ALTER VIEW public.tenant_lead_funnel OWNER TO platform_app"],
+        ("replace_materialized_view", "public.tenant_lead_funnel is owned by platform_app"),
+    ),
     "partition-granted-to-app": (
         ["GRANT SELECT ON form_submissions_default TO platform_app"],
         ("replace_partition_protection", "form_submissions_default", "direct privileges"),
@@ -217,6 +246,11 @@ def test_an_unknown_materialized_view_in_platform_is_left_alone(conn: Connection
 def _rebuild(conn: Connection, statements: list[str]) -> None:
     for statement in statements:
         conn.execute(text(statement))
+    # As every migration run does afterwards (claim_ownership_sql): the owner role owns
+    # the tenant views.
+    conn.execute(
+        text(f"ALTER VIEW public.{LEAD_FUNNEL_MONTHLY.tenant_view} OWNER TO platform_owner")
+    )
 
 
 def test_materialized_view_with_another_query_is_reported(conn: Connection) -> None:

@@ -858,6 +858,44 @@ class View(Entity):
 # --------------------------------------------------------------------------------------
 
 
+_ACCESS_SQL = """
+SELECT pg_catalog.pg_get_userbyid(c.relowner)::text AS owner,
+       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                         ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END
+                    || ' ' || a.privilege_type
+             FROM pg_catalog.aclexplode(
+                 coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
+             WHERE a.grantee <> c.relowner
+             ORDER BY 1) AS grants,
+       ARRAY(SELECT DISTINCT at.attname::text FROM pg_catalog.pg_attribute at
+             WHERE at.attrelid = c.oid AND at.attacl IS NOT NULL ORDER BY 1) AS column_grants
+FROM pg_catalog.pg_class c
+WHERE c.oid = pg_catalog.to_regclass(:name)
+"""
+
+
+def _access_problems(
+    conn: Connection, name: str, *, owner: str, grants: dict[str, set[str]]
+) -> list[str]:
+    """Why the owner and privileges of relation `name` are not exactly these (none for
+    anyone else, PUBLIC included, and no column privileges)."""
+    found = conn.execute(text(_ACCESS_SQL), {"name": name}).one_or_none()
+    if found is None:
+        return []
+    problems = []
+    if found.owner != owner:
+        problems.append(f"{name} is owned by {found.owner}, should be {owner}")
+    want = sorted(f"{role} {p}" for role, privileges in grants.items() for p in privileges)
+    if sorted(found.grants) != want:
+        problems.append(
+            f"privileges on {name}: {', '.join(found.grants) or 'none'} "
+            f"(should be {', '.join(want) or 'none'})"
+        )
+    if found.column_grants:
+        problems.append(f"column privileges on {name} ({', '.join(found.column_grants)})")
+    return problems
+
+
 @dataclass(frozen=True)
 class MaterializedView(Entity):
     """A materialized view in `platform`, its unique index (REFRESH ... CONCURRENTLY needs
@@ -1008,6 +1046,18 @@ WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
             reasons.append(f"tenant view public.{self.tenant_view} is missing")
         elif tenant.definition != want_tenant or not tenant.barrier:
             reasons.append(f"tenant view public.{self.tenant_view} differs from the definition")
+        # Who may read them: the materialized view holds every tenant's rows (closed to
+        # platform_app), the tenant view only the current tenant's.
+        reasons += _access_problems(
+            conn, self.qualified, owner=ADMIN_ROLE, grants={OWNER_ROLE: {"SELECT"}}
+        )
+        if tenant is not None:
+            reasons += _access_problems(
+                conn,
+                f"public.{self.tenant_view}",
+                owner=OWNER_ROLE,
+                grants={APP_ROLE: {"SELECT"}, ADMIN_ROLE: {"SELECT"}},
+            )
         return reasons
 
 
