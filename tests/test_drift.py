@@ -136,6 +136,30 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["GRANT SELECT ON leads TO PUBLIC"],
         ("replace_table_privileges", "public.leads.PUBLIC", "SELECT"),
     ),
+    "select-and-update-granted-to-another-role": (
+        [
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pdb_side_door') "
+            "THEN CREATE ROLE pdb_side_door NOLOGIN; END IF; END $$",
+            "GRANT SELECT, UPDATE ON leads TO pdb_side_door",
+        ],
+        ("drop_table_privileges", "public.leads.pdb_side_door", "SELECT, UPDATE"),
+    ),
+    "column-privileges-granted-to-app": (
+        ["GRANT REFERENCES (id, tenant_id) ON leads TO platform_app"],
+        (
+            "replace_table_privileges",
+            "public.leads.platform_app",
+            "REFERENCES (tenant_id, id)",  # in column order
+        ),
+    ),
+    "column-update-granted-to-another-role": (
+        [
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pdb_side_door') "
+            "THEN CREATE ROLE pdb_side_door NOLOGIN; END IF; END $$",
+            "GRANT UPDATE (status) ON leads TO pdb_side_door",
+        ],
+        ("drop_table_privileges", "public.leads.pdb_side_door", "UPDATE (status)"),
+    ),
     "partition-not-forced": (
         ["ALTER TABLE form_submissions_default NO FORCE ROW LEVEL SECURITY"],
         ("replace_partition_protection", "public.form_submissions", "form_submissions_default"),

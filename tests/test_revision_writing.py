@@ -85,3 +85,32 @@ def test_a_function_replaced_in_place_is_not_recreated(conn: Connection) -> None
     assert isinstance(replace, ReplaceEntityOp)
     assert not replace.recreate
     assert "recreate" not in render_python_code(UpgradeOps(ops=[replace]))
+
+
+def test_grants_to_other_roles_and_column_grants_are_revoked_by_the_repair(
+    conn: Connection,
+) -> None:
+    from platform_db.ddl import definitions  # noqa: PLC0415
+    from platform_db.models import metadata  # noqa: PLC0415
+
+    conn.execute(text("CREATE ROLE pdb_repair_probe NOLOGIN"))
+    conn.execute(text("GRANT SELECT, UPDATE ON leads TO pdb_repair_probe"))
+    conn.execute(text("GRANT UPDATE (status) ON pages TO pdb_repair_probe"))
+    conn.execute(text("GRANT REFERENCES (id, tenant_id) ON leads TO platform_app"))
+    wanted = definitions(metadata)
+    found = {o.to_diff_tuple()[:2] for o in compare_entities(conn, wanted)}
+    assert found == {
+        ("drop_table_privileges", "public.leads.pdb_repair_probe"),
+        ("drop_table_privileges", "public.pages.pdb_repair_probe"),
+        ("replace_table_privileges", "public.leads.platform_app"),
+    }
+    operations = Operations(MigrationContext.configure(conn))
+    for operation in compare_entities(conn, wanted):
+        operations.invoke(operation)
+    assert compare_entities(conn, wanted) == []
+    assert not conn.scalar(
+        text("SELECT has_column_privilege('platform_app', 'leads', 'id', 'REFERENCES')")
+    )
+    assert not conn.scalar(
+        text("SELECT has_column_privilege('pdb_repair_probe', 'pages', 'status', 'UPDATE')")
+    )

@@ -71,8 +71,14 @@ def qualified(name: str) -> str:
     return name
 
 
+_QUOTED_ROLE = re.compile(r'^"(?:[^"\x00]|""){1,63}"$')
+
+
 def role_name(role: str) -> str:
-    return role if role == "PUBLIC" else ident(role)
+    """`PUBLIC`, a plain identifier, or (as read from the catalog) a quoted one."""
+    if role == "PUBLIC" or _QUOTED_ROLE.match(role):
+        return role
+    return ident(role)
 
 
 def literal(value: str) -> str:
@@ -353,9 +359,9 @@ class Policy(Entity):
 
 _GRANTS_SQL = """
 SELECT n.nspname || '.' || c.relname AS on_,
-       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END
-           AS grantee,
-       a.privilege_type
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+            ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee,
+       a.privilege_type, a.grantee = c.relowner AS is_owner
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL pg_catalog.aclexplode(
@@ -363,16 +369,43 @@ CROSS JOIN LATERAL pg_catalog.aclexplode(
 WHERE c.oid = ANY(CAST(:oids AS oid[]))
 """
 
+# Column privileges ("REFERENCES (id, tenant_id)"), per table and grantee.
+_COLUMN_GRANTS_SQL = """
+SELECT n.nspname || '.' || c.relname AS on_,
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+            ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee,
+       a.privilege_type || ' (' || string_agg(pg_catalog.quote_ident(att.attname), ', '
+                                              ORDER BY att.attnum) || ')' AS privilege
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute att
+  ON att.attrelid = c.oid AND att.attacl IS NOT NULL AND NOT att.attisdropped
+CROSS JOIN LATERAL pg_catalog.aclexplode(att.attacl) a
+WHERE c.oid = ANY(CAST(:oids AS oid[])) AND a.grantee <> c.relowner
+GROUP BY 1, 2, a.privilege_type
+ORDER BY 1, 2, 3
+"""
+_COLUMN_PRIVILEGE = re.compile(
+    r'^(SELECT|INSERT|UPDATE|REFERENCES) \((?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")'
+    r'(?:, (?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+"))*\)$'
+)
+
 
 @dataclass(frozen=True)
 class TableGrants(Entity):
-    """Exactly these privileges on a table for one role (`PUBLIC` included): no more."""
+    """Exactly these privileges on a table for one role (`PUBLIC` included): no more.
+
+    `column_privileges` (`"REFERENCES (id, tenant_id)"`) are what the catalog holds on
+    some columns only; a definition has none (read() returns them, and any is drift).
+    Read for a wanted table, every other role that holds a privilege on it (its owner
+    aside) is returned too, so that autogenerate proposes to revoke it (drop_entity)."""
 
     kind: ClassVar[str] = "table_privileges"
     rank: ClassVar[int] = 40
     on: str
     role: str
     privileges: tuple[str, ...] = ()
+    column_privileges: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         qualified(self.on)
@@ -380,6 +413,9 @@ class TableGrants(Entity):
         unknown = set(self.privileges) - set(TABLE_PRIVILEGES)
         if unknown:
             raise ValueError(f"unknown table privileges {sorted(unknown)}")
+        for privilege in self.column_privileges:
+            if not _COLUMN_PRIVILEGE.match(privilege):
+                raise ValueError(f"unexpected column privilege {privilege!r}")
 
     @property
     def identity(self) -> str:
@@ -393,6 +429,9 @@ class TableGrants(Entity):
         statements = [f"REVOKE ALL ON {self.on} FROM {self.role}"]
         if self.privileges:
             statements.append(f"GRANT {', '.join(self.privileges)} ON {self.on} TO {self.role}")
+        statements += [
+            f"GRANT {privilege} ON {self.on} TO {self.role}" for privilege in self.column_privileges
+        ]
         return statements
 
     def drop_sql(self) -> list[str]:
@@ -405,26 +444,50 @@ class TableGrants(Entity):
     def read(cls, conn: Connection, wanted: Sequence[Self]) -> dict[str, Self]:
         oids = _oids(conn, {w.on for w in wanted})
         have: dict[tuple[str, str], set[str]] = {}
+        columns: dict[tuple[str, str], list[str]] = {}
         existing: set[str] = set()
         for r in conn.execute(text(_GRANTS_SQL), {"oids": oids}):
             existing.add(r.on_)
-            have.setdefault((r.on_, r.grantee), set()).add(r.privilege_type)
-        return {
-            w.identity: cls(w.on, w.role, ordered_privileges(have.get((w.on, w.role), ())))
+            if not r.is_owner:
+                have.setdefault((r.on_, r.grantee), set()).add(r.privilege_type)
+        for r in conn.execute(text(_COLUMN_GRANTS_SQL), {"oids": oids}):
+            columns.setdefault((r.on_, r.grantee), []).append(r.privilege)
+        found = {
+            w.identity: cls(
+                w.on,
+                w.role,
+                ordered_privileges(have.get((w.on, w.role), ())),
+                tuple(columns.get((w.on, w.role), ())),
+            )
             for w in wanted
             if w.on in existing
         }
+        # Every other grantee of a wanted table: no definition grants it anything.
+        for on, role in sorted({*have, *columns}):
+            other = cls(on, role, ordered_privileges(have.get((on, role), ())))
+            if other.identity not in found:
+                found[other.identity] = dataclasses.replace(
+                    other, column_privileges=tuple(columns.get((on, role), ()))
+                )
+        return found
 
     def differences(self, conn: Connection, live: Self) -> list[str]:
-        if set(self.privileges) == set(live.privileges):
-            return []
-        return [
-            f"{', '.join(self.privileges) or 'nothing'} "
-            f"(database: {', '.join(live.privileges) or 'nothing'})"
-        ]
+        reasons = []
+        if set(self.privileges) != set(live.privileges):
+            reasons.append(
+                f"{', '.join(self.privileges) or 'nothing'} "
+                f"(database: {', '.join(live.privileges) or 'nothing'})"
+            )
+        if set(self.column_privileges) != set(live.column_privileges):
+            reasons.append(
+                f"column privileges {'; '.join(live.column_privileges)} "
+                f"(should be {'; '.join(self.column_privileges) or 'none'})"
+            )
+        return reasons
 
     def summary(self) -> str:
-        return f"{self.role}: {', '.join(self.privileges) or 'nothing'}"
+        held = [*self.privileges, *self.column_privileges]
+        return f"{self.role}: {', '.join(held) or 'nothing'}"
 
 
 # --------------------------------------------------------------------------------------
