@@ -217,6 +217,22 @@ BREAKS: dict[str, tuple[list[str], tuple[str, ...]]] = {
         ["ALTER VIEW public.tenant_lead_funnel OWNER TO platform_app"],
         ("replace_materialized_view", "public.tenant_lead_funnel is owned by platform_app"),
     ),
+    "audit-trigger-disabled-on-a-partition": (
+        ["ALTER TABLE form_submissions_default DISABLE TRIGGER audit_row_change"],
+        (
+            "replace_partition_protection",
+            "public.form_submissions",
+            "form_submissions_default: trigger audit_row_change is not enabled",
+        ),
+    ),
+    "append-only-trigger-disabled-on-a-partition": (
+        ["ALTER TABLE audit_log_default DISABLE TRIGGER audit_log_append_only"],
+        (
+            "replace_partition_protection",
+            "public.audit_log",
+            "audit_log_default: trigger audit_log_append_only is not enabled",
+        ),
+    ),
     "partition-granted-to-app": (
         ["GRANT SELECT ON form_submissions_default TO platform_app"],
         ("replace_partition_protection", "form_submissions_default", "direct privileges"),

@@ -114,3 +114,30 @@ def test_grants_to_other_roles_and_column_grants_are_revoked_by_the_repair(
     assert not conn.scalar(
         text("SELECT has_column_privilege('pdb_repair_probe', 'pages', 'status', 'UPDATE')")
     )
+
+
+def test_a_trigger_disabled_on_a_partition_is_enabled_again_by_the_repair(
+    conn: Connection,
+) -> None:
+    from platform_db.ddl import definitions  # noqa: PLC0415
+    from platform_db.models import metadata  # noqa: PLC0415
+
+    conn.execute(text("ALTER TABLE form_submissions_default DISABLE TRIGGER audit_row_change"))
+    conn.execute(text("ALTER TABLE audit_log_default DISABLE TRIGGER audit_log_append_only"))
+    wanted = definitions(metadata)
+    found = {o.to_diff_tuple()[:2] for o in compare_entities(conn, wanted)}
+    assert found == {
+        ("replace_partition_protection", "public.form_submissions.partitions"),
+        ("replace_partition_protection", "public.audit_log.partitions"),
+    }
+    operations = Operations(MigrationContext.configure(conn))
+    for operation in compare_entities(conn, wanted):
+        operations.invoke(operation)
+    assert compare_entities(conn, wanted) == []
+    disabled = conn.scalar(
+        text(
+            "SELECT count(*) FROM pg_trigger WHERE tgenabled = 'D' AND tgrelid = ANY("
+            "ARRAY['form_submissions_default'::regclass, 'audit_log_default'::regclass])"
+        )
+    )
+    assert disabled == 0

@@ -1211,6 +1211,41 @@ ORDER BY c.relname
 """
 
 
+# Triggers a partition inherited (cloned) from its parent, in another state than the
+# parent's (an audit trigger disabled on one partition).
+_PARTITION_TRIGGERS_SQL = """
+SELECT c.relname, t.tgname, p.tgenabled AS want
+FROM pg_catalog.pg_partition_tree(CAST(:parent AS regclass)) pt
+JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+JOIN pg_catalog.pg_trigger t ON t.tgrelid = pt.relid
+JOIN pg_catalog.pg_trigger p ON p.oid = t.tgparentid
+WHERE pt.relid <> CAST(:parent AS regclass) AND t.tgenabled <> p.tgenabled
+ORDER BY c.relname, t.tgname
+"""
+
+_SYNC_PARTITION_TRIGGERS = """DO $sync$
+DECLARE
+    t record;
+BEGIN
+    -- Cloned triggers of the partitions back in their parent trigger's state.
+    FOR t IN
+        SELECT pt.relid::regclass AS rel, tg.tgname, p.tgenabled AS want
+        FROM pg_catalog.pg_partition_tree('{on}'::regclass) pt
+        JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = pt.relid
+        JOIN pg_catalog.pg_trigger p ON p.oid = tg.tgparentid
+        WHERE pt.relid <> '{on}'::regclass AND tg.tgenabled <> p.tgenabled
+    LOOP
+        EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.rel,
+                       CASE t.want WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                                   WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE' END,
+                       t.tgname);
+    END LOOP;
+END
+$sync$"""
+
+_TRIGGER_STATES = {"O": "enabled", "D": "disabled", "R": "enabled on replica", "A": "always"}
+
+
 @dataclass(frozen=True)
 class PartitionProtection(Entity):
     """Every partition of `on` has the parent's RLS flags and policies and no grant of
@@ -1241,7 +1276,7 @@ class PartitionProtection(Entity):
         return [f"SELECT {PLATFORM_SCHEMA}.unprotect_partitions('{self.on}'::regclass)"]
 
     def replace_sql(self, previous: Self) -> list[str]:
-        return [*self.drop_sql(), *self.create_sql()]
+        return [*self.drop_sql(), *self.create_sql(), _SYNC_PARTITION_TRIGGERS.format(on=self.on)]
 
     def render(self) -> str:
         args = [repr(self.on)] + ([] if self.rls else ["rls=False"])
@@ -1279,6 +1314,11 @@ class PartitionProtection(Entity):
                     problems.append(f"{p.relname}: policies differ from the parent's")
                 if grants.get(name):
                     problems.append(f"{p.relname}: direct privileges {sorted(grants[name])}")
+            for t in conn.execute(text(_PARTITION_TRIGGERS_SQL), {"parent": w.on}):
+                problems.append(
+                    f"{t.relname}: trigger {t.tgname} is not "
+                    f"{_TRIGGER_STATES.get(t.want, t.want)} as on the parent"
+                )
             found[w.identity] = dataclasses.replace(w, problems=tuple(problems))
         return found
 
