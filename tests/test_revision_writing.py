@@ -11,14 +11,14 @@ import dataclasses
 from collections.abc import Iterator
 
 import pytest
-from alembic.autogenerate import render_python_code
+from alembic.autogenerate import compare_metadata, render_python_code
 from alembic.operations import Operations
 from alembic.operations.ops import UpgradeOps
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine, text
 
 from platform_db.ddl.dashboards import REFRESH_PERFORMANCE_VIEWS
-from platform_db.ddl.entities import Entity
+from platform_db.ddl.entities import Entity, ScheduledJob
 from platform_db.migration.autogenerate import compare_entities
 from platform_db.migration.operations import EntityOp, ReplaceEntityOp
 
@@ -141,3 +141,61 @@ def test_a_trigger_disabled_on_a_partition_is_enabled_again_by_the_repair(
         )
     )
     assert disabled == 0
+
+
+def _package_context(conn: Connection) -> MigrationContext:
+    """A migration context with the package's revision history, as autogenerate has."""
+    from alembic.runtime.environment import EnvironmentContext  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    from platform_db.migration import runner as migrations  # noqa: PLC0415
+    from platform_db.models import metadata  # noqa: PLC0415
+
+    config = migrations.alembic_config()
+    script = ScriptDirectory.from_config(config)
+    return MigrationContext.configure(
+        conn,
+        opts={"target_metadata": metadata, "script": script},
+        environment_context=EnvironmentContext(config, script),
+    )
+
+
+def test_a_changed_job_schedule_gets_a_revision_where_pg_cron_is_absent(
+    conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from alembic.autogenerate import produce_migrations  # noqa: PLC0415
+
+    from platform_db.ddl import jobs  # noqa: PLC0415
+    from platform_db.migration.autogenerate import prepare_revision  # noqa: PLC0415
+    from platform_db.migration.operations import CreateEntityOp  # noqa: PLC0415
+    from platform_db.models import metadata  # noqa: PLC0415
+
+    assert not conn.scalar(text("SELECT count(*) FROM pg_extension WHERE extname = 'pg_cron'"))
+    context = _package_context(conn)
+    # At head, the jobs are the ones the revisions hold: nothing to do.
+    assert [d for d in compare_metadata(context, metadata) if "scheduled_job" in d[0]] == []
+
+    hourly = dataclasses.replace(jobs.REFRESH_PERFORMANCE_VIEWS, schedule="0 * * * *")
+    nightly = ScheduledJob("vacuum-nightly", "0 4 * * *", "VACUUM ANALYZE")
+    monkeypatch.setattr(
+        jobs,
+        "JOBS",
+        (*(hourly if j.name == hourly.name else j for j in jobs.JOBS), nightly),
+    )
+    script = produce_migrations(context, metadata)
+    prepare_revision(context, None, [script])
+    assert script.upgrade_ops is not None
+    found = {
+        o.entity.identity: o
+        for o in script.upgrade_ops.ops
+        if isinstance(o, EntityOp) and isinstance(o.entity, ScheduledJob)
+    }
+    assert set(found) == {hourly.identity, nightly.identity}
+    replace, create = found[hourly.identity], found[nightly.identity]
+    assert isinstance(replace, ReplaceEntityOp)
+    assert replace.entity == hourly
+    assert replace.replaces == "e5f7a9b1d407.cron_refresh_performance_views_scheduled_job"
+    assert isinstance(create, CreateEntityOp)
+    rendered = render_python_code(script.upgrade_ops)
+    assert "0 * * * *" in rendered
+    assert "vacuum-nightly" in rendered

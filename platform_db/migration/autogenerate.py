@@ -41,11 +41,13 @@ from sqlalchemy import Connection, text
 
 from platform_db.ddl import definitions
 from platform_db.ddl.entities import (
+    _HAS_PG_CRON,
     CANNOT_REPLACE_IN_PLACE,
     KINDS,
     Entity,
     PartitionProtection,
     Policy,
+    ScheduledJob,
 )
 from platform_db.ddl.tenant_table import tenant_tables
 from platform_db.migration.operations import (
@@ -205,15 +207,37 @@ def _compare(
         metadata = autogen_context.metadata
         metadatas = metadata if isinstance(metadata, Sequence) else [metadata]
         scope = Scope(tables=frozenset(t for m in metadatas for t in m.tables), package=True)
+    wanted = scope.wanted(autogen_context.metadata)
+    include = _filter(autogen_context)
     upgrade_ops.ops.extend(
-        compare_entities(
-            conn,
-            scope.wanted(autogen_context.metadata),
-            new_tables=_created_tables(upgrade_ops),
-            include=_filter(autogen_context),
-        )
+        compare_entities(conn, wanted, new_tables=_created_tables(upgrade_ops), include=include)
+    )
+    upgrade_ops.ops.extend(
+        _jobs_against_history(conn, autogen_context.migration_context, wanted, include)
     )
     return _CONTINUE
+
+
+def _jobs_against_history(
+    conn: Connection, context: MigrationContext, wanted: Sequence[Entity], include: Filter
+) -> list[EntityOp]:
+    """Where pg_cron is not installed, the catalog holds no jobs to compare with: compare
+    the wanted jobs with the newest definitions the revisions hold instead, so that a
+    changed schedule still gets a revision (its SQL does nothing here, and schedules the
+    job where pg_cron is installed). Jobs no longer wanted are not dropped this way."""
+    jobs = [e for e in wanted if isinstance(e, ScheduledJob) and include(e)]
+    if not jobs or conn.scalar(text(_HAS_PG_CRON)):
+        return []
+    history = _history(context)
+    operations: list[EntityOp] = []
+    for job in jobs:
+        found = history.get(job.identity)
+        if found is None or not isinstance(found[2], ScheduledJob):
+            operations.append(_detected(CreateEntityOp(job, reasons=["no revision schedules it"])))
+        elif found[2] != job:
+            reason = f"revision {found[0]} schedules {found[2].schedule}: {found[2].command}"
+            operations.append(_detected(ReplaceEntityOp(job, previous=found[2], reasons=[reason])))
+    return operations
 
 
 # After Alembic's own table comparison, so entities follow the create_table of their
