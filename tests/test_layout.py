@@ -41,3 +41,58 @@ def test_the_run_time_layers_never_load_the_tools() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+REMOVED = [
+    ("platform_db.migration_ops", name, "create_entity")
+    for name in (
+        "create_policy",
+        "drop_policy",
+        "set_table_privileges",
+        "set_row_level_security",
+        "create_materialized_view",
+        "drop_materialized_view",
+        "replace_materialized_view",
+        "create_audit_trigger",
+        "drop_audit_trigger",
+        "protect_partitions",
+    )
+] + [
+    ("platform_db.autogen", name, "compare_entities")
+    for name in ("compare_tenant_tables", "compare_materialized_views")
+]
+
+
+@pytest.mark.parametrize(("module", "name", "instead"), REMOVED)
+def test_a_removed_name_says_what_replaces_it(module: str, name: str, instead: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = importlib.import_module(module)
+    with pytest.raises(ImportError) as info:
+        exec(f"from {module} import {name}", {})  # noqa: S102
+    message = str(info.value)
+    assert name in message, message
+    assert instead in message, message
+    assert "\n" not in message
+    with pytest.raises(ImportError):
+        getattr(old, name)
+
+
+@pytest.mark.parametrize(
+    "module", ["platform_db.migration.operations", "platform_db.migration.autogenerate"]
+)
+def test_any_other_missing_name_is_a_plain_attribute_error(module: str) -> None:
+    found = importlib.import_module(module)
+    assert not hasattr(found, "no_such_name")
+    with pytest.raises(AttributeError, match="no_such_name"):
+        found.no_such_name  # noqa: B018
+
+
+def test_maintenance_names_of_the_old_ops_module_are_still_there() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ops = importlib.import_module("platform_db.ops")
+    from platform_db.maintenance import health, routine  # noqa: PLC0415
+
+    assert ops.check_settings is health.check_settings
+    assert ops.Progress is routine.Progress

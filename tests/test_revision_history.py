@@ -193,6 +193,8 @@ def test_a_changed_definition_becomes_a_replace_revision_that_points_at_the_old_
         # The funnel's latest definition before this one is fbe2ab389375's.
         assert 'replace_with="fbe2ab389375.lead_funnel_monthly_materialized_view"' in downgrade
         assert "previous=" not in source  # the old definitions are history's, not copied
+        assert "_as_found" not in source
+        assert "as they were found in the" not in source
 
         applied = _alembic(tmp_path, url, "upgrade", "head")
         assert applied.returncode == 0, applied.stderr
@@ -279,6 +281,10 @@ def test_drift_is_repaired_by_the_next_autogenerate_and_restored_by_its_downgrad
         assert "previous=" in source
         assert 'using="true"' in source
         assert "drop_entity(leads_open_door_policy)" in source
+        # ... and the downgrade that would put it back says so, above those definitions.
+        note = source.index("# The downgrade restores the *_as_found definitions")
+        assert "they were found in the\n# database, which no revision defined" in source
+        assert note < source.index("_as_found = ")
 
         assert _alembic(tmp_path, url, "upgrade", "head").returncode == 0
         with engine.connect() as conn:

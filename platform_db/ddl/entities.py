@@ -52,6 +52,9 @@ TABLE_PRIVILEGES: tuple[str, ...] = (
 )
 ROW_PRIVILEGES: tuple[str, ...] = TABLE_PRIVILEGES[:4]
 _COMMANDS = ("ALL", "SELECT", "INSERT", "UPDATE", "DELETE")
+# How Function.differences starts a reason when PostgreSQL refuses CREATE OR REPLACE (a
+# changed return type): autogenerate then writes replace_entity(..., recreate=True).
+CANNOT_REPLACE_IN_PLACE = "cannot be replaced in place"
 
 
 def ident(name: str) -> str:
@@ -68,8 +71,14 @@ def qualified(name: str) -> str:
     return name
 
 
+_QUOTED_ROLE = re.compile(r'^"(?:[^"\x00]|""){1,63}"$')
+
+
 def role_name(role: str) -> str:
-    return role if role == "PUBLIC" else ident(role)
+    """`PUBLIC`, a plain identifier, or (as read from the catalog) a quoted one."""
+    if role == "PUBLIC" or _QUOTED_ROLE.match(role):
+        return role
+    return ident(role)
 
 
 def literal(value: str) -> str:
@@ -350,9 +359,9 @@ class Policy(Entity):
 
 _GRANTS_SQL = """
 SELECT n.nspname || '.' || c.relname AS on_,
-       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END
-           AS grantee,
-       a.privilege_type
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+            ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee,
+       a.privilege_type, a.grantee = c.relowner AS is_owner
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN LATERAL pg_catalog.aclexplode(
@@ -360,16 +369,43 @@ CROSS JOIN LATERAL pg_catalog.aclexplode(
 WHERE c.oid = ANY(CAST(:oids AS oid[]))
 """
 
+# Column privileges ("REFERENCES (id, tenant_id)"), per table and grantee.
+_COLUMN_GRANTS_SQL = """
+SELECT n.nspname || '.' || c.relname AS on_,
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+            ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(a.grantee)) END AS grantee,
+       a.privilege_type || ' (' || string_agg(pg_catalog.quote_ident(att.attname), ', '
+                                              ORDER BY att.attnum) || ')' AS privilege
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute att
+  ON att.attrelid = c.oid AND att.attacl IS NOT NULL AND NOT att.attisdropped
+CROSS JOIN LATERAL pg_catalog.aclexplode(att.attacl) a
+WHERE c.oid = ANY(CAST(:oids AS oid[])) AND a.grantee <> c.relowner
+GROUP BY 1, 2, a.privilege_type
+ORDER BY 1, 2, 3
+"""
+_COLUMN_PRIVILEGE = re.compile(
+    r'^(SELECT|INSERT|UPDATE|REFERENCES) \((?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")'
+    r'(?:, (?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+"))*\)$'
+)
+
 
 @dataclass(frozen=True)
 class TableGrants(Entity):
-    """Exactly these privileges on a table for one role (`PUBLIC` included): no more."""
+    """Exactly these privileges on a table for one role (`PUBLIC` included): no more.
+
+    `column_privileges` (`"REFERENCES (id, tenant_id)"`) are what the catalog holds on
+    some columns only; a definition has none (read() returns them, and any is drift).
+    Read for a wanted table, every other role that holds a privilege on it (its owner
+    aside) is returned too, so that autogenerate proposes to revoke it (drop_entity)."""
 
     kind: ClassVar[str] = "table_privileges"
     rank: ClassVar[int] = 40
     on: str
     role: str
     privileges: tuple[str, ...] = ()
+    column_privileges: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         qualified(self.on)
@@ -377,6 +413,9 @@ class TableGrants(Entity):
         unknown = set(self.privileges) - set(TABLE_PRIVILEGES)
         if unknown:
             raise ValueError(f"unknown table privileges {sorted(unknown)}")
+        for privilege in self.column_privileges:
+            if not _COLUMN_PRIVILEGE.match(privilege):
+                raise ValueError(f"unexpected column privilege {privilege!r}")
 
     @property
     def identity(self) -> str:
@@ -390,6 +429,9 @@ class TableGrants(Entity):
         statements = [f"REVOKE ALL ON {self.on} FROM {self.role}"]
         if self.privileges:
             statements.append(f"GRANT {', '.join(self.privileges)} ON {self.on} TO {self.role}")
+        statements += [
+            f"GRANT {privilege} ON {self.on} TO {self.role}" for privilege in self.column_privileges
+        ]
         return statements
 
     def drop_sql(self) -> list[str]:
@@ -402,26 +444,50 @@ class TableGrants(Entity):
     def read(cls, conn: Connection, wanted: Sequence[Self]) -> dict[str, Self]:
         oids = _oids(conn, {w.on for w in wanted})
         have: dict[tuple[str, str], set[str]] = {}
+        columns: dict[tuple[str, str], list[str]] = {}
         existing: set[str] = set()
         for r in conn.execute(text(_GRANTS_SQL), {"oids": oids}):
             existing.add(r.on_)
-            have.setdefault((r.on_, r.grantee), set()).add(r.privilege_type)
-        return {
-            w.identity: cls(w.on, w.role, ordered_privileges(have.get((w.on, w.role), ())))
+            if not r.is_owner:
+                have.setdefault((r.on_, r.grantee), set()).add(r.privilege_type)
+        for r in conn.execute(text(_COLUMN_GRANTS_SQL), {"oids": oids}):
+            columns.setdefault((r.on_, r.grantee), []).append(r.privilege)
+        found = {
+            w.identity: cls(
+                w.on,
+                w.role,
+                ordered_privileges(have.get((w.on, w.role), ())),
+                tuple(columns.get((w.on, w.role), ())),
+            )
             for w in wanted
             if w.on in existing
         }
+        # Every other grantee of a wanted table: no definition grants it anything.
+        for on, role in sorted({*have, *columns}):
+            other = cls(on, role, ordered_privileges(have.get((on, role), ())))
+            if other.identity not in found:
+                found[other.identity] = dataclasses.replace(
+                    other, column_privileges=tuple(columns.get((on, role), ()))
+                )
+        return found
 
     def differences(self, conn: Connection, live: Self) -> list[str]:
-        if set(self.privileges) == set(live.privileges):
-            return []
-        return [
-            f"{', '.join(self.privileges) or 'nothing'} "
-            f"(database: {', '.join(live.privileges) or 'nothing'})"
-        ]
+        reasons = []
+        if set(self.privileges) != set(live.privileges):
+            reasons.append(
+                f"{', '.join(self.privileges) or 'nothing'} "
+                f"(database: {', '.join(live.privileges) or 'nothing'})"
+            )
+        if set(self.column_privileges) != set(live.column_privileges):
+            reasons.append(
+                f"column privileges {'; '.join(live.column_privileges)} "
+                f"(should be {'; '.join(self.column_privileges) or 'none'})"
+            )
+        return reasons
 
     def summary(self) -> str:
-        return f"{self.role}: {', '.join(self.privileges) or 'nothing'}"
+        held = [*self.privileges, *self.column_privileges]
+        return f"{self.role}: {', '.join(held) or 'nothing'}"
 
 
 # --------------------------------------------------------------------------------------
@@ -721,7 +787,7 @@ class Function(Entity):
                 {"schemas": [self.name.split(".")[0]]},
             ).all()
         except DBAPIError as exc:
-            return f"cannot be replaced in place: {str(exc.orig).splitlines()[0]}"
+            return f"{CANNOT_REPLACE_IN_PLACE}: {str(exc.orig).splitlines()[0]}"
         finally:
             savepoint.rollback()
         sig = _normalise_space(_without_defaults(self.arguments))
@@ -739,12 +805,14 @@ class Function(Entity):
             reasons.append(f"arguments ({live.arguments}) differ")
         elif want.definition != live.definition:
             reasons.append("its definition differs")
-        if set(want.execute) != set(live.execute):
+        # From the definition itself, not the replay: replaying it on the live function
+        # keeps grants to other roles and the live comment, which would hide their drift.
+        if set(self.execute) != set(live.execute):
             reasons.append(
-                f"EXECUTE for {', '.join(want.execute) or 'nobody'} "
+                f"EXECUTE for {', '.join(sorted(self.execute)) or 'nobody'} "
                 f"(database: {', '.join(live.execute) or 'nobody'})"
             )
-        if want.comment != live.comment:
+        if self.comment != live.comment:
             reasons.append("its comment differs")
         return reasons
 
@@ -853,6 +921,44 @@ class View(Entity):
 # --------------------------------------------------------------------------------------
 
 
+_ACCESS_SQL = """
+SELECT pg_catalog.pg_get_userbyid(c.relowner)::text AS owner,
+       ARRAY(SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                         ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END
+                    || ' ' || a.privilege_type
+             FROM pg_catalog.aclexplode(
+                 coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
+             WHERE a.grantee <> c.relowner
+             ORDER BY 1) AS grants,
+       ARRAY(SELECT DISTINCT at.attname::text FROM pg_catalog.pg_attribute at
+             WHERE at.attrelid = c.oid AND at.attacl IS NOT NULL ORDER BY 1) AS column_grants
+FROM pg_catalog.pg_class c
+WHERE c.oid = pg_catalog.to_regclass(:name)
+"""
+
+
+def _access_problems(
+    conn: Connection, name: str, *, owner: str, grants: dict[str, set[str]]
+) -> list[str]:
+    """Why the owner and privileges of relation `name` are not exactly these (none for
+    anyone else, PUBLIC included, and no column privileges)."""
+    found = conn.execute(text(_ACCESS_SQL), {"name": name}).one_or_none()
+    if found is None:
+        return []
+    problems = []
+    if found.owner != owner:
+        problems.append(f"{name} is owned by {found.owner}, should be {owner}")
+    want = sorted(f"{role} {p}" for role, privileges in grants.items() for p in privileges)
+    if sorted(found.grants) != want:
+        problems.append(
+            f"privileges on {name}: {', '.join(found.grants) or 'none'} "
+            f"(should be {', '.join(want) or 'none'})"
+        )
+    if found.column_grants:
+        problems.append(f"column privileges on {name} ({', '.join(found.column_grants)})")
+    return problems
+
+
 @dataclass(frozen=True)
 class MaterializedView(Entity):
     """A materialized view in `platform`, its unique index (REFRESH ... CONCURRENTLY needs
@@ -949,6 +1055,8 @@ FROM {self.qualified}"""
 
     @classmethod
     def read(cls, conn: Connection, wanted: Sequence[Self]) -> dict[str, Self]:
+        """The wanted materialized views only: another one in `platform` is not the
+        package's to drop (its tenant view, index and downgrade could only be guessed)."""
         tenant_views = {w.name: w.tenant_view for w in wanted}
         rows = conn.execute(
             text(
@@ -966,8 +1074,10 @@ SELECT c.relname AS name, pg_catalog.pg_get_viewdef(c.oid) AS query,
            AS unique_columns
 FROM pg_catalog.pg_class c
 WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
+  AND c.relname = ANY(:names)
 """
-            )
+            ),
+            {"names": sorted(tenant_views)},
         )
         found: dict[str, Self] = {}
         for r in rows:
@@ -975,7 +1085,7 @@ WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
                 r.name,
                 str(r.query).rstrip().rstrip(";"),
                 tuple(r.unique_columns or ()),
-                tenant_views.get(r.name, f"tenant_{r.name}"),
+                tenant_views[r.name],
             )
             found[view.identity] = view
         return found
@@ -1033,6 +1143,18 @@ WHERE c.relnamespace = '{PLATFORM_SCHEMA}'::regnamespace AND c.relkind = 'm'
             reasons.append(f"tenant view public.{self.tenant_view} is missing")
         elif want_tenant is None or tenant.definition != want_tenant or not tenant.barrier:
             reasons.append(f"tenant view public.{self.tenant_view} differs from the definition")
+        # Who may read them: the materialized view holds every tenant's rows (closed to
+        # platform_app), the tenant view only the current tenant's.
+        reasons += _access_problems(
+            conn, self.qualified, owner=ADMIN_ROLE, grants={OWNER_ROLE: {"SELECT"}}
+        )
+        if tenant is not None:
+            reasons += _access_problems(
+                conn,
+                f"public.{self.tenant_view}",
+                owner=OWNER_ROLE,
+                grants={APP_ROLE: {"SELECT"}, ADMIN_ROLE: {"SELECT"}},
+            )
         return reasons
 
 
@@ -1123,6 +1245,41 @@ ORDER BY c.relname
 """
 
 
+# Triggers a partition inherited (cloned) from its parent, in another state than the
+# parent's (an audit trigger disabled on one partition).
+_PARTITION_TRIGGERS_SQL = """
+SELECT c.relname, t.tgname, p.tgenabled AS want
+FROM pg_catalog.pg_partition_tree(CAST(:parent AS regclass)) pt
+JOIN pg_catalog.pg_class c ON c.oid = pt.relid
+JOIN pg_catalog.pg_trigger t ON t.tgrelid = pt.relid
+JOIN pg_catalog.pg_trigger p ON p.oid = t.tgparentid
+WHERE pt.relid <> CAST(:parent AS regclass) AND t.tgenabled <> p.tgenabled
+ORDER BY c.relname, t.tgname
+"""
+
+_SYNC_PARTITION_TRIGGERS = """DO $sync$
+DECLARE
+    t record;
+BEGIN
+    -- Cloned triggers of the partitions back in their parent trigger's state.
+    FOR t IN
+        SELECT pt.relid::regclass AS rel, tg.tgname, p.tgenabled AS want
+        FROM pg_catalog.pg_partition_tree('{on}'::regclass) pt
+        JOIN pg_catalog.pg_trigger tg ON tg.tgrelid = pt.relid
+        JOIN pg_catalog.pg_trigger p ON p.oid = tg.tgparentid
+        WHERE pt.relid <> '{on}'::regclass AND tg.tgenabled <> p.tgenabled
+    LOOP
+        EXECUTE format('ALTER TABLE %s %s TRIGGER %I', t.rel,
+                       CASE t.want WHEN 'D' THEN 'DISABLE' WHEN 'R' THEN 'ENABLE REPLICA'
+                                   WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE' END,
+                       t.tgname);
+    END LOOP;
+END
+$sync$"""
+
+_TRIGGER_STATES = {"O": "enabled", "D": "disabled", "R": "enabled on replica", "A": "always"}
+
+
 @dataclass(frozen=True)
 class PartitionProtection(Entity):
     """Every partition of `on` has the parent's RLS flags and policies and no grant of
@@ -1153,7 +1310,7 @@ class PartitionProtection(Entity):
         return [f"SELECT {PLATFORM_SCHEMA}.unprotect_partitions('{self.on}'::regclass)"]
 
     def replace_sql(self, previous: Self) -> list[str]:
-        return [*self.drop_sql(), *self.create_sql()]
+        return [*self.drop_sql(), *self.create_sql(), _SYNC_PARTITION_TRIGGERS.format(on=self.on)]
 
     def render(self) -> str:
         args = [repr(self.on)] + ([] if self.rls else ["rls=False"])
@@ -1191,6 +1348,11 @@ class PartitionProtection(Entity):
                     problems.append(f"{p.relname}: policies differ from the parent's")
                 if grants.get(name):
                     problems.append(f"{p.relname}: direct privileges {sorted(grants[name])}")
+            for t in conn.execute(text(_PARTITION_TRIGGERS_SQL), {"parent": w.on}):
+                problems.append(
+                    f"{t.relname}: trigger {t.tgname} is not "
+                    f"{_TRIGGER_STATES.get(t.want, t.want)} as on the parent"
+                )
             found[w.identity] = dataclasses.replace(w, problems=tuple(problems))
         return found
 
@@ -1219,6 +1381,7 @@ KINDS: tuple[type[Entity], ...] = tuple(
 __all__ = [
     "ADMIN_ROLE",
     "APP_ROLE",
+    "CANNOT_REPLACE_IN_PLACE",
     "KINDS",
     "OWNER_ROLE",
     "PLATFORM_SCHEMA",

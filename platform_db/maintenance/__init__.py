@@ -7,17 +7,20 @@ from platform_db.maintenance.health import (
     DoctorReport,
     SettingCheck,
     check_environment,
+    check_settings,
     doctor,
 )
-from platform_db.maintenance.routine import MaintenanceStep, maintain
+from platform_db.maintenance.routine import MaintenanceStep, Progress, maintain
 
 __all__ = [
     "SEVERITY_ORDER",
     "DoctorCannotRun",
     "DoctorReport",
     "MaintenanceStep",
+    "Progress",
     "SettingCheck",
     "check_environment",
+    "check_settings",
     "doctor",
     "maintain",
 ]

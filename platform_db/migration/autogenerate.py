@@ -40,7 +40,15 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 
 from platform_db.ddl import definitions
-from platform_db.ddl.entities import KINDS, Entity, PartitionProtection, Policy
+from platform_db.ddl.entities import (
+    _HAS_PG_CRON,
+    CANNOT_REPLACE_IN_PLACE,
+    KINDS,
+    Entity,
+    PartitionProtection,
+    Policy,
+    ScheduledJob,
+)
 from platform_db.ddl.tenant_table import tenant_tables
 from platform_db.migration.operations import (
     CreateEntityOp,
@@ -121,7 +129,11 @@ def compare_entities(
             if kind is PartitionProtection and not reasons and e.table in policy_changed:
                 reasons = ["the parent's policies change"]
             if reasons:
-                changes.append(_detected(ReplaceEntityOp(e, previous=have, reasons=reasons)))
+                # PostgreSQL refuses to replace it in place (a function's return type
+                # changed): the revision drops the old definition and creates the new one.
+                recreate = any(r.startswith(CANNOT_REPLACE_IN_PLACE) for r in reasons)
+                replace = ReplaceEntityOp(e, previous=have, recreate=recreate, reasons=reasons)
+                changes.append(_detected(replace))
         names = {e.identity for e in entities}
         for identity, have in sorted(live.items()):
             if identity not in names and keep(have):
@@ -195,15 +207,37 @@ def _compare(
         metadata = autogen_context.metadata
         metadatas = metadata if isinstance(metadata, Sequence) else [metadata]
         scope = Scope(tables=frozenset(t for m in metadatas for t in m.tables), package=True)
+    wanted = scope.wanted(autogen_context.metadata)
+    include = _filter(autogen_context)
     upgrade_ops.ops.extend(
-        compare_entities(
-            conn,
-            scope.wanted(autogen_context.metadata),
-            new_tables=_created_tables(upgrade_ops),
-            include=_filter(autogen_context),
-        )
+        compare_entities(conn, wanted, new_tables=_created_tables(upgrade_ops), include=include)
+    )
+    upgrade_ops.ops.extend(
+        _jobs_against_history(conn, autogen_context.migration_context, wanted, include)
     )
     return _CONTINUE
+
+
+def _jobs_against_history(
+    conn: Connection, context: MigrationContext, wanted: Sequence[Entity], include: Filter
+) -> list[EntityOp]:
+    """Where pg_cron is not installed, the catalog holds no jobs to compare with: compare
+    the wanted jobs with the newest definitions the revisions hold instead, so that a
+    changed schedule still gets a revision (its SQL does nothing here, and schedules the
+    job where pg_cron is installed). Jobs no longer wanted are not dropped this way."""
+    jobs = [e for e in wanted if isinstance(e, ScheduledJob) and include(e)]
+    if not jobs or conn.scalar(text(_HAS_PG_CRON)):
+        return []
+    history = _history(context)
+    operations: list[EntityOp] = []
+    for job in jobs:
+        found = history.get(job.identity)
+        if found is None or not isinstance(found[2], ScheduledJob):
+            operations.append(_detected(CreateEntityOp(job, reasons=["no revision schedules it"])))
+        elif found[2] != job:
+            reason = f"revision {found[0]} schedules {found[2].schedule}: {found[2].command}"
+            operations.append(_detected(ReplaceEntityOp(job, previous=found[2], reasons=[reason])))
+    return operations
 
 
 # After Alembic's own table comparison, so entities follow the create_table of their
@@ -329,21 +363,30 @@ def prepare_revision(
     ]
     names: dict[Entity, str] = {}
     taken: set[str] = set()
+    as_found = False
     for o in operations:
         # The previous definition of a replace, read from the database: "as found".
         for entity, suffix in ((o.entity, ""), (getattr(o, "previous", None), "_as_found")):
             if entity is not None and entity not in names:
                 names[entity] = _variable(entity, taken, suffix)
+                as_found = as_found or bool(suffix)
         o.variable = names[o.entity]
         if isinstance(o, ReplaceEntityOp) and o.previous is not None:
             o.previous_variable = names[o.previous]
     kinds = sorted({type(e).__name__ for e in names})
     if kinds:
         script.imports.add(f"from platform_db.ddl.entities import {', '.join(kinds)}")
-    notes = _protection_notes(context, {e.table for e in names if e.table})
+    notes = [_AS_FOUND_NOTE] if as_found else []
+    notes += _protection_notes(context, {e.table for e in names if e.table})
     template_args["entities"] = "\n\n".join(
         [*notes, *(f"{n} = {e.render()}" for e, n in names.items())]
     )
+
+
+_AS_FOUND_NOTE = """\
+# The downgrade restores the *_as_found definitions below as they were found in the
+# database, which no revision defined (drift this revision repairs, such as a loosened
+# policy or an extra grant): review them before running it."""
 
 
 def _protection_notes(context: MigrationContext, tables: set[str]) -> list[str]:
@@ -363,6 +406,21 @@ def _protection_notes(context: MigrationContext, tables: set[str]) -> list[str]:
             what = ", ".join(off) or "protected differently"
             notes.append(f"# {table.qualified}: {what} ({p.reason or 'see its model'}).")
     return ["\n".join(notes)] if notes else []
+
+
+# Names of platform_db.autogen before the entity comparator (issue 12).
+_REMOVED = ("compare_tenant_tables", "compare_materialized_views")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REMOVED:
+        raise ImportError(
+            f"{name} was removed from {__name__} (formerly platform_db.autogen) in 0.1: "
+            "use compare_entities(conn, wanted), which compares every kind of entity "
+            "(platform_db.ddl.entities) at once",
+            name=__name__,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["SCOPE_OPTION", "Scope", "compare_entities", "drift", "prepare_revision"]

@@ -125,7 +125,10 @@ class ReplaceEntityOp(EntityOp):
     """Turn the previous definition of an object into `entity`.
 
     The previous one is given (`previous`), or named in an earlier revision: `replaces`
-    (upgrade: previous -> entity) or `replace_with` (downgrade: entity -> that one)."""
+    (upgrade: previous -> entity) or `replace_with` (downgrade: entity -> that one).
+
+    `recreate`: drop the previous definition and create the new one, where PostgreSQL
+    refuses to replace it in place (a function whose return type changes)."""
 
     verb = "replace"
 
@@ -136,20 +139,22 @@ class ReplaceEntityOp(EntityOp):
         previous: Entity | None = None,
         replaces: str | None = None,
         replace_with: str | None = None,
+        recreate: bool = False,
         reasons: Sequence[str] = (),
     ) -> None:
         super().__init__(entity, reasons=reasons)
         if sum(x is not None for x in (previous, replaces, replace_with)) != 1:
             raise ValueError("replace_entity needs exactly one of previous, replaces, replace_with")
         self.previous, self.replaces, self.replace_with = previous, replaces, replace_with
+        self.recreate = recreate
         self.previous_variable: str | None = None
 
     def reverse(self) -> ReplaceEntityOp:
         if self.previous is not None:
-            return ReplaceEntityOp(self.previous, previous=self.entity)
+            return ReplaceEntityOp(self.previous, previous=self.entity, recreate=self.recreate)
         if self.replaces is not None:
-            return ReplaceEntityOp(self.entity, replace_with=self.replaces)
-        return ReplaceEntityOp(self.entity, replaces=self.replace_with)
+            return ReplaceEntityOp(self.entity, replace_with=self.replaces, recreate=self.recreate)
+        return ReplaceEntityOp(self.entity, replaces=self.replace_with, recreate=self.recreate)
 
 
 @Operations.implementation_for(CreateEntityOp)
@@ -165,14 +170,18 @@ def _drop(operations: Operations, operation: DropEntityOp) -> None:
 @Operations.implementation_for(ReplaceEntityOp)
 def _replace(operations: Operations, operation: ReplaceEntityOp) -> None:
     if operation.replace_with is not None:
-        target = resolve(operations, operation.replace_with)
-        _execute_all(operations, target.replace_sql(operation.entity))
-        return
-    previous = operation.previous
-    if previous is None:
-        assert operation.replaces is not None
-        previous = resolve(operations, operation.replaces)
-    _execute_all(operations, operation.entity.replace_sql(previous))
+        previous, target = operation.entity, resolve(operations, operation.replace_with)
+    else:
+        target = operation.entity
+        if operation.previous is not None:
+            previous = operation.previous
+        else:
+            assert operation.replaces is not None
+            previous = resolve(operations, operation.replaces)
+    if operation.recreate:
+        _execute_all(operations, [*previous.drop_sql(), *target.create_sql()])
+    else:
+        _execute_all(operations, target.replace_sql(previous))
 
 
 def create_entity(entity: Entity) -> None:
@@ -191,16 +200,26 @@ def replace_entity(
     previous: Entity | None = None,
     replaces: str | None = None,
     replace_with: str | None = None,
+    recreate: bool = False,
 ) -> None:
     """Replace an object's definition, in place where PostgreSQL allows it.
 
     - `replaces="<revision>.<name>"`: the previous definition is that revision's entity;
     - `replace_with="<revision>.<name>"`: the reverse (a downgrade), back to that one;
     - `previous=<entity>`: the previous definition, given (what autogenerate writes when
-      the database held something no revision defines).
+      the database held something no revision defines);
+    - `recreate=True`: drop the previous definition and create this one (autogenerate
+      sets it where PostgreSQL cannot replace the object in place: a function whose
+      return type changes).
     """
     op.invoke(
-        ReplaceEntityOp(entity, previous=previous, replaces=replaces, replace_with=replace_with)
+        ReplaceEntityOp(
+            entity,
+            previous=previous,
+            replaces=replaces,
+            replace_with=replace_with,
+            recreate=recreate,
+        )
     )
 
 
@@ -383,13 +402,41 @@ def _render_drop(ctx: AutogenContext, operation: DropEntityOp) -> str:
 def _render_replace(ctx: AutogenContext, operation: ReplaceEntityOp) -> str:
     fn = _import(ctx, "replace_entity")
     entity = _ref(ctx, operation.entity, operation.variable)
+    recreate = ", recreate=True" if operation.recreate else ""
     if operation.replaces is not None:
-        return f"{fn}({entity}, replaces={operation.replaces!r})"
+        return f"{fn}({entity}, replaces={operation.replaces!r}{recreate})"
     if operation.replace_with is not None:
-        return f"{fn}({entity}, replace_with={operation.replace_with!r})"
+        return f"{fn}({entity}, replace_with={operation.replace_with!r}{recreate})"
     assert operation.previous is not None
     previous = _ref(ctx, operation.previous, operation.previous_variable)
-    return f"{fn}({entity}, previous={previous})"
+    return f"{fn}({entity}, previous={previous}{recreate})"
+
+
+# Names of platform_db.migration_ops before the entity operations (issue 12), and what
+# replaces each: importing one says so instead of a bare "cannot import name".
+_REMOVED: dict[str, str] = {
+    "create_policy": "create_entity(Policy(...))",
+    "drop_policy": "drop_entity(Policy(...))",
+    "set_table_privileges": "create_entity(TableGrants(...)) or replace_entity(TableGrants(...))",
+    "set_row_level_security": "create_entity(RowLevelSecurity(...))",
+    "create_materialized_view": "create_entity(MaterializedView(...))",
+    "drop_materialized_view": "drop_entity(MaterializedView(...))",
+    "replace_materialized_view": "replace_entity(MaterializedView(...), replaces=...)",
+    "create_audit_trigger": "create_entity(Trigger(...))",
+    "drop_audit_trigger": "drop_entity(Trigger(...))",
+    "protect_partitions": "create_entity(PartitionProtection(...))",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REMOVED:
+        raise ImportError(
+            f"{name} was removed from {__name__} (formerly platform_db.migration_ops) in 0.1: "
+            f"use {_REMOVED[name]} with an entity of platform_db.ddl.entities "
+            "(create_entity / drop_entity / replace_entity)",
+            name=__name__,
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
