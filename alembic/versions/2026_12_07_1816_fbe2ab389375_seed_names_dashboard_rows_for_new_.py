@@ -1,4 +1,4 @@
-"""seed names, dashboard rows for new tenants, observed unused indexes
+"""Use the seed's names, give new tenants a dashboard row, count unused indexes over time
 
 Revision ID: fbe2ab389375
 Revises: cacc0a4ef960
