@@ -124,7 +124,8 @@ def _process_revision_directives(context: Any) -> Any:
 def _ownership_sql(scope: Scope) -> str:
     from platform_db.migration.runner import managed_relations  # noqa: PLC0415
 
-    # Whichever branch ran, the package's and this environment's relations.
+    # The package's relations (a service's upgrade may have migrated them first) and
+    # this environment's own.
     return claim_ownership_sql(sorted({*managed_relations(), *scope.tables}))
 
 

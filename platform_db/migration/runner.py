@@ -1,5 +1,5 @@
 """Run Alembic revisions from code (CLI, demo, tests): the package's own, or a service's
-history that holds them as its `platform_db` branch (``alembic_config(ini=...)``)."""
+(``alembic_config(ini=...)``; its environment upgrades the package's schema first)."""
 
 from __future__ import annotations
 
