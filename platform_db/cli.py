@@ -62,23 +62,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _alembic(args: argparse.Namespace, action: str) -> int:
     from alembic import command  # noqa: PLC0415
+    from alembic.util.exc import CommandError  # noqa: PLC0415
 
     from platform_db.migration import runner as migrations  # noqa: PLC0415
+    from platform_db.migration.downgrade_guard import DESTROY_DATA_ATTRIBUTE  # noqa: PLC0415
 
     if database_url_from_env() is None:
         raise ConfigurationError("DATABASE_URL is not set")
     cfg = migrations.alembic_config()
-    if args.sql:  # offline: the SQL on stdout is the whole output
-        getattr(command, action)(cfg, args.revision, sql=True)
-        return EXIT_OK
-    engine = _admin_engine()
+    cfg.attributes["platform_db_command"] = action
+    cfg.attributes[DESTROY_DATA_ATTRIBUTE] = bool(getattr(args, "destroy_data", False))
     try:
-        before = _current_heads(engine)
-        getattr(command, action)(cfg, args.revision)
-        after = _current_heads(engine)
-        database = redact(engine.url)
-    finally:
-        engine.dispose()
+        if args.sql:  # offline: the SQL on stdout is the whole output
+            getattr(command, action)(cfg, args.revision, sql=True)
+            return EXIT_OK
+        engine = _admin_engine()
+        try:
+            before = _current_heads(engine)
+            getattr(command, action)(cfg, args.revision)
+            # What the run found under the migration lock: a concurrent deploy may have
+            # applied everything while this one waited.
+            before = cfg.attributes.get("platform_db_heads_before", before)
+            after = _current_heads(engine)
+            database = redact(engine.url)
+        finally:
+            engine.dispose()
+    except CommandError as exc:
+        # A refused downgrade (it names the tables and their rows), a migration lock
+        # waited for too long, an unknown revision: Alembic's message, no traceback.
+        print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
     _print_applied(cfg, action, before, after, database)
     return EXIT_OK
 
@@ -757,6 +770,13 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("revision", nargs="?", default=default)
         p.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+        if name == "downgrade":
+            p.add_argument(
+                "--destroy-data",
+                action="store_true",
+                help="drop tables that hold rows (the audit trail included); without it a "
+                "downgrade that would drop any refuses, naming them and their row counts",
+            )
         p.set_defaults(func=_cmd_upgrade if name == "upgrade" else _cmd_downgrade)
 
     # --- audit trail (issue 7) ---

@@ -202,7 +202,12 @@ def test_new_tenant_model_gets_rls_policy_grants_and_audit_from_autogenerate(
             ).all()
         assert [(r[0], r[1], r[2]["body"]) for r in audited] == [(a, "INSERT", "mine")]
 
-        down = _alembic(tmp_path, url, "downgrade", "-1")
+        # notes holds a row (and the audit trail one about it): the downgrade that drops
+        # the table refuses until told to destroy data (issue 20).
+        refused = _alembic(tmp_path, url, "downgrade", "-1")
+        assert refused.returncode != 0
+        assert "public.notes  1 row" in refused.stderr, refused.stderr
+        down = _alembic(tmp_path, url, "-x", "destroy_data=true", "downgrade", "-1")
         assert down.returncode == 0, down.stderr
         with engine.connect() as conn:
             assert _catalog(conn, "notes") == {}

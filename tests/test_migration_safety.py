@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from platform_db.migration import lint as migration_lint
 from platform_db.migration import runner as migrations
 from platform_db.migration.lint import Allowance, Violation
+from platform_db.migration.locking import MIGRATION_LOCK_KEY
 from platform_db.migration.operations import create_index_concurrently, drop_index_concurrently
 
 
@@ -162,14 +163,23 @@ def test_offline_script_of_an_index_build_is_guarded_and_timed_out(
     assert kinds == [
         "BEGIN",
         "DO",  # stops on an INVALID leftover, with the instructions to drop it
+        "SELECT",  # the migration lock, held by the session across the commit
         "COMMIT",
         "SET lock_timeout",
         "CREATE INDEX",
         "RESET",
         "BEGIN",
         "SET LOCAL",
+        "SELECT",  # ... and handed back to the new transaction
+        "SELECT",
         "COMMIT",
     ], steps
+    key = MIGRATION_LOCK_KEY
+    assert steps[2] == f"SELECT pg_catalog.pg_advisory_lock({key})"
+    assert steps[9:11] == [
+        f"SELECT pg_catalog.pg_advisory_xact_lock({key})",
+        f"SELECT pg_catalog.pg_advisory_unlock({key})",
+    ]
     assert "CREATE INDEX CONCURRENTLY IF NOT EXISTS ix_leads_company ON public.leads" in sql
     assert "SET lock_timeout = '3s'" in sql
     assert "SET LOCAL lock_timeout = '3s'" in sql

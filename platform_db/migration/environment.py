@@ -28,6 +28,13 @@ Both environments, the package's own (`run_package_migrations`) and a service's:
   policy, grants, the audit trigger) and reports their drift (platform_db.migration.
   autogenerate);
 - writes no empty revision, and freezes what a new one runs into it;
+- runs alone: the migration transaction first takes the migration lock, a
+  transaction-level advisory lock with a fixed key (platform_db.migration.locking), before
+  Alembic reads or creates the version table, so a concurrent deploy of the same database
+  waits and then finds nothing to do; an upgrade first creates the cluster's missing group
+  roles in a transaction of its own that tolerates another database creating them;
+- refuses a downgrade that would drop tables holding rows unless told `destroy_data`
+  (platform_db.migration.downgrade_guard), naming the tables and their row counts;
 - runs under the migration lock_timeout, in one transaction, and hands what the run
   created to platform_owner;
 - takes the URL from DATABASE_URL, or the caller's connection from
@@ -55,6 +62,12 @@ from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from platform_db.ddl.security import claim_ownership_sql
 from platform_db.migration.autogenerate import SCOPE_OPTION, Scope, prepare_revision
+from platform_db.migration.downgrade_guard import DowngradeGuard, destroy_data_requested
+from platform_db.migration.locking import (
+    ensure_roles,
+    offline_lock_statements,
+    take_migration_lock,
+)
 from platform_db.migration.operations import migration_lock_timeout
 from platform_db.session.settings import SYNC_DRIVER, database_url_from_env, with_driver
 
@@ -149,7 +162,9 @@ def _run_offline(context: Any, metadata: MetaData, scope: Scope, version_table: 
         **{SCOPE_OPTION: scope},
     )
     with context.begin_transaction():
-        context.execute(f"SET LOCAL lock_timeout = '{timeout}'")
+        # The migration lock first (waited for under its own bound), then the lock_timeout.
+        for statement in offline_lock_statements(timeout):
+            context.execute(statement)
         context.run_migrations()
         context.execute(_ownership_sql(scope))
 
@@ -203,14 +218,30 @@ def _run_online(
     scope: Scope,
     version_table: str | None,
 ) -> None:
+    command = _command(context)
     if not scope.package:
         _package_first(context, connection)
+    elif command in (None, "upgrade"):
+        # The roles are the cluster's: another database may be creating them right now,
+        # which this database's migration lock does not prevent.
+        ensure_roles(connection)
     callers_transaction = connection.in_transaction()
     filters = _Filters(scope, _partitions(connection))
     if not callers_transaction:
         # End the transaction the catalog read began, so that Alembic begins (and owns)
         # the migration's: an autocommit block (CREATE INDEX CONCURRENTLY) needs that.
         connection.rollback()
+    # Which tables hold rows is looked at only for a downgrade (or a command run without
+    # saying which it is); the guard then checks after each reverted revision.
+    guard = (
+        DowngradeGuard(
+            connection,
+            destroy_data=destroy_data_requested(context),
+            target=str(context.get_revision_argument() or "base"),
+        )
+        if command in (None, "downgrade")
+        else None
+    )
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -218,15 +249,26 @@ def _run_online(
         include_name=filters.include_name,
         include_object=filters.include_object,
         process_revision_directives=_process_revision_directives(context),
+        on_version_apply=[guard] if guard is not None else [],
         **_version_table(version_table),
         **{SCOPE_OPTION: scope},
     )
     with context.begin_transaction():
+        # One migration of this database at a time, decided before Alembic reads (or
+        # creates) the version table: a second deploy waits here, then finds nothing to do.
+        take_migration_lock(connection)
         # A deploy must never queue behind a long-running lock and stall the
         # application's queries behind it: give up after this long, and retry.
         connection.execute(
             text("SELECT set_config('lock_timeout', :t, true)"), {"t": migration_lock_timeout()}
         )
+        if command in ("upgrade", "downgrade"):
+            # What the run starts from, seen under the lock (the CLI reports from it).
+            context.config.attributes["platform_db_heads_before"] = tuple(
+                context.get_context().get_current_heads()
+            )
+        if guard is not None:
+            guard.start()
         context.run_migrations()
         connection.execute(text(_ownership_sql(scope)))
 
@@ -251,7 +293,13 @@ def _run(context: Any, metadata: MetaData, scope: Scope, version_table: str | No
             "DATABASE_URL is not set: point it at the database to migrate, "
             "for example postgresql://postgres@127.0.0.1:5432/platform"
         )
-    engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=pool.NullPool)
+    # Named, so that a deploy waiting for the migration lock can say who holds it.
+    connect_args = (
+        {} if "application_name" in url.query else {"application_name": "platform-db:migrate"}
+    )
+    engine = create_engine(
+        with_driver(url, SYNC_DRIVER), poolclass=pool.NullPool, connect_args=connect_args
+    )
     try:
         with engine.connect() as conn:
             _run_online(context, conn, metadata, scope, version_table)

@@ -31,6 +31,7 @@ under the same lock_timeout as the rest of the migration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from alembic.operations import MigrateOperation, Operations
 
 from platform_db.ddl.entities import Entity, ident
 from platform_db.ddl.tenant_table import FULL_PROTECTION, TenantProtection, TenantTable
+from platform_db.migration.locking import held_across_commit
 
 # --------------------------------------------------------------------------------------
 # Lock timeout
@@ -266,6 +268,17 @@ def _in_callers_transaction() -> bool:
     return not ctx.as_sql and bool(getattr(ctx, "_in_external_transaction", False))
 
 
+def _migration_lock_kept(ctx: Any) -> contextlib.AbstractContextManager[None]:
+    """The migration lock (platform_db.migration.locking) stays held while the autocommit
+    block commits the migration's transaction: no other migration of the database starts
+    in between."""
+
+    def run(sql: str) -> None:
+        op.execute(sa.text(sql))
+
+    return held_across_commit(run, online_connection=None if ctx.as_sql else ctx.bind)
+
+
 def create_index_concurrently(
     index_name: str,
     table_name: str,
@@ -317,21 +330,22 @@ def create_index_concurrently(
         kw["postgresql_using"] = using
     if include:
         kw["postgresql_include"] = list(include)
-    with ctx.autocommit_block():
-        op.execute(sa.text(f"SET lock_timeout = '{timeout}'"))
-        if invalid:
-            op.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
-        op.create_index(
-            index_name,
-            table_name,
-            list(columns),
-            unique=unique,
-            schema=schema,
-            if_not_exists=True,
-            **kw,
-        )
-        op.execute(sa.text("RESET lock_timeout"))
-    op.execute(sa.text(f"SET LOCAL lock_timeout = '{timeout}'"))
+    with _migration_lock_kept(ctx):
+        with ctx.autocommit_block():
+            op.execute(sa.text(f"SET lock_timeout = '{timeout}'"))
+            if invalid:
+                op.execute(sa.text(f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}"))
+            op.create_index(
+                index_name,
+                table_name,
+                list(columns),
+                unique=unique,
+                schema=schema,
+                if_not_exists=True,
+                **kw,
+            )
+            op.execute(sa.text("RESET lock_timeout"))
+        op.execute(sa.text(f"SET LOCAL lock_timeout = '{timeout}'"))
 
 
 def drop_index_concurrently(index_name: str, table_name: str, *, schema: str = "public") -> None:
@@ -342,17 +356,19 @@ def drop_index_concurrently(index_name: str, table_name: str, *, schema: str = "
             f"drop_index_concurrently({index_name!r}) cannot run inside the caller's transaction"
         )
     timeout = migration_lock_timeout()
-    with op.get_context().autocommit_block():
-        op.execute(sa.text(f"SET lock_timeout = '{timeout}'"))
-        op.drop_index(
-            index_name,
-            table_name=table_name,
-            schema=schema,
-            postgresql_concurrently=True,
-            if_exists=True,
-        )
-        op.execute(sa.text("RESET lock_timeout"))
-    op.execute(sa.text(f"SET LOCAL lock_timeout = '{timeout}'"))
+    ctx = op.get_context()
+    with _migration_lock_kept(ctx):
+        with ctx.autocommit_block():
+            op.execute(sa.text(f"SET lock_timeout = '{timeout}'"))
+            op.drop_index(
+                index_name,
+                table_name=table_name,
+                schema=schema,
+                postgresql_concurrently=True,
+                if_exists=True,
+            )
+            op.execute(sa.text("RESET lock_timeout"))
+        op.execute(sa.text(f"SET LOCAL lock_timeout = '{timeout}'"))
 
 
 _INVALID_INDEX_GUARD = """DO $guard$

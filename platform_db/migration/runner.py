@@ -12,6 +12,7 @@ from alembic.config import Config
 from sqlalchemy import Connection
 
 from platform_db.ddl.dashboards import TENANT_VIEWS
+from platform_db.migration.downgrade_guard import DESTROY_DATA_ATTRIBUTE
 from platform_db.models import PACKAGE_TABLES
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -64,14 +65,18 @@ def alembic_config(
 
 
 @contextlib.contextmanager
-def _bound(config: Config | None, connection: Connection, name: str) -> Iterator[Config]:
+def _bound(
+    config: Config | None, connection: Connection, name: str, *, destroy_data: bool = False
+) -> Iterator[Config]:
     """`config` (default: the package's) bound to `connection` for one command (which
     the environment is told: a service's upgrades the package's schema first)."""
     cfg = config if config is not None else alembic_config()
     missing = object()
-    before = {k: cfg.attributes.get(k, missing) for k in ("connection", "platform_db_command")}
+    keys = ("connection", "platform_db_command", DESTROY_DATA_ATTRIBUTE)
+    before = {k: cfg.attributes.get(k, missing) for k in keys}
     cfg.attributes["connection"] = connection
     cfg.attributes["platform_db_command"] = name
+    cfg.attributes[DESTROY_DATA_ATTRIBUTE] = destroy_data
     try:
         yield cfg
     finally:
@@ -94,8 +99,20 @@ def upgrade(
         command.upgrade(cfg, revision)
 
 
-def downgrade(connection: Connection, revision: str, *, config: Config | None = None) -> None:
-    with _bound(config, connection, "downgrade") as cfg:
+def downgrade(
+    connection: Connection,
+    revision: str,
+    *,
+    config: Config | None = None,
+    destroy_data: bool = False,
+) -> None:
+    """Downgrade to `revision` ("base": nothing of the package's left).
+
+    A downgrade that would drop tables holding rows raises
+    platform_db.migration.downgrade_guard.DowngradeRefused (naming them and their row
+    counts) and changes nothing, unless `destroy_data=True`. Empty tables need no flag.
+    """
+    with _bound(config, connection, "downgrade", destroy_data=destroy_data) as cfg:
         command.downgrade(cfg, revision)
 
 
