@@ -302,29 +302,53 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
     from platform_db.maintenance import maintain  # noqa: PLC0415
+    from platform_db.migration.operations import migration_lock_timeout  # noqa: PLC0415
 
+    try:
+        lock_timeout = migration_lock_timeout()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     engine = _admin_engine()
-    steps = maintain(
-        engine,
-        months_ahead=args.months_ahead,
-        retention_months=args.retention_months,
-        drop_retired=args.drop,
-        metrics_retention_days=args.metrics_retention_days,
-        progress=None if args.quiet else _progress,
-    )
-    engine.dispose()
+    try:
+        steps = maintain(
+            engine,
+            months_ahead=args.months_ahead,
+            retention_months=args.retention_months,
+            drop_retired=args.drop,
+            metrics_retention_days=args.metrics_retention_days,
+            lock_timeout=lock_timeout,
+            progress=None if args.quiet else _progress,
+        )
+    finally:
+        engine.dispose()
     if args.json:
         _emit_json(
             [
-                {"step": s.name, "seconds": s.seconds, "result": s.result, "skipped": s.skipped}
+                {
+                    "step": s.name,
+                    "seconds": s.seconds,
+                    "result": s.result,
+                    "skipped": s.skipped,
+                    "error": s.error,
+                    "timed_out": s.timed_out,
+                }
                 for s in steps
             ]
         )
     else:
         for s in steps:
-            detail = f"skipped: {s.skipped}" if s.skipped else _summarise(s.result)
+            if s.error is not None:
+                detail = f"FAILED: {s.error}"
+            elif s.skipped:
+                detail = f"skipped: {s.skipped}"
+            else:
+                detail = _summarise(s.result)
             print(f"{s.name:<34} {s.seconds:7.2f} s  {detail}")  # noqa: T201
-    return EXIT_OK
+    failed = [s for s in steps if s.failed]
+    for s in failed:
+        # One line per failed step on stderr, also with --json and --quiet (cron mails it).
+        print(f"platform-db: maintain: step failed: {s.name}: {s.error}", file=sys.stderr)  # noqa: T201
+    return EXIT_UNHEALTHY if failed else EXIT_OK
 
 
 def _cmd_bench_audit(args: argparse.Namespace) -> int:
