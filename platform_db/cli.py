@@ -315,29 +315,53 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_maintain(args: argparse.Namespace) -> int:
     from platform_db.maintenance import maintain  # noqa: PLC0415
+    from platform_db.migration.operations import migration_lock_timeout  # noqa: PLC0415
 
+    try:
+        lock_timeout = migration_lock_timeout()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     engine = _admin_engine()
-    steps = maintain(
-        engine,
-        months_ahead=args.months_ahead,
-        retention_months=args.retention_months,
-        drop_retired=args.drop,
-        metrics_retention_days=args.metrics_retention_days,
-        progress=None if args.quiet else _progress,
-    )
-    engine.dispose()
+    try:
+        steps = maintain(
+            engine,
+            months_ahead=args.months_ahead,
+            retention_months=args.retention_months,
+            drop_retired=args.drop,
+            metrics_retention_days=args.metrics_retention_days,
+            lock_timeout=lock_timeout,
+            progress=None if args.quiet else _progress,
+        )
+    finally:
+        engine.dispose()
     if args.json:
         _emit_json(
             [
-                {"step": s.name, "seconds": s.seconds, "result": s.result, "skipped": s.skipped}
+                {
+                    "step": s.name,
+                    "seconds": s.seconds,
+                    "result": s.result,
+                    "skipped": s.skipped,
+                    "error": s.error,
+                    "timed_out": s.timed_out,
+                }
                 for s in steps
             ]
         )
     else:
         for s in steps:
-            detail = f"skipped: {s.skipped}" if s.skipped else _summarise(s.result)
+            if s.error is not None:
+                detail = f"FAILED: {s.error}"
+            elif s.skipped:
+                detail = f"skipped: {s.skipped}"
+            else:
+                detail = _summarise(s.result)
             print(f"{s.name:<34} {s.seconds:7.2f} s  {detail}")  # noqa: T201
-    return EXIT_OK
+    failed = [s for s in steps if s.failed]
+    for s in failed:
+        # One line per failed step on stderr, also with --json and --quiet (cron mails it).
+        print(f"platform-db: maintain: step failed: {s.name}: {s.error}", file=sys.stderr)  # noqa: T201
+    return EXIT_UNHEALTHY if failed else EXIT_OK
 
 
 def _cmd_bench_audit(args: argparse.Namespace) -> int:
@@ -399,6 +423,7 @@ def _cmd_import_mongo(args: argparse.Namespace) -> int:
     if url is None:
         raise ConfigurationError("DATABASE_URL is not set: point it at the target database")
     mode = Mode.DRY_RUN if args.dry_run else Mode.VERIFY if args.verify else Mode.IMPORT
+    dates = _import_date_window(args.earliest_date, args.latest_date)
     options = ImportOptions(
         directory=Path(args.directory),
         mapping=mapping,
@@ -407,6 +432,7 @@ def _cmd_import_mongo(args: argparse.Namespace) -> int:
         role=args.role,
         progress=not args.quiet,
         only=tuple(n for part in args.only for n in part.split(",") if n),
+        dates=dates,
     )
     try:
         report = run_import(url, options)
@@ -421,7 +447,34 @@ def _cmd_import_mongo(args: argparse.Namespace) -> int:
         report.write_text(sys.stdout)
     if not report.balanced:
         return EXIT_UNHEALTHY
+    if not report.complete and not args.allow_partial:
+        for line in report.incomplete:  # also with --json: the reason, where cron mails it
+            print(f"platform-db: import-mongo: incomplete export: {line}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
     return EXIT_REJECTS if report.rejected else EXIT_OK
+
+
+def _import_date_window(earliest: str | None, latest: str | None) -> Any:
+    import datetime as dt  # noqa: PLC0415
+
+    from platform_db.importer.convert import DateWindow  # noqa: PLC0415
+
+    window = DateWindow.default()
+
+    def day(value: str, option: str) -> dt.datetime:
+        try:
+            parsed = dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigurationError(
+                f"{option} must be a date like 1990-01-01, not {value!r}"
+            ) from None
+        return dt.datetime(parsed.year, parsed.month, parsed.day, tzinfo=dt.UTC)
+
+    low = day(earliest, "--earliest-date") if earliest else window.earliest
+    high = day(latest, "--latest-date") if latest else window.latest
+    if low >= high:
+        raise ConfigurationError("--earliest-date must be before --latest-date")
+    return DateWindow(low, high)
 
 
 def _add_import_mongo(sub: Any) -> None:
@@ -433,8 +486,9 @@ def _add_import_mongo(sub: Any) -> None:
         "document, loads each collection in one transaction (COPY into staging, then an "
         "upsert: re-running is safe) and verifies the result per collection and tenant. "
         "Run it as a superuser, or a platform_admin member with --role platform_admin. "
-        "Exit status: 0 balanced, 3 balanced with rejected documents, 1 not balanced or "
-        "failed, 2 bad usage. See docs/MIGRATION.md.",
+        "Exit status: 0 balanced, 3 balanced with rejected documents, 1 not balanced, "
+        "failed or incomplete (a collection file missing or empty, or every document of a "
+        "collection rejected; see --allow-partial), 2 bad usage. See docs/MIGRATION.md.",
     )
     p.add_argument("directory", nargs="?", help="the directory of <collection>.json files")
     p.add_argument("--mapping", help="a mapping file (JSON or .toml) over the Payload defaults")
@@ -453,6 +507,21 @@ def _add_import_mongo(sub: Any) -> None:
     p.add_argument("--role", help="SET ROLE to this role first (e.g. platform_admin)")
     p.add_argument(
         "--only", action="append", default=[], help="only these collections (comma-separated)"
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="a deliberately partial export: a missing or empty collection file, or a "
+        "collection whose every document was rejected, is reported but does not make the "
+        "exit status 1",
+    )
+    p.add_argument(
+        "--earliest-date",
+        help="dates before this day are rejects (1990-01-01)",
+    )
+    p.add_argument(
+        "--latest-date",
+        help="dates after this day are rejects (default: 10 years from today)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -7,12 +7,14 @@ condition false it must stay quiet. Statistics are flushed explicitly
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.maintenance import doctor, maintain
+from platform_db.maintenance.routine import ADVISORY_LOCK_CLASS
 from platform_db.migration import runner as migrations
 from tests.conftest import temporary_database
 from tests.factories import new_form, new_tenant
@@ -250,6 +253,41 @@ def test_partition_alerts(ops_engine: Engine) -> None:
     assert metrics(alerts(ops_engine), "default_partition_rows") == []
 
 
+def test_partition_alert_sees_a_gap_behind_far_future_partitions(ops_engine: Engine) -> None:
+    """Partitions for 2200 and 9999 (implausible imported dates) do not count as ahead."""
+    with ops_engine.connect() as conn, conn.begin() as tx:
+        conn.execute(text("SELECT * FROM platform.ensure_form_submission_partitions(3)"))
+        for name, lo, hi in (
+            ("form_submissions_2200_06", "2200-06-01", "2200-07-01"),
+            ("form_submissions_9999_12", "9999-12-01", "9999-12-31"),
+        ):
+            conn.execute(
+                text(
+                    f"CREATE TABLE {name} PARTITION OF form_submissions "
+                    f"FOR VALUES FROM ('{lo}') TO ('{hi}')"
+                )
+            )
+        next_month = conn.scalar(
+            text(
+                "SELECT 'form_submissions_' || to_char(date_trunc('month', now() AT TIME ZONE "
+                "'UTC') + interval '1 month', 'YYYY_MM')"
+            )
+        )
+        conn.execute(text(f"ALTER TABLE form_submissions DETACH PARTITION {next_month}"))
+        rows = (
+            conn.execute(
+                text(
+                    "SELECT * FROM platform.check_performance_alerts() WHERE metric = 'partitions_ahead'"
+                )
+            )
+            .mappings()
+            .all()
+        )
+        tx.rollback()
+    assert [(r["value"], r["severity"]) for r in rows] == [(0, "critical")]
+    assert "has no partition" in rows[0]["detail"]
+
+
 def test_pg_stat_statements_missing_is_reported_not_fatal(ops_engine: Engine) -> None:
     with ops_engine.connect() as conn:
         installed = conn.scalar(
@@ -423,8 +461,124 @@ def test_maintain_recreates_partitions_ahead_with_rls(ops_engine: Engine) -> Non
     assert app_privileges is False
 
 
-def _cli(*args: str, url: URL | str | None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+def _drop_last_partition_ahead(engine: Engine) -> str:
+    now = dt.datetime.now(dt.UTC)
+    year, month = divmod(now.year * 12 + now.month - 1 + 3, 12)
+    last = f"form_submissions_{year:04d}_{month + 1:02d}"
+    with engine.begin() as conn:
+        conn.execute(text("SELECT * FROM platform.ensure_form_submission_partitions(3)"))
+        conn.execute(text(f"ALTER TABLE form_submissions DETACH PARTITION {last}"))
+        conn.execute(text(f"DROP TABLE {last}"))
+    return last
+
+
+@pytest.fixture
+def bounded_engine(ops_url: URL) -> Iterator[Engine]:
+    """ops_engine with a 15 s lock_timeout: a maintain that ignores its own cannot hang here."""
+    engine = create_engine(
+        ops_url, poolclass=NullPool, connect_args={"options": "-c lock_timeout=15000"}
+    )
+    yield engine
+    engine.dispose()
+
+
+@contextlib.contextmanager
+def _reader_holding_form_submissions(engine: Engine) -> Iterator[None]:
+    """A long report: a transaction that has read form_submissions and stays open."""
+    with engine.connect() as holder:
+        holder.execute(text("SELECT count(*) FROM form_submissions"))
+        yield
+        holder.rollback()
+
+
+def test_maintain_gives_up_on_a_locked_step_and_runs_the_others(
+    ops_engine: Engine, bounded_engine: Engine
+) -> None:
+    last = _drop_last_partition_ahead(ops_engine)
+    with _reader_holding_form_submissions(ops_engine):
+        start = time.perf_counter()
+        steps = maintain(bounded_engine, lock_timeout="300ms")
+        elapsed = time.perf_counter() - start
+    by_name = {s.name: s for s in steps}
+    partitions = by_name["create partitions ahead"]
+    assert partitions.failed, partitions
+    assert partitions.timed_out, partitions
+    assert "lock_timeout 300ms" in (partitions.error or "")
+    # It did not queue for make_engine's 10 s, and the steps after it all ran.
+    assert elapsed < 5, elapsed
+    later = [s for s in steps if s.name != "create partitions ahead"]
+    assert [s.name for s in later if s.failed] == []
+    assert by_name["refresh materialized views"].result is not None
+    assert by_name["snapshot performance metrics"].result is not None
+    # The next run, with the reader gone, retries it.
+    again = {s.name: s for s in maintain(ops_engine, lock_timeout="300ms")}
+    created = again["create partitions ahead"].result
+    assert isinstance(created, list)
+    assert [r["partition_name"] for r in created] == [last]
+
+
+def test_maintain_lock_timeout_defaults_to_the_migration_variable(
+    ops_engine: Engine, bounded_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _drop_last_partition_ahead(ops_engine)
+    monkeypatch.setenv("PLATFORM_DB_MIGRATION_LOCK_TIMEOUT", "200ms")
+    with _reader_holding_form_submissions(ops_engine):
+        steps = maintain(bounded_engine)
+    failed = [s for s in steps if s.failed]
+    assert [s.name for s in failed] == ["create partitions ahead"]
+    assert "lock_timeout 200ms" in (failed[0].error or "")
+    assert not any(s.failed for s in maintain(ops_engine))
+
+
+def test_an_overlapping_maintain_skips_the_step_the_other_run_holds(ops_engine: Engine) -> None:
+    with ops_engine.connect() as other:
+        taken = other.scalar(
+            text("SELECT pg_try_advisory_xact_lock(CAST(:c AS integer), hashtext(:n))"),
+            {"c": ADVISORY_LOCK_CLASS, "n": "refresh materialized views"},
+        )
+        assert taken
+        steps = {s.name: s for s in maintain(ops_engine, lock_timeout="300ms")}
+        other.rollback()
+    refresh = steps["refresh materialized views"]
+    assert not refresh.failed
+    assert refresh.skipped == "another maintain run is running this step"
+    assert not any(s.failed for s in steps.values())
+
+
+def test_cli_maintain_reports_each_failed_step_and_exits_non_zero(
+    ops_url: URL, ops_engine: Engine
+) -> None:
+    _drop_last_partition_ahead(ops_engine)
+    with _reader_holding_form_submissions(ops_engine):
+        start = time.perf_counter()
+        result = _cli(
+            "maintain", "--quiet", url=ops_url, env={"PLATFORM_DB_MIGRATION_LOCK_TIMEOUT": "300ms"}
+        )
+        elapsed = time.perf_counter() - start
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 8, elapsed
+    failures = [line for line in result.stderr.splitlines() if "step failed" in line]
+    assert len(failures) == 1, result.stderr
+    assert failures[0].startswith("platform-db: maintain: step failed: create partitions ahead: ")
+    assert "Traceback" not in result.stderr
+    assert "refresh materialized views" in result.stdout
+    assert "FAILED" in result.stdout
+    # Nothing holds the table now: the next run does the step and exits 0.
+    assert _cli("maintain", "--quiet", url=ops_url).returncode == 0
+
+
+def test_cli_maintain_refuses_a_bad_lock_timeout_in_one_line(ops_url: URL) -> None:
+    result = _cli("maintain", url=ops_url, env={"PLATFORM_DB_MIGRATION_LOCK_TIMEOUT": "forever"})
+    assert result.returncode == 2
+    assert "PLATFORM_DB_MIGRATION_LOCK_TIMEOUT" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def _cli(
+    *args: str, url: URL | str | None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    extra = env or {}
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | extra
     if url is not None:
         env["DATABASE_URL"] = (
             url if isinstance(url, str) else url.render_as_string(hide_password=False)

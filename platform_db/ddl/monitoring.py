@@ -193,6 +193,7 @@ DECLARE
     n bigint;
     ratio numeric;
     ahead integer;
+    this_month date;
 BEGIN
     -- Buffer cache: only meaningful once enough blocks were asked for.
     FOR r IN SELECT * FROM {S}.cache_hit_ratios
@@ -316,14 +317,26 @@ BEGIN
                   '(platform.ensure_form_submission_partitions) to give them their months';
         RETURN NEXT;
     END IF;
-    SELECT count(*) INTO ahead FROM {S}.partition_status p
-    WHERE NOT p.is_default
-      AND substring(p.partition_name from '(\\d{{4}}_\\d{{2}})$')
-          > to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM');
-    IF ahead < min_partitions_ahead THEN
-        metric := 'partitions_ahead'; subject := 'form_submissions'; value := ahead;
-        threshold := min_partitions_ahead; severity := CASE WHEN ahead = 0 THEN 'critical' ELSE 'warning' END;
-        detail := format('only %s monthly partitions exist after the current month', ahead);
+    -- Consecutive months from the current one, each with its own partition: a partition
+    -- far in the future (an imported date in 9999) must not hide next month's gap.
+    ahead := 0;
+    this_month := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    WHILE ahead <= 120 AND EXISTS (
+        SELECT FROM {S}.partition_status p
+        WHERE NOT p.is_default
+          AND p.partition_name = 'form_submissions_'
+              || to_char(this_month + make_interval(months => ahead), 'YYYY_MM')) LOOP
+        ahead := ahead + 1;
+    END LOOP;
+    -- ahead counts the current month too: the months after it are one fewer.
+    IF ahead = 0 OR ahead - 1 < min_partitions_ahead THEN
+        metric := 'partitions_ahead'; subject := 'form_submissions';
+        value := greatest(ahead - 1, 0); threshold := min_partitions_ahead;
+        severity := CASE WHEN ahead <= 1 THEN 'critical' ELSE 'warning' END;
+        detail := format('%s has no partition: only %s consecutive monthly partitions exist '
+                         'after the current month',
+                         to_char(this_month + make_interval(months => ahead), 'YYYY-MM'),
+                         greatest(ahead - 1, 0));
         RETURN NEXT;
     END IF;
 END

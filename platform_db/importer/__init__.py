@@ -8,12 +8,14 @@
 `platform-db import-mongo DIR` is the command; docs/MIGRATION.md is the guide.
 """
 
+from platform_db.importer.convert import DateWindow
 from platform_db.importer.load import Mode
 from platform_db.importer.mapping import ImportMapping, MappingError, default_mapping, load_mapping
 from platform_db.importer.report import ImportReport
 from platform_db.importer.run import ImportOptions, ImportSetupError, run_import
 
 __all__ = [
+    "DateWindow",
     "ImportMapping",
     "ImportOptions",
     "ImportReport",

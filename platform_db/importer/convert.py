@@ -20,7 +20,7 @@ from typing import Any
 
 from bson import Decimal128, Int64, ObjectId
 
-from platform_db.importer.documents import RejectError, check_text, dumps, to_json
+from platform_db.importer.documents import RejectError, check_text, dumps, iso_utc, to_json
 from platform_db.importer.ids import InvalidReferenceError, describe, display_id, id_to_uuid
 from platform_db.importer.mapping import CollectionMapping, FieldSpec, Kind, TableSpec
 from platform_db.importer.richtext import plain_text
@@ -100,11 +100,42 @@ def slugify(text: str, *, max_length: int) -> str:
     return slug[:max_length].strip("-")
 
 
+DEFAULT_EARLIEST = dt.datetime(1990, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class DateWindow:
+    """The dates an import accepts; any other is a reject (0001-01-01, 9999-12-31 ...).
+
+    An implausible date is a broken document, and an imported one would create a
+    partition for its month (form_submissions_9999_12) that nothing else will ever use.
+    """
+
+    earliest: dt.datetime
+    latest: dt.datetime
+
+    @classmethod
+    def default(cls, *, now: dt.datetime | None = None) -> DateWindow:
+        """From 1990-01-01 to 10 years after now (UTC)."""
+        now = now or dt.datetime.now(dt.UTC)
+        latest = now.replace(year=now.year + 10, day=min(now.day, 28))
+        return cls(DEFAULT_EARLIEST, latest)
+
+    def check(self, value: dt.datetime, label: str) -> dt.datetime:
+        if not self.earliest <= value <= self.latest:
+            raise RejectError(
+                f"{label} is outside the plausible dates {self.earliest:%Y-%m-%d} to "
+                f"{self.latest:%Y-%m-%d}: {iso_utc(value)}"
+            )
+        return value
+
+
 class Converter:
     """Converts the documents of one collection according to its mapping."""
 
-    def __init__(self, mapping: CollectionMapping) -> None:
+    def __init__(self, mapping: CollectionMapping, *, dates: DateWindow | None = None) -> None:
         self.mapping = mapping
+        self.dates = dates or DateWindow.default()
         self.table = mapping.table
         self.columns = staging_columns(self.table)
         self.consumed = mapping.consumed_top_level() | mapping.ignore
@@ -233,7 +264,7 @@ class Converter:
             if node is not None:
                 return plan.convert(self, node, spec, path)
         if spec.kind is Kind.CREATED:
-            return self._created_fallback(doc)
+            return self.dates.check(self._created_fallback(doc), "the time of _id")
         if spec.kind is Kind.UPDATED:
             return values["created_at"]
         if spec.required:
@@ -377,13 +408,13 @@ def _richtext(c: Converter, value: Any, spec: FieldSpec, label: str) -> str:
 
 def _timestamp(c: Converter, value: Any, spec: FieldSpec, label: str) -> dt.datetime:
     if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return c.dates.check(value if value.tzinfo else value.replace(tzinfo=dt.UTC), label)
     if isinstance(value, str):
         try:
             parsed = dt.datetime.fromisoformat(value.strip())
         except ValueError:
             raise RejectError(f"{label} is not a date: {describe(value)}") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        return c.dates.check(parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC), label)
     raise RejectError(f"{label} is not a date: {describe(value)}")
 
 

@@ -56,6 +56,24 @@ class RejectError(ValueError):
     """A document (or one of its rows) cannot be imported; the message is the reason."""
 
 
+# MongoDB refuses documents nested deeper than 100 levels; a deeper one in an export is
+# not a real document, and Python's JSON parser and encoder fail on a few hundred.
+MAX_NESTING = 100
+TOO_DEEP = f"nested deeper than {MAX_NESTING} levels (MongoDB's limit): not a real document"
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply objects and arrays nest in a parsed document (without recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
 def parse_document(text: bytes) -> dict[str, Any]:
     """One Extended JSON document, or RejectError saying why it is not one."""
     try:
@@ -69,10 +87,15 @@ def parse_document(text: bytes) -> dict[str, Any]:
             f"line {exc.lineno}, column {exc.colno}" if exc.lineno > 1 else f"column {exc.colno}"
         )
         raise RejectError(f"invalid JSON: {exc.msg} ({where})") from None
+    except RecursionError:
+        raise RejectError(TOO_DEEP) from None
     except (BSONError, TypeError, ValueError, KeyError, OverflowError) as exc:
         raise RejectError(f"invalid Extended JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise RejectError(f"not a document: a JSON {type(doc).__name__} instead of an object")
+    # Only a document with that many brackets can nest that deep: the walk is rarely needed.
+    if text.count(b"{") + text.count(b"[") > MAX_NESTING and nesting_depth(doc) > MAX_NESTING:
+        raise RejectError(TOO_DEEP)
     return doc
 
 

@@ -22,8 +22,10 @@ Identifiers in the SQL come from the table specs (code), values are bound or COP
 from __future__ import annotations
 
 import gc
+import gzip
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -33,8 +35,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from platform_db.importer.convert import EXTRA_STAGING, SOURCE_COLUMNS, Converter, staging_columns
-from platform_db.importer.documents import RejectError, parse_document
+from platform_db.importer.convert import (
+    EXTRA_STAGING,
+    SOURCE_COLUMNS,
+    Converter,
+    DateWindow,
+    staging_columns,
+)
+from platform_db.importer.documents import TOO_DEEP, RejectError, parse_document
 from platform_db.importer.ids import InvalidReferenceError, display_id, id_to_uuid
 from platform_db.importer.mapping import CollectionMapping, TableSpec
 from platform_db.importer.progress import NoProgress, Progress
@@ -53,6 +61,8 @@ class RunState:
     """What one run remembers between collections."""
 
     mode: Mode
+    # Dates outside this window are rejects (default: 1990-01-01 to 10 years ahead).
+    dates: DateWindow = field(default_factory=DateWindow.default)
     # Staging tables kept for later collections' reference checks (dry run / verify,
     # where the earlier collections' rows were not written).
     staged: dict[str, str] = field(default_factory=dict)
@@ -138,6 +148,11 @@ def load_collection(  # noqa: PLR0915 - the steps of one collection, in order
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         report.error = f"{table.name}: {message}"
         raise CollectionFailedError(report.error) from exc
+    except (OSError, EOFError, zlib.error) as exc:
+        # An unreadable file, a corrupt or truncated .gz: the whole collection, not a
+        # document, since nothing after the damage can be read.
+        report.error = f"{table.name}: {unreadable(path, exc)}"
+        raise CollectionFailedError(report.error) from None
     except CollectionFailedError as exc:
         report.error = f"{table.name}: {exc}"
         raise CollectionFailedError(report.error) from None
@@ -149,6 +164,19 @@ def load_collection(  # noqa: PLR0915 - the steps of one collection, in order
         report.seconds = time.monotonic() - started
     report.dropped_fields = dict(loader.converter.dropped_fields)
     return report
+
+
+def unreadable(path: Path, exc: BaseException) -> str:
+    """One line saying why a collection's file cannot be read."""
+    if isinstance(exc, EOFError | zlib.error | gzip.BadGzipFile) or (
+        path.name.endswith(".gz") and not isinstance(exc, FileNotFoundError | PermissionError)
+    ):
+        return (
+            f"{path.name} is not a readable gzip file, or is truncated "
+            f"({str(exc) or type(exc).__name__})"
+        )
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"cannot read {path.name}: {reason}"
 
 
 def _drop(conn: psycopg.Connection[Any], stage: str) -> None:
@@ -185,7 +213,7 @@ class _Loader:
         self.state = state
         self.rejects = rejects
         self.report = report
-        self.converter = Converter(mapping)
+        self.converter = Converter(mapping, dates=state.dates)
         # Columns moved into the target (and compared by verification).
         self.columns = [
             c
@@ -250,7 +278,14 @@ class _Loader:
                         raise RejectError(raw.problem)
                     doc = parse_document(raw.text)
                     rows = converter.convert(doc)
-                except RejectError as exc:
+                    staged = [
+                        converter.staging_row(
+                            row, (row_no + i, raw.line, raw.item, raw.offset, len(raw.text))
+                        )
+                        for i, row in enumerate(rows, start=1)
+                    ]
+                except (RejectError, RecursionError) as error:
+                    exc = error if isinstance(error, RejectError) else RejectError(TOO_DEEP)
                     tenants = converter.tenants_of(doc) if doc is not None else [None]
                     doc_id = self._doc_id(doc)
                     if self.table.name == "tenants":
@@ -273,15 +308,11 @@ class _Loader:
                     if isinstance(doc_id, uuid.UUID):
                         self._remember_reject(doc_id, raw.line, str(exc))
                     continue
-                for row in rows:
+                for row, staged_row in zip(rows, staged, strict=True):
                     row_no += 1
                     tenant = row.tenant_id if self.table.tenant_owned else row.values["id"]
                     report.tenant(tenant).read += 1
-                    copy.write_row(
-                        converter.staging_row(
-                            row, (row_no, raw.line, raw.item, raw.offset, len(raw.text))
-                        )
-                    )
+                    copy.write_row(staged_row)
             bar.update(source.consumed, report.documents)
         return row_no
 

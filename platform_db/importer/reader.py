@@ -299,7 +299,7 @@ class _ArrayScanner:
                     pass
                 try:
                     _, end = _PLAIN.raw_decode(self.s, self.pos)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # too deep: scan it instead
                     found = self._scan_end(stop_at_separator=False)
                     if found is None:
                         yield self._doc(len(self.s), _UNCLOSED)

@@ -158,10 +158,36 @@ class ImportReport:
     unmapped_files: list[str] = field(default_factory=list)
     tenant_names: dict[uuid.UUID, str] = field(default_factory=dict)
     seconds: float = 0.0
+    # One line per collection the export did not really deliver: its file is missing or
+    # holds no document, or every document was rejected. A run with any is incomplete
+    # (the CLI exits 1 unless --allow-partial).
+    incomplete: list[str] = field(default_factory=list)
 
     @property
     def balanced(self) -> bool:
         return all(c.balanced for c in self.collections)
+
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete
+
+    def find_incomplete(self) -> None:
+        """Fill `incomplete` from the collections' reports."""
+        lines = []
+        for c in self.collections:
+            if c.error is not None or (c.skipped and c.file is not None):
+                continue  # a failed collection is already NOT BALANCED, with its reason
+            if c.file is None:
+                lines.append(f"{c.collection}: {c.skipped or 'file missing'}")
+            elif c.documents == 0:
+                lines.append(f"{c.collection}: {c.file} holds no documents")
+            elif c.total.accepted == 0 and c.total.rejected > 0:
+                lines.append(
+                    f"{c.collection}: every one of its {c.documents} documents was rejected"
+                )
+        if self.collections and all(c.documents == 0 for c in self.collections):
+            lines.insert(0, "the export is empty: no collection file holds a document")
+        self.incomplete = lines
 
     @property
     def rejected(self) -> int:
@@ -173,6 +199,8 @@ class ImportReport:
             "directory": self.directory,
             "rejects_file": self.rejects_file,
             "balanced": self.balanced,
+            "complete": self.complete,
+            "incomplete": self.incomplete,
             "rejected": self.rejected,
             "seconds": round(self.seconds, 3),
             "unmapped_files": self.unmapped_files,
@@ -252,6 +280,8 @@ class ImportReport:
         out.write(f"\n{self._written()}\n")
         if self.rejected:
             out.write(f"\n{self.rejected} rejected: see {self.rejects_file}\n")
+        for line in self.incomplete:
+            out.write(f"\nINCOMPLETE: {line}\n")
         out.write("\nbalanced\n" if self.balanced else "\nNOT BALANCED\n")
 
     def _written(self) -> str:
@@ -302,7 +332,6 @@ class RejectsWriter:
         if self.path is None:
             return
         if self._out is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._out = self.path.open("w", encoding="utf-8")
         entry: dict[str, Any] = {
             "collection": collection,
@@ -320,6 +349,22 @@ class RejectsWriter:
             except UnicodeDecodeError:
                 entry["document_base64"] = base64.b64encode(text).decode()
         self._out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def check_writable(self) -> None:
+        """Raise OSError unless the rejects file can be written (it is not created here).
+
+        Called before anything is imported: a run must not load collections and only
+        then find it cannot say what it rejected. Missing directories are not created.
+        """
+        if self.path is None:
+            return
+        existed = self.path.exists()
+        if existed and not self.path.is_file():
+            raise IsADirectoryError(21, "not a file", str(self.path))
+        with self.path.open("a", encoding="utf-8"):
+            pass
+        if not existed:
+            self.path.unlink()
 
     def close(self) -> None:
         if self._out is not None:

@@ -13,7 +13,13 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import URL
 
-from platform_db.importer.load import CollectionFailedError, Mode, RunState, load_collection
+from platform_db.importer.convert import DateWindow
+from platform_db.importer.load import (
+    CollectionFailedError,
+    Mode,
+    RunState,
+    load_collection,
+)
 from platform_db.importer.mapping import FILE_SUFFIXES, CollectionMapping, ImportMapping
 from platform_db.importer.progress import Progress
 from platform_db.importer.report import CollectionReport, ImportReport, RejectsWriter
@@ -34,6 +40,7 @@ class ImportOptions:
     role: str | None = None  # SET ROLE after connecting, e.g. platform_admin
     progress: bool = False
     only: Sequence[str] = ()  # collection names; empty means all
+    dates: DateWindow | None = None  # plausible dates; None: 1990-01-01 to 10 years ahead
 
 
 def conninfo(url: URL | str) -> str:
@@ -79,8 +86,7 @@ def connect(url: URL | str, *, role: str | None = None) -> psycopg.Connection[An
 
 
 def find_file(directory: Path, mapping: CollectionMapping) -> Path | None:
-    names = [mapping.file] if mapping.file else [mapping.name + s for s in FILE_SUFFIXES]
-    for name in names:
+    for name in _expected_names(mapping):
         candidate = directory / name
         if candidate.is_file():
             return candidate
@@ -115,10 +121,19 @@ def run_import(url: URL | str, options: ImportOptions) -> ImportReport:
     def bar(label: str, size: int) -> Progress:
         return Progress(label, size)
 
-    state = RunState(options.mode)
+    state = RunState(options.mode, dates=options.dates or DateWindow.default())
+    rejects_writer = RejectsWriter(options.rejects_path)
+    try:
+        rejects_writer.check_writable()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ImportSetupError(
+            f"cannot write the rejects file {options.rejects_path}: {reason} "
+            "(its directory must exist; nothing was imported)"
+        ) from None
     conn = connect(url, role=options.role)
     try:
-        with RejectsWriter(options.rejects_path) as rejects:
+        with rejects_writer as rejects:
             failed: str | None = None
             for mapping in collections:
                 path = files[mapping.name]
@@ -126,8 +141,11 @@ def run_import(url: URL | str, options: ImportOptions) -> ImportReport:
                     skipped = CollectionReport(
                         mapping.name, mapping.table.name, None, options.mode.value
                     )
+                    skipped.file = None if path is None else path.name
                     skipped.skipped = (
-                        f"not run: {failed} failed" if failed else "no file in the directory"
+                        f"file missing: no {_expected(mapping)} in the directory"
+                        if path is None
+                        else f"not run: {failed} failed"
                     )
                     report.collections.append(skipped)
                     continue
@@ -152,8 +170,19 @@ def run_import(url: URL | str, options: ImportOptions) -> ImportReport:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(stage)))
     finally:
         conn.close()
+    report.find_incomplete()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _expected_names(mapping: CollectionMapping) -> list[str]:
+    return [mapping.file] if mapping.file else [mapping.name + s for s in FILE_SUFFIXES]
+
+
+def _expected(mapping: CollectionMapping) -> str:
+    if mapping.file:
+        return mapping.file
+    return f"{mapping.name}.json ({', '.join(FILE_SUFFIXES[1:])} read too)"
 
 
 def _tenant_names(

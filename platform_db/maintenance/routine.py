@@ -5,6 +5,14 @@ installed, and `platform-db maintain` (run daily from the system's cron) runs th
 ones where it is not, with its options in place of the schedule's defaults. Takes an
 engine of a superuser or of a login that owns the maintenance functions (in practice:
 the migration login).
+
+Maintenance must never freeze the application: each step runs in its own transaction
+under a short `lock_timeout` (PLATFORM_DB_MIGRATION_LOCK_TIMEOUT, the migrations' own,
+default 5s), so a step that meets a long query gives up instead of queueing every
+reader of the table behind its lock. A step that fails is reported (`error`) and the
+others still run; every step is idempotent, so the next run retries it. Each step also
+takes a transaction-level advisory lock of its own without waiting: a run that overlaps
+another skips the step the other is running (`skipped`), it does not queue behind it.
 """
 
 from __future__ import annotations
@@ -15,10 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from platform_db.ddl import jobs
 from platform_db.ddl.entities import ScheduledJob
 from platform_db.maintenance.health import clean_rows
+from platform_db.migration.operations import migration_lock_timeout
+
+# PostgreSQL's SQLSTATE for a lock wait cut short by lock_timeout (lock_not_available).
+LOCK_NOT_AVAILABLE = "55P03"
+# The advisory-lock class of `maintain`'s steps (pg_try_advisory_xact_lock(int, int)).
+ADVISORY_LOCK_CLASS = 0x706C_6D74  # "plmt"
 
 
 @dataclass(slots=True)
@@ -27,6 +42,12 @@ class MaintenanceStep:
     seconds: float
     result: list[dict[str, Any]] | int | None
     skipped: str | None = None
+    error: str | None = None  # why the step failed (its transaction was rolled back)
+    timed_out: bool = False  # it gave up waiting for a lock: the next run retries it
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 Progress = Callable[[str], None]
@@ -94,11 +115,18 @@ def maintain(
     retention_months: int | None = None,
     drop_retired: bool = False,
     metrics_retention_days: int = 30,
+    lock_timeout: str | None = None,
     progress: Progress | None = None,
 ) -> list[MaintenanceStep]:
-    """Run every maintenance job once, each in its own transaction, in a safe order."""
+    """Run every maintenance job once, each in its own transaction, in a safe order.
+
+    Every step runs, whatever happened to the ones before it; a failed one has `error`
+    set (`timed_out` when it waited longer than `lock_timeout` for a lock). The
+    lock_timeout defaults to PLATFORM_DB_MIGRATION_LOCK_TIMEOUT (5s).
+    """
     if retention_months is not None and retention_months < 1:
         raise ValueError("retention_months must be at least 1")
+    timeout = migration_lock_timeout() if lock_timeout is None else lock_timeout
     say = progress or (lambda _msg: None)
     params: dict[str, Any] = {
         "months": months_ahead,
@@ -117,14 +145,55 @@ def maintain(
             skip = "pg_cron is not installed in this database"
         say(f"{run.name} ...")
         start = time.perf_counter()
-        result: list[dict[str, Any]] | int | None = None
+        step = MaintenanceStep(run.name, 0.0, None, skip)
         if skip is None:
-            with engine.begin() as conn:
-                rows = conn.execute(
-                    text(run.sql), {k: v for k, v in params.items() if f":{k}" in run.sql}
-                )
-                result = clean_rows([dict(r._mapping) for r in rows]) if rows.returns_rows else None
-        seconds = time.perf_counter() - start
-        steps.append(MaintenanceStep(run.name, round(seconds, 3), result, skip))
-        say(f"{run.name}: {'skipped (' + skip + ')' if skip else 'done'} in {seconds:.2f} s")
+            _run_step(engine, run, timeout=timeout, params=params, step=step)
+        step.seconds = round(time.perf_counter() - start, 3)
+        steps.append(step)
+        if step.error is not None:
+            outcome = f"FAILED ({step.error})"
+        elif step.skipped is not None:
+            outcome = f"skipped ({step.skipped})"
+        else:
+            outcome = "done"
+        say(f"{run.name}: {outcome} in {step.seconds:.2f} s")
     return steps
+
+
+def _run_step(
+    engine: Engine,
+    run: _Run,
+    *,
+    timeout: str,
+    params: dict[str, Any],
+    step: MaintenanceStep,
+) -> None:
+    """One step in a transaction of its own; a database error is recorded, not raised."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": timeout})
+            mine = conn.scalar(
+                text("SELECT pg_try_advisory_xact_lock(CAST(:c AS integer), hashtext(:n))"),
+                {"c": ADVISORY_LOCK_CLASS, "n": run.name},
+            )
+            if not mine:
+                step.skipped = "another maintain run is running this step"
+                return
+            rows = conn.execute(
+                text(run.sql), {k: v for k, v in params.items() if f":{k}" in run.sql}
+            )
+            step.result = (
+                clean_rows([dict(r._mapping) for r in rows]) if rows.returns_rows else None
+            )
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise  # the server went away: the other steps cannot run either
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        message = (str(exc.orig).strip().splitlines() or ["unknown error"])[0]
+        step.timed_out = sqlstate == LOCK_NOT_AVAILABLE
+        if step.timed_out:
+            message = (
+                f"gave up after lock_timeout {timeout} waiting for a lock "
+                f"(a long query or transaction holds it); the next run retries it: {message}"
+            )
+        step.error = message
