@@ -18,23 +18,56 @@ from typing import Any, TextIO
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from platform_db.session.settings import ConfigurationError, database_url_from_env, redact
+from platform_db.session.settings import (
+    ConfigurationError,
+    Settings,
+    database_url_from_env,
+    redact,
+)
 
 EXIT_OK = 0
 EXIT_UNHEALTHY = 1
 EXIT_USAGE = 2
 
 
-def _admin_engine() -> Any:
-    from sqlalchemy.pool import NullPool  # noqa: PLC0415
-
-    from platform_db.session.engines import make_engine  # noqa: PLC0415
-
-    url = database_url_from_env()
-    if url is None:
+def _settings() -> Settings:
+    """The POSTGRES_* settings a service reads (Settings.from_env), validated the same way."""
+    if database_url_from_env() is None:
         raise ConfigurationError(
             "DATABASE_URL is not set: point it at the database, e.g. "
             "postgresql://postgres@127.0.0.1:5432/platform"
+        )
+    return Settings.from_env()
+
+
+def _admin_engine(*, settings_as_alerts: bool = False) -> Any:
+    """One connection at a time, no statement timeout; the main pool's connect and lock
+    timeouts (POSTGRES_CONNECT_TIMEOUT, POSTGRES_LOCK_TIMEOUT).
+
+    `settings_as_alerts`: `doctor` reports bad POSTGRES_* values as alerts of its report
+    (check_environment) instead of stopping; it connects with the default timeouts then.
+    """
+    from sqlalchemy.pool import NullPool  # noqa: PLC0415
+
+    from platform_db.session.engines import (  # noqa: PLC0415
+        DEFAULT_CONNECT_TIMEOUT_MS,
+        DEFAULT_LOCK_TIMEOUT_MS,
+        make_engine,
+    )
+
+    try:
+        settings = _settings()
+        url = settings.database_url
+        connect_timeout_ms = settings.main.connect_timeout_ms
+        lock_timeout_ms = settings.main.lock_timeout_ms
+    except ConfigurationError:
+        found = database_url_from_env() if settings_as_alerts else None
+        if found is None:
+            raise
+        url, connect_timeout_ms, lock_timeout_ms = (
+            found,
+            DEFAULT_CONNECT_TIMEOUT_MS,
+            DEFAULT_LOCK_TIMEOUT_MS,
         )
     return make_engine(
         url,
@@ -42,7 +75,25 @@ def _admin_engine() -> Any:
         poolclass=NullPool,
         statement_timeout_ms=0,
         idle_in_transaction_timeout_ms=0,
+        lock_timeout_ms=lock_timeout_ms,
+        connect_timeout_ms=connect_timeout_ms,
     )
+
+
+def _migration_lock_timeout() -> str:
+    """PLATFORM_DB_MIGRATION_LOCK_TIMEOUT, checked before anything runs."""
+    from platform_db.migration.operations import migration_lock_timeout  # noqa: PLC0415
+
+    try:
+        return migration_lock_timeout()
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _one_line(message: str) -> str:
+    """`invalid settings:` and its indented problems, as one line."""
+    head, *rest = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return f"{head} {'; '.join(rest)}" if rest else head
 
 
 def _emit_json(data: Any, out: TextIO = sys.stdout) -> None:
@@ -67,8 +118,8 @@ def _alembic(args: argparse.Namespace, action: str) -> int:
     from platform_db.migration import runner as migrations  # noqa: PLC0415
     from platform_db.migration.downgrade_guard import DESTROY_DATA_ATTRIBUTE  # noqa: PLC0415
 
-    if database_url_from_env() is None:
-        raise ConfigurationError("DATABASE_URL is not set")
+    _settings()
+    _migration_lock_timeout()
     cfg = migrations.alembic_config()
     cfg.attributes["platform_db_command"] = action
     cfg.attributes[DESTROY_DATA_ATTRIBUTE] = bool(getattr(args, "destroy_data", False))
@@ -294,7 +345,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         doctor,
     )
 
-    engine = _admin_engine()
+    engine = _admin_engine(settings_as_alerts=True)
     try:
         with engine.connect() as conn:
             report = doctor(conn)
@@ -888,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except ConfigurationError as exc:
-        print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"platform-db: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201
         return EXIT_USAGE
     except (OperationalError, DBAPIError) as exc:
         # The driver's message, never the URL (which may hold a password).

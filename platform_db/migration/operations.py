@@ -61,9 +61,16 @@ def migration_lock_timeout() -> str:
     queries behind it: it gives up after this long instead, and is retried.
     """
     value = os.environ.get("PLATFORM_DB_MIGRATION_LOCK_TIMEOUT", "5s").strip()
-    if not _TIMEOUT.match(value):
+    match = _TIMEOUT.match(value)
+    if not match:
         raise ValueError(
             f"PLATFORM_DB_MIGRATION_LOCK_TIMEOUT must look like 5s, 500ms or 1min, not {value!r}"
+        )
+    if int(value[: len(value) - len(match.group(1) or "")]) == 0:
+        # lock_timeout = 0 means "wait forever": the guard this setting exists for.
+        raise ValueError(
+            "PLATFORM_DB_MIGRATION_LOCK_TIMEOUT must be more than 0 (0 would let a deploy "
+            f"wait forever behind a lock), not {value!r}; for example 5s"
         )
     return value
 

@@ -166,7 +166,7 @@ class Database:
         self.dispose()
 
     def __repr__(self) -> str:
-        return f"Database(main={self.settings.main.url!r})"
+        return f"Database(main={redact(self.settings.main.url)!r})"
 
     def describe(self) -> list[dict[str, Any]]:
         """The pools' settings, without passwords (for logs and the CLI)."""
@@ -182,6 +182,7 @@ class Database:
                     "max": p.max_size,
                     "acquire_timeout_ms": p.acquire_timeout_ms,
                     "statement_timeout_ms": p.statement_timeout_ms,
+                    "connect_timeout_ms": p.connect_timeout_ms,
                     "read_only": p.read_only,
                 }
             )

@@ -5,6 +5,11 @@ Per-connection settings are limited to what PostgreSQL accepts at connection sta
 work_mem, default_transaction_read_only); server-wide tuning such as shared_buffers is
 the server's business (`platform-db doctor` checks it).
 
+Every connection attempt is bounded by `connect_timeout_ms` (POSTGRES_CONNECT_TIMEOUT):
+a server that accepts the TCP connection and never answers fails the checkout with an
+OperationalError after that long instead of hanging for minutes. Both engines raise
+SQLAlchemy's exceptions for everything the driver reports (`platform_db.session.errors`).
+
 Pools keep up to `pool_size` connections open (no overflow churn), check a connection
 before use when it has sat idle in the pool for more than `ping_after_ms` (see
 `ping_when_idle`), replace connections older than `pool_recycle` seconds, time every
@@ -25,14 +30,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from platform_db.session.asyncpg_connection import TenantConnection, as_tenant_connection
+from platform_db.session.errors import (
+    connect_asyncpg,
+    explain_connect_timeout,
+    quiet_orphaned_connect_errors,
+    translate_async_errors,
+)
 from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
 from platform_db.session.rls_bypass import note_on_connect
-from platform_db.session.settings import ASYNC_DRIVER, SYNC_DRIVER, PoolSettings, with_driver
+from platform_db.session.settings import (
+    ASYNC_DRIVER,
+    SYNC_DRIVER,
+    ConfigurationError,
+    PoolSettings,
+    check_url_host,
+    with_driver,
+)
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
 DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
 DEFAULT_PING_AFTER_MS = 500
+DEFAULT_CONNECT_TIMEOUT_MS = 5_000
 
 _IDLE_SINCE = "platform_db.idle_since"
 
@@ -92,8 +111,13 @@ class _EngineOptions:
     pgbouncer: bool
     pool_label: str | None
     ping_after_ms: int
+    connect_timeout_ms: int
 
     def __post_init__(self) -> None:
+        if self.connect_timeout_ms <= 0:
+            raise ValueError(
+                f"connect_timeout_ms must be > 0 (every wait is bounded), got {self.connect_timeout_ms}"
+            )
         for name, value in (
             ("statement_timeout_ms", self.statement_timeout_ms),
             ("lock_timeout_ms", self.lock_timeout_ms),
@@ -117,14 +141,27 @@ class _EngineOptions:
             settings["default_transaction_read_only"] = "on"
         return settings
 
+    @property
+    def psycopg_connect_timeout_s(self) -> int:
+        return max(2, -(-self.connect_timeout_ms // 1000))
+
     def psycopg_connect_args(self) -> dict[str, Any]:
-        """psycopg takes the settings as `-c` options; behind PgBouncer it never prepares."""
+        """psycopg takes the settings as `-c` options; behind PgBouncer it never prepares.
+
+        libpq counts `connect_timeout` in whole seconds, at least 2: the timeout is
+        rounded up to that.
+        """
+        timeout = {"connect_timeout": self.psycopg_connect_timeout_s}
         if self.pgbouncer:
-            return {"application_name": self.application_name, "prepare_threshold": None}
+            return {
+                "application_name": self.application_name,
+                "prepare_threshold": None,
+                **timeout,
+            }
         options = " ".join(
             f"-c {k}={v}" for k, v in self.server_settings().items() if k != "application_name"
         )
-        return {"application_name": self.application_name, "options": options}
+        return {"application_name": self.application_name, "options": options, **timeout}
 
     def asyncpg_connect_args(self) -> dict[str, Any]:
         """asyncpg takes the settings as `server_settings`; behind PgBouncer, no caches."""
@@ -141,6 +178,10 @@ class _EngineOptions:
         # Lets the tenant hook send its setting in the same message as BEGIN
         # (platform_db.session.asyncpg_connection).
         connect_args["connection_class"] = TenantConnection
+        connect_args["timeout"] = self.connect_timeout_ms / 1000.0
+        # asyncpg.connect, with refused, lost and timed-out attempts raised as the
+        # DBAPI errors SQLAlchemy wraps (the sync engine's OperationalError).
+        connect_args["async_creator_fn"] = connect_asyncpg
         return connect_args
 
     def engine_arguments(
@@ -193,6 +234,7 @@ def make_engine(
     pgbouncer: bool = False,
     pool_label: str | None = None,
     ping_after_ms: int = DEFAULT_PING_AFTER_MS,
+    connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
     **engine_kwargs: Any,
 ) -> Engine:
     """A psycopg 3 engine.
@@ -215,17 +257,33 @@ def make_engine(
         pgbouncer=pgbouncer,
         pool_label=pool_label,
         ping_after_ms=ping_after_ms,
+        connect_timeout_ms=connect_timeout_ms,
     )
     engine = create_engine(
-        with_driver(url, SYNC_DRIVER),
+        _checked(url, SYNC_DRIVER),
         **options.engine_arguments(
             options.psycopg_connect_args(), engine_kwargs, poolclass=TimedQueuePool
         ),
     )
     options.configure_pool(engine.pool, engine.dialect)
+    event.listen(engine, "handle_error", explain_connect_timeout(options.psycopg_connect_timeout_s))
     # Whether the login bypasses RLS, asked once per connection for the tenant hook.
     note_on_connect(engine)
     return engine
+
+
+def _checked(url: URL | str, driver: str) -> URL:
+    """The URL with the driver; one whose password hides an unescaped '@' is refused."""
+    try:
+        parsed = with_driver(url, driver)
+    except (sa_exc.ArgumentError, ValueError):
+        # make_url's message quotes what it took for the port: maybe part of a password.
+        raise ConfigurationError(
+            "the database URL does not parse (a password with ':', '@' or '/' must be "
+            "percent-encoded: %3A, %40, %2F)"
+        ) from None
+    check_url_host(parsed)
+    return parsed
 
 
 def _discard_pending(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
@@ -253,6 +311,7 @@ def make_async_engine(
     pgbouncer: bool = False,
     pool_label: str | None = None,
     ping_after_ms: int = DEFAULT_PING_AFTER_MS,
+    connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """An asyncpg engine.
@@ -277,15 +336,18 @@ def make_async_engine(
         pgbouncer=pgbouncer,
         pool_label=pool_label,
         ping_after_ms=ping_after_ms,
+        connect_timeout_ms=connect_timeout_ms,
     )
     engine = create_async_engine(
-        with_driver(url, ASYNC_DRIVER),
+        _checked(url, ASYNC_DRIVER),
         **options.engine_arguments(
             options.asyncpg_connect_args(), engine_kwargs, poolclass=TimedAsyncQueuePool
         ),
     )
     options.configure_pool(engine.sync_engine.pool, engine.dialect)
     event.listen(engine.sync_engine.pool, "checkin", _discard_pending)
+    event.listen(engine.sync_engine, "handle_error", translate_async_errors)
+    quiet_orphaned_connect_errors()
     note_on_connect(engine)
     return engine
 
@@ -303,6 +365,7 @@ def _pool_kwargs(pool: PoolSettings) -> dict[str, Any]:
         "work_mem": pool.work_mem,
         "read_only": pool.read_only,
         "ping_after_ms": pool.ping_after_ms,
+        "connect_timeout_ms": pool.connect_timeout_ms,
     }
 
 

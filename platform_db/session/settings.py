@@ -20,20 +20,44 @@ ASYNC_DRIVER = "postgresql+asyncpg"
 
 
 def parse_database_url(raw: str, *, name: str = "DATABASE_URL") -> URL:
-    """Parse a PostgreSQL URL; errors never echo the password."""
+    """Parse a PostgreSQL URL; errors never echo the password (nor any part of it)."""
     try:
         url = make_url(raw)
     except ArgumentError:
         raise ConfigurationError(f"{name} is not a database URL") from None
+    except ValueError:
+        # make_url's own message quotes the text it took for the port, which can be a
+        # piece of the password when that holds an unescaped ':' or '@'.
+        raise ConfigurationError(
+            f"{name} has a port that is not a number (a password with ':', '@' or '/' "
+            "must be percent-encoded: %3A, %40, %2F)"
+        ) from None
+    check_url_host(url, name=name)
     if url.get_backend_name() != "postgresql":
         raise ConfigurationError(
             f"{name} must be a postgresql:// URL, not {url.get_backend_name()}://"
         )
+    if url.port is not None and not 1 <= url.port <= 65535:
+        raise ConfigurationError(f"{name} has port {url.port}, outside 1-65535")
     if not url.database:
         raise ConfigurationError(f"{name} names no database: {redact(url)}")
     if not url.host and "host" not in url.query:
         raise ConfigurationError(f"{name} names no host: {redact(url)}")
     return url
+
+
+def check_url_host(url: URL, *, name: str = "the database URL") -> None:
+    """Refuse a URL whose host holds an '@': its password had an unescaped '@'.
+
+    `postgresql://u:p@ss@host/db` parses as password `p` and host `ss@host`, so every
+    message that names the host (the driver's "failed to resolve host", a redacted URL)
+    would show the rest of the password. The message says nothing about the URL's text.
+    """
+    if url.host and "@" in url.host:
+        raise ConfigurationError(
+            f"{name} has an '@' after its user and password: a password containing '@' "
+            "must be percent-encoded (write %40 for '@')"
+        )
 
 
 def with_driver(url: URL | str, driver: str) -> URL:
@@ -42,9 +66,25 @@ def with_driver(url: URL | str, driver: str) -> URL:
     return parsed.set(drivername=driver)
 
 
+_SECRET_QUERY_KEYS = frozenset({"password", "passfile", "sslpassword"})
+
+
 def redact(url: URL | str) -> str:
-    """The URL as text with its password hidden, for logs, errors and CLI output."""
-    parsed = make_url(url) if isinstance(url, str) else url
+    """The URL as text with its password hidden, for logs, errors and CLI output.
+
+    Safe for any input: text that does not parse, and a host holding an '@' (an
+    unescaped '@' in the password), show no part of what came before the last '@'.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except (ArgumentError, ValueError):
+        return "<a database URL that does not parse>"
+    if parsed.host and "@" in parsed.host:
+        parsed = parsed.set(username="***", password=None, host=parsed.host.rsplit("@", 1)[1])
+    if _SECRET_QUERY_KEYS & set(parsed.query):
+        parsed = parsed.update_query_dict(
+            {key: "***" for key in _SECRET_QUERY_KEYS & set(parsed.query)}
+        )
     return parsed.render_as_string(hide_password=True)
 
 
@@ -74,6 +114,7 @@ class PoolSettings:
     read_only: bool = False
     recycle_s: int = 1800
     ping_after_ms: int = 500
+    connect_timeout_ms: int = 5_000
 
     @property
     def application_name(self) -> str:
@@ -104,6 +145,7 @@ class Settings:
           DATABASE_URL (required), POSTGRES_REPLICA_URL (optional, analytics pool)
           POSTGRES_POOL_MIN [5], POSTGRES_POOL_MAX [20], POSTGRES_POOL_ACQUIRE_TIMEOUT [5000],
           POSTGRES_POOL_PING_AFTER [500] (ping connections idle longer; 0: at every checkout)
+          POSTGRES_CONNECT_TIMEOUT [5000] (give up opening a connection after this long)
           POSTGRES_STATEMENT_TIMEOUT [30000], POSTGRES_LOCK_TIMEOUT [10000],
           POSTGRES_IDLE_IN_TRANSACTION_TIMEOUT [60000], POSTGRES_WORK_MEM [unset]
           POSTGRES_ANALYTICS_POOL_MIN [2], POSTGRES_ANALYTICS_POOL_MAX [10],
@@ -246,5 +288,9 @@ class _Reader:
             read_only=default.read_only,
             ping_after_ms=self.integer(
                 f"{prefix}POOL_PING_AFTER", default.ping_after_ms, minimum=0, maximum=day
+            ),
+            # Never 0: libpq and asyncpg would then wait for as long as the OS lets them.
+            connect_timeout_ms=self.integer(
+                f"{prefix}CONNECT_TIMEOUT", default.connect_timeout_ms, minimum=1, maximum=day
             ),
         )
