@@ -575,3 +575,27 @@ async def test_a_statement_timeout_is_not_retryable_on_either_driver(database_ur
         await async_engine.dispose()
     assert not is_retryable(sync_info.value)
     assert not is_retryable(async_info.value)
+
+
+def test_alembic_upgrade_gives_up_on_a_silent_server(silent_server: SilentServer) -> None:
+    """`alembic upgrade head` run directly connects through the environment's own engine:
+    bounded by POSTGRES_CONNECT_TIMEOUT too, and nothing of the password shown."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, **_env(silent_server.port), "PYTHONPATH": str(repo)}
+    start = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(repo / "alembic.ini"), "upgrade", "head"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert time.monotonic() - start < 20
+    _no_secret(run.stdout, run.stderr)

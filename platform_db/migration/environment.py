@@ -69,7 +69,13 @@ from platform_db.migration.locking import (
     take_migration_lock,
 )
 from platform_db.migration.operations import migration_lock_timeout
-from platform_db.session.settings import SYNC_DRIVER, database_url_from_env, with_driver
+from platform_db.session.settings import (
+    SYNC_DRIVER,
+    ConfigurationError,
+    Settings,
+    database_url_from_env,
+    with_driver,
+)
 
 log = logging.getLogger("alembic.runtime.platform_db")
 
@@ -293,10 +299,16 @@ def _run(context: Any, metadata: MetaData, scope: Scope, version_table: str | No
             "DATABASE_URL is not set: point it at the database to migrate, "
             "for example postgresql://postgres@127.0.0.1:5432/platform"
         )
-    # Named, so that a deploy waiting for the migration lock can say who holds it.
-    connect_args = (
-        {} if "application_name" in url.query else {"application_name": "platform-db:migrate"}
-    )
+    # Named, so that a deploy waiting for the migration lock can say who holds it; and
+    # bounded like every connection of the package (POSTGRES_CONNECT_TIMEOUT, validated
+    # with the other settings: a bad value stops here with one line).
+    try:
+        connect_ms = Settings.from_env().main.connect_timeout_ms
+    except ConfigurationError as exc:
+        raise SystemExit(f"platform-db: {exc}") from None
+    connect_args: dict[str, Any] = {"connect_timeout": max(2, -(-connect_ms // 1000))}
+    if "application_name" not in url.query:
+        connect_args["application_name"] = "platform-db:migrate"
     engine = create_engine(
         with_driver(url, SYNC_DRIVER), poolclass=pool.NullPool, connect_args=connect_args
     )
