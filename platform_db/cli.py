@@ -933,10 +933,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bound_libpq_connections() -> None:
+    """Every libpq connection this process opens gives up after POSTGRES_CONNECT_TIMEOUT.
+
+    The package's engines take it from the settings; import-mongo, seed and bench also
+    open psycopg connections of their own, which libpq bounds by PGCONNECT_TIMEOUT
+    (whole seconds, at least 2, as for the engines). An explicit PGCONNECT_TIMEOUT wins.
+    """
+    raw = os.environ.get("POSTGRES_CONNECT_TIMEOUT", "5000").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(
+            f"POSTGRES_CONNECT_TIMEOUT must be a whole number of milliseconds above 0, not {raw!r}"
+        )
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(max(2, -(-int(raw) // 1000))))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        _bound_libpq_connections()
         code: int = args.func(args)
     except ConfigurationError as exc:
         print(f"platform-db: {_one_line(str(exc))}", file=sys.stderr)  # noqa: T201

@@ -599,3 +599,36 @@ def test_alembic_upgrade_gives_up_on_a_silent_server(silent_server: SilentServer
     assert run.returncode != 0
     assert time.monotonic() - start < 20
     _no_secret(run.stdout, run.stderr)
+
+
+def test_cli_tools_with_their_own_connections_give_up_on_a_silent_server(
+    silent_server: SilentServer, tmp_path: Any
+) -> None:
+    """import-mongo opens psycopg connections of its own: bounded too (PGCONNECT_TIMEOUT
+    from POSTGRES_CONNECT_TIMEOUT), one line, no password."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    dump = tmp_path / "dump"
+    subprocess.run(
+        [sys.executable, "-m", "platform_db.importer.sampledump", str(dump)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    env = {**os.environ, **_env(silent_server.port)}
+    env.pop("PGCONNECT_TIMEOUT", None)
+    start = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "platform_db.cli", "import-mongo", str(dump)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert run.returncode != 0
+    assert time.monotonic() - start < 30
+    _no_secret(run.stdout, run.stderr)
