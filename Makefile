@@ -10,7 +10,8 @@ LOWEST_STAMP := $(LOWEST)/.installed-lowest
 # ORM, async and pool paths over the migrated schema. About a minute.
 LOWEST_TESTS ?= tests/test_migrations.py tests/test_autogenerate.py tests/test_drift.py \
 	tests/test_migration_safety.py tests/test_schema.py tests/test_query.py \
-	tests/test_tenancy_hook.py tests/test_pools.py tests/test_revision_history.py
+	tests/test_tenancy_hook.py tests/test_pools.py tests/test_revision_history.py \
+	tests/test_runtime_faults.py tests/test_rls_bypass.py
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-lowest lint format migrate check clean

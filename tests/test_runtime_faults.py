@@ -29,6 +29,7 @@ from platform_db import cli
 from platform_db.session.database import Database
 from platform_db.session.engines import make_async_engine, make_engine
 from platform_db.session.errors import (
+    _driver_error,
     is_retryable,
     retry_read,
     retry_read_async,
@@ -263,7 +264,9 @@ async def test_async_refused_connection_is_an_operational_error() -> None:
     finally:
         await engine.dispose()
     assert isinstance(info.value.orig, AsyncAdapt_asyncpg_dbapi.OperationalError)
-    assert isinstance(info.value.orig.orig, ConnectionRefusedError)
+    # Under the adapter's error: SQLAlchemy 2.1 keeps the driver's as .orig, 2.0 raises
+    # from it; either way it is the refused connection.
+    assert isinstance(_driver_error(info.value), ConnectionRefusedError)
     assert is_retryable(info.value)
     _no_secret(info.value)
 
@@ -348,7 +351,13 @@ async def test_connection_killed_while_idle_is_invalidated(database_url: URL) ->
 def _context(exc: BaseException, *, wrapped: bool = True) -> Any:
     dbapi: BaseException = exc
     if wrapped:
-        dbapi = AsyncAdapt_asyncpg_dbapi.InternalClientError(str(exc), exc)  # type: ignore[no-untyped-call]
+        # The asyncpg adapter's error for it: InternalClientError holding the driver's as
+        # .orig (SQLAlchemy 2.1), or InternalError raised from it (2.0).
+        adapter: Any = getattr(AsyncAdapt_asyncpg_dbapi, "InternalClientError", None)
+        if adapter is None:
+            adapter = AsyncAdapt_asyncpg_dbapi.InternalError
+        dbapi = adapter(str(exc), exc)
+        dbapi.__cause__ = exc
     return SimpleNamespace(
         original_exception=dbapi,
         sqlalchemy_exception=sa_exc.DBAPIError("SELECT 1", None, dbapi) if wrapped else None,

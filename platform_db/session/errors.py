@@ -120,8 +120,19 @@ _BROKEN = (
 
 
 def _driver_error(exc: BaseException | None) -> BaseException | None:
-    while isinstance(exc, sa_exc.DBAPIError | sa_exc.EmulatedDBAPIException):
-        exc = exc.orig
+    """The driver's own exception under SQLAlchemy's wrappers: DBAPIError.orig, and the
+    asyncpg adapter's DBAPI-style error (SQLAlchemy 2.1: EmulatedDBAPIException.orig;
+    2.0: raised `from` the driver's error)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        inner = getattr(exc, "orig", None)
+        if isinstance(inner, BaseException):
+            exc = inner
+        elif type(exc).__module__.startswith("sqlalchemy") and exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            break
     return exc
 
 
