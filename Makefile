@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-dev
 LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed-lowest
 # The tests that prove the floors: the revisions, autogenerate, check and drift, then the
-# ORM, async and pool paths over the migrated schema. About a minute.
+# ORM, async, pool and driver-error paths over the migrated schema. About two minutes.
 LOWEST_TESTS ?= tests/test_migrations.py tests/test_autogenerate.py tests/test_drift.py \
 	tests/test_migration_safety.py tests/test_schema.py tests/test_query.py \
 	tests/test_tenancy_hook.py tests/test_pools.py tests/test_revision_history.py \
