@@ -81,12 +81,16 @@ def _admin_engine(*, settings_as_alerts: bool = False) -> Any:
 
 
 def _migration_lock_timeout() -> str:
-    """PLATFORM_DB_MIGRATION_LOCK_TIMEOUT, checked before anything runs."""
+    """PLATFORM_DB_MIGRATION_LOCK_TIMEOUT and _LOCK_WAIT, checked before anything runs."""
+    from alembic.util.exc import CommandError  # noqa: PLC0415
+
+    from platform_db.migration.locking import migration_lock_wait  # noqa: PLC0415
     from platform_db.migration.operations import migration_lock_timeout  # noqa: PLC0415
 
     try:
+        migration_lock_wait()
         return migration_lock_timeout()
-    except ValueError as exc:
+    except (ValueError, CommandError) as exc:
         raise ConfigurationError(str(exc)) from None
 
 

@@ -641,3 +641,15 @@ def test_cli_tools_with_their_own_connections_give_up_on_a_silent_server(
     assert run.returncode != 0
     assert time.monotonic() - start < 30
     _no_secret(run.stdout, run.stderr)
+
+
+def test_cli_refuses_a_bad_migration_lock_wait(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", _url(_free_port()))
+    monkeypatch.setenv("PLATFORM_DB_MIGRATION_LOCK_WAIT", "forever")
+    for command in (["upgrade"], ["downgrade", "-1"]):
+        assert cli.main(command) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "PLATFORM_DB_MIGRATION_LOCK_WAIT" in err
