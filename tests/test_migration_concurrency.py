@@ -220,14 +220,12 @@ def test_offline_script_takes_the_same_lock_first() -> None:
 
 
 @pytest.fixture
-def role_names(engine: object) -> Iterator[list[str]]:
-    del engine
+def role_names(server_url: URL) -> Iterator[list[str]]:
     base = f"pdb_i20_{secrets.token_hex(3)}"
     names = [f"{base}_owner", f"{base}_app", f"{base}_admin"]
     yield names
-    url = os.environ.get("TEST_DATABASE_URL")
-    assert url
-    admin = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    # The run's server, whichever it is (TEST_DATABASE_URL, or the embedded one).
+    admin = create_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         for name in names:
             conn.execute(text(f'DROP ROLE IF EXISTS "{name}"'))
