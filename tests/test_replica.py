@@ -1,0 +1,487 @@
+"""The analytics pool on a real streaming replica of the test server.
+
+A module fixture makes a hot standby of the test server (`pg_basebackup -R`, another
+loopback port, `hot_standby = on`; platform_db.testing.standby) and removes it at the
+end. Without server binaries or a replication line in pg_hba.conf the module is skipped,
+unless PLATFORM_DB_REQUIRE_REPLICA=1 (CI), which makes that a failure.
+
+The service's view is `Database` with POSTGRES_REPLICA_URL pointing at the standby, as a
+login that is only a member of platform_app: analytics sessions read on the standby,
+their writes are refused with an error naming the pool, RLS filters there as on the
+primary, a tenant's own writes are read back from the primary, and a lagging replica is
+left for the primary (logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, select, text
+from sqlalchemy.engine import URL
+
+from platform_db.ddl.tenant_table import tenant_tables
+from platform_db.models import (
+    FormSubmission,
+    Lead,
+    TenantDashboard,
+    TenantLeadFunnel,
+    TenantSubmissionActivity,
+    metadata,
+)
+from platform_db.session.database import Database
+from platform_db.session.replica import AnalyticsSession, ReadOnlyPoolError
+from platform_db.testing.standby import Standby
+from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, SeededTenant, expect_db_error
+from tests.replica_helpers import on_replica_url, replica_database, standby_or_skip
+
+pytestmark = pytest.mark.replica
+
+WHERE = text("SELECT pg_is_in_recovery(), inet_server_port()")
+PRIMARY_PORT_SQL = text("SELECT inet_server_port()")
+
+
+@pytest.fixture(scope="module")
+def standby(database_url: URL) -> Iterator[Standby]:
+    with standby_or_skip(database_url) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def replica_url(standby: Standby, app_login: URL) -> URL:
+    return on_replica_url(standby, app_login)
+
+
+@pytest.fixture(scope="module")
+def primary_port(engine: Engine) -> int:
+    with engine.connect() as conn:
+        port = conn.scalar(PRIMARY_PORT_SQL)
+    assert isinstance(port, int)
+    return port
+
+
+@pytest.fixture
+def db(app_login: URL, replica_url: URL, standby: Standby) -> Iterator[Database]:
+    """The service's Database: analytics on the standby, read-your-writes for 1.5 s."""
+    standby.wait_for_replay()
+    database = replica_database(app_login, replica_url, POSTGRES_REPLICA_READ_YOUR_WRITES_MS=1500)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def lagging_db(app_login: URL, replica_url: URL, standby: Standby) -> Iterator[Database]:
+    """Analytics on the standby while it is at most 300 ms behind, checked every 50 ms."""
+    standby.wait_for_replay()
+    database = replica_database(
+        app_login,
+        replica_url,
+        POSTGRES_REPLICA_MAX_LAG_MS=300,
+        POSTGRES_REPLICA_CHECK_INTERVAL_MS=50,
+        POSTGRES_REPLICA_READ_YOUR_WRITES_MS=0,
+    )
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def replay_paused(standby: Standby) -> Iterator[Standby]:
+    """The standby receives WAL but applies none of it until the test ends: it lags."""
+    standby.pause_replay()
+    try:
+        yield standby
+    finally:
+        standby.resume_replay()
+        standby.wait_for_replay()
+
+
+def _new_lead(engine: Engine, tenant: uuid.UUID, label: str) -> str:
+    email = f"{label}-{uuid.uuid4().hex[:10]}@replica.example.com"
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO leads (tenant_id, email, source) VALUES (:t, :e, 'replica-test')"),
+            {"t": tenant, "e": email},
+        )
+    return email
+
+
+def _lead_seen(session: object, email: str) -> bool:
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+
+    assert isinstance(session, Session)
+    return session.scalar(select(Lead.id).where(Lead.email == email)) is not None
+
+
+# --- the standby itself --------------------------------------------------------------------
+
+
+def test_the_standby_is_a_hot_standby_streaming_from_the_test_server(
+    standby: Standby, engine: Engine, database_url: URL
+) -> None:
+    assert standby.scalar("SELECT pg_is_in_recovery()") is True
+    assert standby.scalar("SHOW hot_standby") == "on"
+    assert standby.scalar("SELECT status FROM pg_stat_wal_receiver") == "streaming"
+    assert standby.port != database_url.port
+
+    def state() -> object:
+        with engine.connect() as conn:
+            return conn.scalar(
+                text(
+                    "SELECT r.state FROM pg_stat_replication r "
+                    "JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = :s"
+                ),
+                {"s": standby.slot},
+            )
+
+    # The primary's WAL sender is in "catchup" until the standby has caught up.
+    _wait_for(lambda: state() == "streaming", 30)
+    # The run's database, migrated on the primary, is there.
+    assert standby.scalar("SELECT count(*) FROM tenants", database=str(database_url.database)) >= 0
+
+
+# --- routing --------------------------------------------------------------------------------
+
+
+def test_analytics_sessions_read_on_the_replica_and_the_rest_on_the_primary(
+    db: Database, a: SeededTenant, standby: Standby, primary_port: int
+) -> None:
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+        assert isinstance(s, AnalyticsSession)
+        assert tuple(s.execute(WHERE).one()) == (True, standby.port)
+        # The tenant hook ran there: the setting, and RLS through it.
+        assert s.scalar(text("SELECT current_setting('app.current_tenant_id')")) == str(a.tenant_id)
+        assert s.scalar(select(Lead.tenant_id).limit(1)) == a.tenant_id
+    for pool in ("main", "background"):
+        with db.session(tenant_id=a.tenant_id, pool=pool) as s, s.begin():
+            assert tuple(s.execute(WHERE).one()) == (False, primary_port)
+    with db.session(tenant_id=a.tenant_id, pool="analytics", on_primary=True) as s, s.begin():
+        assert tuple(s.execute(WHERE).one()) == (False, primary_port)
+    status = db.replica_status()
+    assert status is not None
+    assert (status.route, status.checking) == ("replica", False)
+
+
+async def test_async_analytics_sessions_read_on_the_replica(
+    db: Database, a: SeededTenant, standby: Standby, primary_port: int
+) -> None:
+    try:
+        async with db.async_session(tenant_id=a.tenant_id, pool="analytics") as s:
+            assert tuple((await s.execute(WHERE)).one()) == (True, standby.port)
+            leads = (await s.scalars(select(Lead))).all()
+            assert {lead.tenant_id for lead in leads} == {a.tenant_id}
+            assert len(leads) >= a.count("leads")
+        async with db.async_session(tenant_id=a.tenant_id) as s:
+            assert tuple((await s.execute(WHERE)).one()) == (False, primary_port)
+    finally:
+        await db.dispose_async()
+
+
+# --- writes through the analytics pool -----------------------------------------------------
+
+
+def test_a_write_through_the_analytics_pool_fails_naming_the_pool(
+    db: Database, a: SeededTenant, standby: Standby, engine: Engine, primary_port: int
+) -> None:
+    email = f"never-{uuid.uuid4().hex[:8]}@replica.example.com"
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s:
+        s.add(Lead(email=email))
+        with pytest.raises(ReadOnlyPoolError) as info:
+            s.commit()
+    message = str(info.value)
+    assert "the analytics pool is read-only" in message
+    assert f"127.0.0.1:{standby.port}" in message
+    assert "read-only transaction" in message
+    assert 'db.session(pool="main")' in message
+    assert (info.value.pool, info.value.server) == ("analytics", f"127.0.0.1:{standby.port}")
+
+    # Raw SQL, and the analytics pool on the primary (on_primary): refused the same way.
+    for on_primary, server in ((False, standby.port), (True, primary_port)):
+        with db.session(tenant_id=a.tenant_id, pool="analytics", on_primary=on_primary) as s:
+            with pytest.raises(ReadOnlyPoolError, match=f"analytics pool is read-only .*:{server}"):
+                s.execute(
+                    text("INSERT INTO leads (tenant_id, email) VALUES (:t, :e)"),
+                    {"t": a.tenant_id, "e": email},
+                )
+            s.rollback()
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM leads WHERE email = :e"), {"e": email}) == 0
+
+
+async def test_an_async_write_through_the_analytics_pool_fails_naming_the_pool(
+    db: Database, a: SeededTenant, standby: Standby
+) -> None:
+    try:
+        async with db.async_session(tenant_id=a.tenant_id, pool="analytics") as s:
+            s.add(Lead(email=f"never-{uuid.uuid4().hex[:8]}@replica.example.com"))
+            with pytest.raises(
+                ReadOnlyPoolError, match=f"analytics pool is read-only .*{standby.port}"
+            ):
+                await s.commit()
+    finally:
+        await db.dispose_async()
+
+
+def test_without_a_replica_the_analytics_pool_still_names_itself(
+    app_login: URL, a: SeededTenant, primary_port: int
+) -> None:
+    database = Database.from_env(
+        {"DATABASE_URL": app_login.render_as_string(hide_password=False), "POSTGRES_POOL_MIN": "1"}
+    )
+    refused = f"analytics pool is read-only .*:{primary_port}"
+    try:
+        with (
+            database.session(tenant_id=a.tenant_id, pool="analytics") as s,
+            pytest.raises(ReadOnlyPoolError, match=refused),
+        ):
+            s.execute(text("UPDATE leads SET score = score"))
+    finally:
+        database.dispose()
+
+
+# --- isolation on the replica --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", [spec.name for spec in tenant_tables(metadata)])
+def test_tenant_isolation_holds_on_the_replica(
+    table: str,
+    db: Database,
+    tenants: tuple[SeededTenant, SeededTenant],
+    engine: Engine,
+    standby: Standby,
+) -> None:
+    """What the isolation suite shows on the primary, on the standby: each tenant sees
+    exactly its own rows, none without a tenant, and writes aimed at the other tenant
+    change nothing."""
+    spec = next(s for s in tenant_tables(metadata) if s.name == table)
+    t = spec.qualified
+    with engine.connect() as conn:
+        counts = {
+            x.tenant_id: conn.scalar(
+                text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": x.tenant_id}
+            )
+            for x in tenants
+        }
+    assert all(counts.values()), counts
+    for me, other in (tenants, tenants[::-1]):
+        with db.session(tenant_id=me.tenant_id, pool="analytics") as s, s.begin():
+            assert s.execute(WHERE).one()[0] is True  # on the standby
+            seen = s.execute(text(f"SELECT tenant_id, count(*) FROM {t} GROUP BY 1")).all()
+            assert [tuple(r) for r in seen] == [(me.tenant_id, counts[me.tenant_id])]
+            assert (
+                s.scalar(
+                    text(f"SELECT count(*) FROM {t} WHERE tenant_id = :o"), {"o": other.tenant_id}
+                )
+                == 0
+            )
+        for sql in (
+            f"UPDATE {t} SET tenant_id = tenant_id WHERE tenant_id = :o",
+            f"DELETE FROM {t} WHERE tenant_id = :o",
+        ):
+            with db.session(tenant_id=me.tenant_id, pool="analytics") as s:
+                with pytest.raises(ReadOnlyPoolError):
+                    s.execute(text(sql), {"o": other.tenant_id})
+                s.rollback()
+    with db.session(pool="analytics") as s, s.begin():
+        assert s.execute(WHERE).one()[0] is True
+        assert s.scalar(text(f"SELECT count(*) FROM {t}")) == 0
+    with engine.connect() as conn:
+        after = {
+            x.tenant_id: conn.scalar(
+                text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": x.tenant_id}
+            )
+            for x in tenants
+        }
+    assert after == counts
+
+
+def test_the_replica_keeps_the_materialized_views_closed_and_sql_cannot_widen_the_tenant(
+    db: Database, a: SeededTenant, b: SeededTenant
+) -> None:
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s:
+        with expect_db_error(INSUFFICIENT_PRIVILEGE, "permission denied"):
+            s.execute(text("SELECT * FROM platform.tenant_performance_summary"))
+        s.rollback()
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+        # Changing the setting inside the transaction reaches B's rows only (one tenant per
+        # transaction, docs/SECURITY.md), never all rows: the same as on the primary.
+        s.execute(
+            text("SELECT set_config('app.current_tenant_id', :b, true)"), {"b": str(b.tenant_id)}
+        )
+        assert set(s.scalars(text("SELECT DISTINCT tenant_id FROM users"))) == {b.tenant_id}
+
+
+# --- dashboards and reports -----------------------------------------------------------------
+
+
+def test_dashboards_and_range_reports_read_from_the_replica(
+    db: Database, a: SeededTenant, b: SeededTenant, engine: Engine, standby: Standby
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("SELECT platform.refresh_performance_views()"))
+    standby.wait_for_replay()
+    with engine.connect() as conn:
+        leads_of_a = conn.scalar(
+            text("SELECT count(*) FROM leads WHERE tenant_id = :t"), {"t": a.tenant_id}
+        )
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+        assert s.execute(WHERE).one()[0] is True
+        dashboard = s.scalars(select(TenantDashboard)).one()
+        assert dashboard.tenant_id == a.tenant_id
+        assert dashboard.leads_total == leads_of_a
+        funnel = s.scalars(select(TenantLeadFunnel)).all()
+        assert funnel
+        assert {row.tenant_id for row in funnel} == {a.tenant_id}
+        assert sum(row.leads_created for row in funnel) == leads_of_a
+        activity = s.scalars(select(TenantSubmissionActivity)).all()
+        assert {row.tenant_id for row in activity} == {a.tenant_id}
+        # The benchmark's range class: a tenant's submissions over a window, newest first.
+        since, until = min(a.times["form_submissions"]), max(a.times["form_submissions"])
+        found = s.scalars(
+            select(FormSubmission)
+            .where(FormSubmission.created_at >= since, FormSubmission.created_at <= until)
+            .order_by(FormSubmission.created_at.desc())
+        ).all()
+        assert {x.id for x in found} == set(a.ids["form_submissions"])
+
+
+# --- read your writes -----------------------------------------------------------------------
+
+
+def test_a_tenants_own_writes_are_read_back_from_the_primary_for_a_window(
+    db: Database, a: SeededTenant, b: SeededTenant, replay_paused: Standby, primary_port: int
+) -> None:
+    standby = replay_paused
+    # A write committed through the service's main pool ...
+    with db.session(tenant_id=a.tenant_id) as s, s.begin():
+        email = f"ryw-{uuid.uuid4().hex[:10]}@replica.example.com"
+        s.add(Lead(email=email, source="replica-test"))
+    # ... sends A's analytics to the primary, where it is; B's stay on the replica.
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+        assert tuple(s.execute(WHERE).one()) == (False, primary_port)
+        assert _lead_seen(s, email)
+    with db.session(tenant_id=b.tenant_id, pool="analytics") as s, s.begin():
+        assert tuple(s.execute(WHERE).one()) == (True, standby.port)
+    # After the window (1.5 s here, POSTGRES_REPLICA_READ_YOUR_WRITES_MS) A reads the
+    # replica again, which has not replayed the write (replay is paused).
+    time.sleep(1.6)
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+        assert tuple(s.execute(WHERE).one()) == (True, standby.port)
+        assert not _lead_seen(s, email)
+    # On request, the primary whatever the window.
+    with db.session(tenant_id=a.tenant_id, pool="analytics", on_primary=True) as s, s.begin():
+        assert _lead_seen(s, email)
+    # A write the hooks cannot see (another process), announced by hand.
+    db.note_write(b.tenant_id)
+    with db.session(tenant_id=b.tenant_id, pool="analytics") as s, s.begin():
+        assert s.execute(WHERE).one()[0] is False
+
+
+def test_reads_and_rolled_back_writes_do_not_count_as_writes(
+    db: Database, a: SeededTenant, standby: Standby
+) -> None:
+    with db.session(tenant_id=a.tenant_id) as s, s.begin():
+        s.scalars(select(Lead)).all()
+    with db.session(tenant_id=a.tenant_id) as s:
+        s.add(Lead(email=f"rolled-back-{uuid.uuid4().hex[:8]}@replica.example.com"))
+        s.flush()
+        s.rollback()
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+        assert tuple(s.execute(WHERE).one()) == (True, standby.port)
+
+
+def test_a_raw_sql_write_counts_and_routing_is_decided_per_transaction(
+    db: Database, a: SeededTenant, standby: Standby, primary_port: int
+) -> None:
+    analytics = db.session(tenant_id=a.tenant_id, pool="analytics")
+    try:
+        with analytics.begin():
+            assert analytics.execute(WHERE).one()[0] is True
+        with db.session(tenant_id=a.tenant_id) as s, s.begin():
+            s.execute(
+                text("UPDATE leads SET score = score WHERE tenant_id = :t"), {"t": a.tenant_id}
+            )
+        # The same session, its next transaction: on the primary now.
+        with analytics.begin():
+            assert tuple(analytics.execute(WHERE).one()) == (False, primary_port)
+    finally:
+        analytics.close()
+
+
+async def test_async_writes_send_the_tenants_analytics_to_the_primary(
+    db: Database, a: SeededTenant, replay_paused: Standby, primary_port: int
+) -> None:
+    try:
+        email = f"ryw-async-{uuid.uuid4().hex[:8]}@replica.example.com"
+        async with db.async_session(tenant_id=a.tenant_id) as s:
+            s.add(Lead(email=email, source="replica-test"))
+            await s.commit()
+        async with db.async_session(tenant_id=a.tenant_id, pool="analytics") as s:
+            assert tuple((await s.execute(WHERE)).one()) == (False, primary_port)
+            assert (await s.scalar(select(Lead.id).where(Lead.email == email))) is not None
+    finally:
+        await db.dispose_async()
+
+
+# --- lag ----------------------------------------------------------------------------------
+
+
+def test_a_lagging_replica_is_left_for_the_primary_and_that_is_logged_once(
+    lagging_db: Database,
+    a: SeededTenant,
+    engine: Engine,
+    standby: Standby,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="platform_db.session.replica")
+    db = lagging_db
+    try:
+        db.warm_up("analytics")
+        status = db.replica_status()
+        assert status is not None
+        assert (status.route, status.checking, status.lag_ms) == ("replica", True, 0.0)
+
+        def where() -> tuple[bool, int]:
+            with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+                in_recovery, port = s.execute(WHERE).one()
+                return bool(in_recovery), int(port)
+
+        assert where() == (True, standby.port)
+        standby.pause_replay()
+        try:
+            email = _new_lead(engine, a.tenant_id, "lag")
+            _wait_for(lambda: db.replica_status().route == "primary", 10)  # type: ignore[union-attr]
+            status = db.replica_status()
+            assert status is not None
+            assert status.lag_ms is not None
+            assert status.lag_ms > 300
+            assert "ms behind (POSTGRES_REPLICA_MAX_LAG_MS=300)" in str(status.reason)
+            for _ in range(20):
+                assert where()[0] is False  # the primary
+            with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+                assert _lead_seen(s, email)
+        finally:
+            standby.resume_replay()
+        _wait_for(lambda: db.replica_status().route == "replica", 10)  # type: ignore[union-attr]
+        for _ in range(5):
+            assert where() == (True, standby.port)
+    finally:
+        db.dispose()
+    records = [r for r in caplog.records if r.name == "platform_db.session.replica"]
+    to_primary = [r for r in records if "reading from the primary instead" in r.getMessage()]
+    back = [r for r in records if "reading from the replica" in r.getMessage()]
+    assert len(to_primary) == 1, [r.getMessage() for r in records]
+    assert to_primary[0].levelno == logging.WARNING
+    assert f"127.0.0.1:{standby.port}" in to_primary[0].getMessage()
+    assert len(back) == 1, [r.getMessage() for r in records]
+    assert back[0].levelno == logging.INFO
+
+
+def _wait_for(condition: object, timeout_s: float) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
