@@ -793,6 +793,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             first_tenants=args.first_tenants,
             rate=args.rate,
         )
+        if args.replica:
+            return _bench_replica(args, url, config)
         report = run_bench(url, config, progress=None if args.quiet else _progress)
     except (BenchError, ValueError) as exc:
         print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
@@ -805,6 +807,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _emit_json(report)
     else:
         print(render_text(report), end="")  # noqa: T201
+    return EXIT_OK
+
+
+def _bench_replica(args: argparse.Namespace, url: Any, config: Any) -> int:
+    """`bench --replica`: the dashboard and range classes on POSTGRES_REPLICA_URL's
+    standby, next to the primary-only run (platform_db.bench.replica)."""
+    from platform_db.bench.replica import render_replica_text, run_replica_bench  # noqa: PLC0415
+
+    replica = database_url_from_env("POSTGRES_REPLICA_URL")
+    if replica is None:
+        raise ConfigurationError(
+            "bench --replica needs POSTGRES_REPLICA_URL: a streaming replica of DATABASE_URL's "
+            "server, e.g. postgresql://postgres@127.0.0.1:5433/platform_bench"
+        )
+    if args.html:
+        raise ConfigurationError("bench --replica writes text and JSON only (no --html)")
+    report = run_replica_bench(url, replica, config, progress=None if args.quiet else _progress)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.json:
+        _emit_json(report)
+    else:
+        print(render_replica_text(report), end="")  # noqa: T201
     return EXIT_OK
 
 
@@ -901,6 +926,13 @@ def _add_bench_commands(sub: Any) -> None:
         help="open loop: R requests per second in all, at Poisson times, latency counted "
         "from when each was due (pgbench gets -R R); default: closed loop, as fast as "
         "the clients go",
+    )
+    bench.add_argument(
+        "--replica",
+        action="store_true",
+        help="run the workload twice, primary only and with POSTGRES_REPLICA_URL's standby "
+        "serving the dashboard and date-range classes, and report both with the replication "
+        "lag during each (no pgbench, no EXPLAIN)",
     )
     bench.add_argument("--label", help="a name for this run in the report")
     bench.add_argument("--out", help="also write the JSON report to this file")

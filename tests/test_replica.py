@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -47,6 +48,7 @@ from platform_db.session.replica import (
     ReadOnlyPoolError,
     ReplicaConflictError,
 )
+from platform_db.session.tenancy import tenant_context
 from platform_db.testing.standby import Standby
 from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, SeededTenant, expect_db_error
 from tests.replica_helpers import on_replica_url, replica_database, standby_or_skip
@@ -391,6 +393,24 @@ def test_a_tenants_own_writes_are_read_back_from_the_primary_for_a_window(
     db.note_write(b.tenant_id)
     with db.session(tenant_id=b.tenant_id, pool="analytics") as s, s.begin():
         assert s.execute(WHERE).one()[0] is False
+
+
+def test_the_window_belongs_to_the_user_who_wrote_not_to_the_whole_tenant(
+    db: Database, a: SeededTenant, standby: Standby, primary_port: int
+) -> None:
+    writer, colleague = a.ids["users"][0], a.ids["users"][1]
+    with db.session(tenant_id=a.tenant_id, user_id=writer) as s, s.begin():
+        s.add(Lead(email=f"by-user-{uuid.uuid4().hex[:8]}@replica.example.com"))
+    with (
+        tenant_context(a.tenant_id, user_id=writer),
+        db.session(pool="analytics") as s,
+        s.begin(),
+    ):
+        assert tuple(s.execute(WHERE).one()) == (False, primary_port)
+    with db.session(tenant_id=a.tenant_id, user_id=colleague, pool="analytics") as s, s.begin():
+        assert tuple(s.execute(WHERE).one()) == (True, standby.port)
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():  # no user
+        assert tuple(s.execute(WHERE).one()) == (True, standby.port)
 
 
 def test_reads_and_rolled_back_writes_do_not_count_as_writes(
@@ -784,3 +804,45 @@ def test_hot_standby_feedback_avoids_the_conflict_at_the_cost_of_dead_rows_on_th
     # The cost: VACUUM on the primary had to keep the deleted rows the standby still read.
     assert isinstance(kept, int)
     assert kept >= 200
+
+
+# --- the benchmark option ---------------------------------------------------------------------
+
+
+def test_bench_replica_runs_the_dashboard_and_range_classes_on_the_replica(
+    server_url: URL, standby: Standby
+) -> None:
+    from platform_db.bench.replica import render_replica_text, run_replica_bench  # noqa: PLC0415
+    from platform_db.bench.runner import BenchConfig  # noqa: PLC0415
+    from platform_db.bench.seed import SeedConfig, run_seed  # noqa: PLC0415
+    from tests.conftest import temporary_database  # noqa: PLC0415
+
+    with temporary_database(server_url, migrate=True) as bench_db:
+        today = datetime.now(UTC).date()
+        run_seed(
+            bench_db, SeedConfig(tenants=6, rows_per_tenant=300, months=3, seed=5, as_of=today)
+        )
+        standby.wait_for_replay()
+        on_standby = standby.url(str(bench_db.database))
+        commits = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        before = standby.scalar(commits, database=str(bench_db.database))
+        report = run_replica_bench(
+            bench_db, on_standby, BenchConfig(clients=2, duration_s=2, warmup_s=0, seed=4)
+        )
+        after = standby.scalar(commits, database=str(bench_db.database))
+    json.dumps(report, default=str)
+    assert report["replica"] == f"127.0.0.1:{standby.port}"
+    runs = report["runs"]
+    assert set(runs) == {"primary_only", "replica"}
+    for name, run in runs.items():
+        assert not run["errors"], (name, run["error_samples"])
+        for cls in ("dashboard_read", "submissions_range"):
+            assert run["classes"][cls]["count"] > 0, (name, cls)
+        assert run["replication_lag"]["samples"] > 0
+        assert run["replication_lag"]["errors"] == []
+    assert runs["primary_only"]["analytics_routes"] == {}  # no replica configured
+    assert runs["replica"]["analytics_routes"]["replica"] > 0
+    assert after > before  # the standby served transactions of the bench database
+    text_report = render_replica_text(report)
+    assert "replica p50" in text_report
+    assert "Replication lag during each run" in text_report

@@ -195,12 +195,15 @@ class Database:
         POSTGRES_REPLICA_URL)."""
         return self.router.status() if self.router is not None else None
 
-    def note_write(self, tenant_id: object | None) -> None:
+    def note_write(self, tenant_id: object | None, user_id: object | None = None) -> None:
         """Announce a write the session hooks did not see (made through
-        `Session.connection()`, or by another process): `tenant_id`'s analytics sessions
-        read from the primary for POSTGRES_REPLICA_READ_YOUR_WRITES_MS."""
+        `Session.connection()`, or by another process): analytics sessions of this tenant
+        and acting user read from the primary for POSTGRES_REPLICA_READ_YOUR_WRITES_MS."""
         if self.router is not None:
-            self.router.note_write(None if tenant_id is None else canonical_uuid(tenant_id))
+            self.router.note_write(
+                None if tenant_id is None else canonical_uuid(tenant_id),
+                None if user_id is None else canonical_uuid(user_id, what="user id"),
+            )
 
     def warm_up(self, *pools: str) -> None:
         """Open each pool's minimum of connections now rather than on the first requests.

@@ -5,10 +5,11 @@ gives an `AnalyticsSession`, which picks the server of each transaction when the
 transaction starts:
 
 * the primary, when the session was opened with `on_primary=True`;
-* the primary, when a session of the same `Database` committed a write for the same
-  tenant less than POSTGRES_REPLICA_READ_YOUR_WRITES_MS ago (2000; 0: never), so that a
-  request reads what it has just written (read-your-writes; Payload's Drizzle adapter
-  uses the same 2 s window);
+* the primary, when a session of the same `Database` with the same tenant and acting
+  user (`user_id`; none is a key of its own) committed a write less than
+  POSTGRES_REPLICA_READ_YOUR_WRITES_MS ago (2000; 0: never), so that whoever has just
+  written reads it back (read-your-writes; Payload's Drizzle adapter uses the same 2 s
+  window), while the tenant's other users stay on the replica;
 * the primary, when POSTGRES_REPLICA_MAX_LAG_MS is set and the replica is further behind,
   down, not a replica (promoted), or not checked yet; a background thread checks it every
   POSTGRES_REPLICA_CHECK_INTERVAL_MS (1000), and a failed connection to it counts at
@@ -242,7 +243,7 @@ class ReplicaRouter:
         self.server = server_of(replica_url)
         self._connect_timeout_s = max(2, -(-connect_timeout_ms // 1000))
         self._lock = threading.Lock()
-        self._writes: dict[uuid.UUID | None, float] = {}
+        self._writes: dict[tuple[uuid.UUID | None, uuid.UUID | None], float] = {}
         self._health = _Health(usable=False, reason="not checked yet")
         self._logged_route = "replica"
         self._first_check = threading.Event()
@@ -251,6 +252,8 @@ class ReplicaRouter:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._probe: Engine | None = None
+        # Analytics transactions sent each way so far (for benchmarks and health pages).
+        self.routes: dict[str, int] = {"replica": 0, "primary": 0}
 
     # -- decisions ------------------------------------------------------------------
 
@@ -258,30 +261,41 @@ class ReplicaRouter:
     def checking(self) -> bool:
         return self.settings.max_lag_ms is not None
 
-    def route(self, tenant_id: uuid.UUID | None, *, on_primary: bool = False) -> str:
-        """ "replica" or "primary" for a transaction of `tenant_id` starting now."""
-        if on_primary or self.wrote_recently(tenant_id):
-            return "primary"
-        if not self.checking:
-            return "replica"
-        self._ensure_thread()
-        return "replica" if self._current().usable else "primary"
+    def route(
+        self,
+        tenant_id: uuid.UUID | None,
+        user_id: uuid.UUID | None = None,
+        *,
+        on_primary: bool = False,
+    ) -> str:
+        """Where a transaction of this tenant and user starting now runs: "replica" or
+        "primary"."""
+        if on_primary or self.wrote_recently(tenant_id, user_id):
+            chosen = "primary"
+        elif not self.checking:
+            chosen = "replica"
+        else:
+            self._ensure_thread()
+            chosen = "replica" if self._current().usable else "primary"
+        self.routes[chosen] += 1
+        return chosen
 
-    def wrote_recently(self, tenant_id: uuid.UUID | None) -> bool:
+    def wrote_recently(self, tenant_id: uuid.UUID | None, user_id: uuid.UUID | None = None) -> bool:
         window = self.settings.read_your_writes_ms
         if not window:
             return False
-        at = self._writes.get(tenant_id)
+        at = self._writes.get((tenant_id, user_id))
         return at is not None and (time.monotonic() - at) * 1000 < window
 
-    def note_write(self, tenant_id: uuid.UUID | None) -> None:
-        """A write for `tenant_id` was committed: its analytics read from the primary for
-        POSTGRES_REPLICA_READ_YOUR_WRITES_MS. Sessions of the Database call this."""
+    def note_write(self, tenant_id: uuid.UUID | None, user_id: uuid.UUID | None = None) -> None:
+        """A write of this tenant and acting user was committed: their analytics read from
+        the primary for POSTGRES_REPLICA_READ_YOUR_WRITES_MS. The Database's sessions call
+        this."""
         if not self.settings.read_your_writes_ms:
             return
         now = time.monotonic()
         with self._lock:
-            self._writes[tenant_id] = now
+            self._writes[(tenant_id, user_id)] = now
             if len(self._writes) > 10_000:  # forget windows that have ended
                 horizon = now - self.settings.read_your_writes_ms / 1000
                 self._writes = {k: v for k, v in self._writes.items() if v >= horizon}
@@ -464,8 +478,11 @@ class AnalyticsSession(TenantSession):
         """Where this transaction runs ("replica" or "primary"); decided at its start."""
         chosen: str | None = self.info.get(_ROUTE_KEY)
         if chosen is None:
+            scope = self.tenant_scope
             chosen = self.info[_ROUTE_KEY] = self.router.route(
-                self.tenant_id, on_primary=self.on_primary
+                scope.tenant_id if scope else None,
+                scope.user_id if scope else None,
+                on_primary=self.on_primary,
             )
         return chosen
 
@@ -509,7 +526,10 @@ def _committed(session: Session) -> None:
     if info.pop(_WROTE_KEY, None) and ROUTER_KEY in info:
         router: ReplicaRouter = info[ROUTER_KEY]
         scope = getattr(session, "tenant_scope", None)
-        router.note_write(scope.tenant_id if scope is not None else None)
+        if scope is None:
+            router.note_write(None)
+        else:
+            router.note_write(scope.tenant_id, scope.user_id)
 
 
 @event.listens_for(TenantSession, "after_rollback")
