@@ -46,7 +46,7 @@ from tests.replica_helpers import binaries_or_skip, on_replica_url, replica_data
 
 pytestmark = pytest.mark.replica
 
-READ = text("SELECT inet_server_port(), count(*) FROM leads")
+READ = text("SELECT current_setting('port')::int, count(*) FROM leads")
 
 
 @dataclass(frozen=True)
