@@ -570,6 +570,9 @@ def streaming_standby(primary: URL, *, slot: bool = True) -> Iterator[Standby]:
             f"no PostgreSQL {server['major']} server binaries on this machine "
             f"(set PLATFORM_DB_PG_BINDIR, or install postgresql-{server['major']})"
         )
+    if not any(_port_free(port) for port in _ports()):
+        ports = os.environ.get("PLATFORM_DB_STANDBY_PORTS", DEFAULT_PORTS)
+        raise StandbyUnavailable(f"no free port in PLATFORM_DB_STANDBY_PORTS ({ports})")
     owner = _run_as(server["data_directory"])
     drop_stale_slots(primary)
     host, port = _address(primary)
