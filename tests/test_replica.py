@@ -212,6 +212,7 @@ def test_a_write_through_the_analytics_pool_fails_naming_the_pool(
     assert "read-only transaction" in message
     assert 'db.session(pool="main")' in message
     assert (info.value.pool, info.value.server) == ("analytics", f"127.0.0.1:{standby.port}")
+    assert not is_retryable(info.value)  # the same write fails the same way again
 
     # Raw SQL, and the analytics pool on the primary (on_primary): refused the same way.
     for on_primary, server in ((False, standby.port), (True, primary_port)):

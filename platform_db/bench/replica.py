@@ -103,10 +103,11 @@ class LagSampler:
         out: dict[str, Any] = {"samples": len(self.samples), "errors": self.errors}
         for key in ("replica_lag_ms", "primary_replay_lag_ms", "bytes_behind"):
             values = sorted(v for s in self.samples if (v := s[key]) is not None)
+            digits = 0 if key == "bytes_behind" else 1
             out[key] = {
-                "p50": _round(percentile(values, 50)),
-                "p95": _round(percentile(values, 95)),
-                "max": _round(values[-1]) if values else None,
+                "p50": _round(percentile(values, 50), digits),
+                "p95": _round(percentile(values, 95), digits),
+                "max": _round(values[-1], digits) if values else None,
             }
         return out
 
@@ -115,8 +116,10 @@ def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+def _round(value: float | None, digits: int = 1) -> float | int | None:
+    if value is None:
+        return None
+    return round(value, digits) if digits else round(value)
 
 
 def _phase(result: WorkerResult, window_s: float) -> dict[str, Any]:
@@ -164,7 +167,7 @@ def run_replica_bench(
         for name, replica_url in (("primary_only", None), ("replica", replica_app)):
             say(f"run '{name}': {', '.join(REPLICA_CLASSES)} on the analytics pool ...")
             with LagSampler(url, replica_app) as lag:
-                merged, _, _ = run_workload(
+                merged, _, load = run_workload(
                     app_url,
                     catalog,
                     config,
@@ -176,6 +179,7 @@ def run_replica_bench(
                 )
             phases[name] = _phase(merged, float(config.duration_s))
             phases[name]["replication_lag"] = lag.summary()
+            phases[name]["load_average"] = load["end"]
             say(f"  {merged.requests:,} requests measured, {sum(merged.errors.values())} errors")
             time.sleep(2.0)  # the standby catches up between the runs
     return {
@@ -296,6 +300,13 @@ def render_replica_text(report: Mapping[str, Any]) -> str:
         ],
         lag_rows,
     )
+    loads = ", ".join(
+        f"{name} {' / '.join(f'{x:.1f}' for x in run['load_average'])}"
+        for name, run in runs.items()
+        if run.get("load_average")
+    )
+    if loads:
+        out.write(f"\nLoad average (1/5/15 min) at the end of each run: {loads}\n")
     routes = runs["replica"]["analytics_routes"]
     if routes:
         out.write(

@@ -313,6 +313,21 @@ class LocalCluster:
         """One value, as the superuser."""
         return _scalar(self.url(database), sql, **params)
 
+    def configure(self, **settings: str) -> None:
+        """ALTER SYSTEM SET each setting on the standby, then reload."""
+        engine = _admin(self.url())
+        try:
+            with engine.connect() as conn:
+                for name, value in settings.items():
+                    if not re.fullmatch(r"[a-z_]+", name):
+                        raise ValueError(f"not a setting name: {name!r}")
+                    conn.execute(
+                        text(f"ALTER SYSTEM SET {name} = {_literal(value)}")  # name checked above
+                    )
+                conn.execute(text("SELECT pg_reload_conf()"))
+        finally:
+            engine.dispose()
+
     def remove(self) -> None:
         with contextlib.suppress(StandbyUnavailable, subprocess.TimeoutExpired):
             self.stop("immediate")
@@ -435,21 +450,6 @@ class Standby(LocalCluster):
 
     def resume_replay(self) -> None:
         self.scalar("SELECT pg_wal_replay_resume()")
-
-    def configure(self, **settings: str) -> None:
-        """ALTER SYSTEM SET each setting on the standby, then reload."""
-        engine = _admin(self.url())
-        try:
-            with engine.connect() as conn:
-                for name, value in settings.items():
-                    if not re.fullmatch(r"[a-z_]+", name):
-                        raise ValueError(f"not a setting name: {name!r}")
-                    conn.execute(
-                        text(f"ALTER SYSTEM SET {name} = {_literal(value)}")  # name checked above
-                    )
-                conn.execute(text("SELECT pg_reload_conf()"))
-        finally:
-            engine.dispose()
 
 
 def _literal(value: str) -> str:
