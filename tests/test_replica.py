@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -177,7 +178,7 @@ def test_analytics_sessions_read_on_the_replica_and_the_rest_on_the_primary(
         assert tuple(s.execute(WHERE).one()) == (False, primary_port)
     status = db.replica_status()
     assert status is not None
-    assert (status.route, status.checking) == ("replica", False)
+    assert (status.route, status.checking, status.reason) == ("replica", True, None)
 
 
 async def test_async_analytics_sessions_read_on_the_replica(
@@ -463,6 +464,32 @@ async def test_async_writes_send_the_tenants_analytics_to_the_primary(
 # --- lag ----------------------------------------------------------------------------------
 
 
+def test_a_replica_that_cannot_be_reached_is_left_for_the_primary_by_default(
+    app_login: URL, a: SeededTenant, primary_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No standby needed: a POSTGRES_REPLICA_URL nothing listens on."""
+    caplog.set_level(logging.INFO, logger="platform_db.session.replica")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = int(probe.getsockname()[1])
+    database = replica_database(app_login, app_login.set(host="127.0.0.1", port=nowhere))
+    try:
+        for _ in range(3):
+            with database.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
+                assert tuple(s.execute(WHERE).one()) == (False, primary_port)
+                assert s.scalar(select(Lead.tenant_id).limit(1)) == a.tenant_id
+        status = database.replica_status()
+        assert status is not None
+        assert status.route == "primary"
+        assert f"the replica 127.0.0.1:{nowhere} cannot be reached" in str(status.reason)
+    finally:
+        database.dispose()
+    warnings = [r for r in caplog.records if r.name == "platform_db.session.replica"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].levelno == logging.WARNING
+    assert "reading from the primary instead of the replica" in warnings[0].getMessage()
+
+
 def test_a_lagging_replica_is_left_for_the_primary_and_that_is_logged_once(
     lagging_db: Database,
     a: SeededTenant,
@@ -724,7 +751,7 @@ def _remove_them_while_the_replica_reads(engine: Engine, standby: Standby, datab
         lambda: (
             standby.scalar(
                 "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query LIKE '%pg_sleep%conflict%'",
+                "AND pid <> pg_backend_pid() AND query LIKE '%pg_sleep%conflict%'",
                 database=database,
             )
             == 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from platform_db.models import Lead
@@ -173,20 +173,32 @@ def service_running(db: Database, tenant: uuid.UUID) -> Iterator[Run]:
             thread.join(timeout=30)
 
 
-@pytest.fixture
-def db(pair: Pair) -> Iterator[Database]:
+def _database(pair: Pair, **env: str | int) -> Database:
     pair.standby.wait_for_replay()
     database = replica_database(
         pair.app,
         on_replica_url(pair.standby, pair.app),
-        POSTGRES_REPLICA_MAX_LAG_MS=2000,
-        POSTGRES_REPLICA_CHECK_INTERVAL_MS=100,
-        POSTGRES_REPLICA_READ_YOUR_WRITES_MS=0,
+        POSTGRES_REPLICA_READ_YOUR_WRITES_MS=0,  # every analytics read goes where health says
+        **env,
     )
     database.warm_up("main", "analytics")
     status = database.replica_status()
     assert status is not None
     assert status.route == "replica", status
+    return database
+
+
+@pytest.fixture(
+    params=[
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {"POSTGRES_REPLICA_MAX_LAG_MS": 2000, "POSTGRES_REPLICA_CHECK_INTERVAL_MS": 100},
+            id="lag-limit",
+        ),
+    ]
+)
+def db(pair: Pair, request: pytest.FixtureRequest) -> Iterator[Database]:
+    database = _database(pair, **request.param)
     yield database
     database.dispose()
 
@@ -237,6 +249,62 @@ def test_the_replica_stopped_mid_run_and_restarted(
         r.getMessage() for r in messages
     ]
     assert f"127.0.0.1:{replica_port}" in messages[0].getMessage()
+
+
+def test_a_transaction_that_cannot_reach_the_replica_runs_on_the_primary(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Between two checks (a minute apart here) the replica goes away: the next analytics
+    transaction finds it cannot connect and reads from the primary, without an error."""
+    caplog.set_level(logging.INFO, logger="platform_db.session.replica")
+    db = _database(pair, POSTGRES_REPLICA_CHECK_INTERVAL_MS=60_000)
+    try:
+        pair.standby.stop("immediate")
+        time.sleep(0.6)  # idle longer than POSTGRES_POOL_PING_AFTER: the checkout pings
+        for _ in range(3):
+            with db.session(tenant_id=pair.tenant, pool="analytics") as s, s.begin():
+                port, _ = s.execute(READ).one()
+                assert port == pair.primary.port
+        status = db.replica_status()
+        assert status is not None
+        assert status.route == "primary"
+        pair.standby.start()
+        assert db.router is not None
+        assert db.router.check_now().route == "replica"
+        with db.session(tenant_id=pair.tenant, pool="analytics") as s, s.begin():
+            assert s.execute(READ).one()[0] == pair.standby.port
+    finally:
+        db.dispose()
+        if not pair.standby.running():
+            pair.standby.start()
+    messages = [r for r in caplog.records if r.name == "platform_db.session.replica"]
+    assert [r.levelno for r in messages] == [logging.WARNING, logging.INFO], [
+        r.getMessage() for r in messages
+    ]
+
+
+def test_without_fallback_analytics_fail_while_the_replica_is_down_and_recover_after(
+    pair: Pair,
+) -> None:
+    db = _database(pair, POSTGRES_REPLICA_FALLBACK="off")
+    try:
+        pair.standby.stop("immediate")
+        time.sleep(0.6)
+        with (
+            db.session(tenant_id=pair.tenant, pool="analytics") as s,
+            pytest.raises(OperationalError) as info,
+        ):
+            s.execute(READ)
+        assert is_retryable(info.value)
+        assert f"port {pair.standby.port}" in str(info.value)
+        pair.standby.start()
+        # The same Database, no restart: the pool replaces its dead connections.
+        with db.session(tenant_id=pair.tenant, pool="analytics") as s, s.begin():
+            assert s.execute(READ).one()[0] == pair.standby.port
+    finally:
+        db.dispose()
+        if not pair.standby.running():
+            pair.standby.start()
 
 
 def test_the_primary_restarted(pair: Pair, db: Database) -> None:

@@ -208,9 +208,9 @@ class Database:
     def warm_up(self, *pools: str) -> None:
         """Open each pool's minimum of connections now rather than on the first requests.
 
-        With POSTGRES_REPLICA_MAX_LAG_MS set, also waits for the first check of the
-        replica (bounded by POSTGRES_ANALYTICS_CONNECT_TIMEOUT), so that the first
-        analytics sessions already read from it.
+        With a replica (and POSTGRES_REPLICA_FALLBACK on, the default), also waits for
+        the first check of it (bounded by POSTGRES_ANALYTICS_CONNECT_TIMEOUT), which the
+        first analytics transaction would otherwise wait for.
         """
         if self.router is not None and (not pools or "analytics" in pools):
             self.router.wait_for_first_check()

@@ -10,10 +10,14 @@ transaction starts:
   POSTGRES_REPLICA_READ_YOUR_WRITES_MS ago (2000; 0: never), so that whoever has just
   written reads it back (read-your-writes; Payload's Drizzle adapter uses the same 2 s
   window), while the tenant's other users stay on the replica;
-* the primary, when POSTGRES_REPLICA_MAX_LAG_MS is set and the replica is further behind,
-  down, not a replica (promoted), or not checked yet; a background thread checks it every
-  POSTGRES_REPLICA_CHECK_INTERVAL_MS (1000), and a failed connection to it counts at
-  once. The switch is logged once each way (WARNING to the primary, INFO back);
+* the primary, while the replica cannot be reached or is not a replica (promoted), and,
+  with POSTGRES_REPLICA_MAX_LAG_MS set, while it is further behind than that. A
+  background thread checks it every POSTGRES_REPLICA_CHECK_INTERVAL_MS (1000; the first
+  analytics transaction waits for the first check), a failed connection to it counts at
+  once, and a transaction whose connection to the replica cannot be opened runs on the
+  primary instead. The switch is logged once each way (WARNING to the primary, INFO
+  back). POSTGRES_REPLICA_FALLBACK=off turns all of this off: analytics then always
+  read from the replica and fail while it is down;
 * the replica otherwise.
 
 Either way the analytics pool is read-only (`default_transaction_read_only`, and a hot
@@ -57,6 +61,7 @@ log = logging.getLogger(__name__)
 ROUTER_KEY = "platform_db.replica_router"  # on the service's sessions: report writes here
 _WROTE_KEY = "platform_db.wrote"  # this transaction wrote (ORM flush or DML statement)
 _ROUTE_KEY = "platform_db.route"  # the engine an analytics transaction runs on
+_HELD_KEY = "platform_db.replica_connection"  # its connection to the replica, if any
 
 READ_ONLY_SQL_TRANSACTION = "25006"
 SERIALIZATION_FAILURE = "40001"  # PostgreSQL's code for a recovery conflict, too
@@ -193,7 +198,7 @@ class ReplicaStatus:
     `route`: where analytics transactions go now unless asked otherwise ("replica" or
     "primary"); `reason`: why the primary, when it is; `lag_ms`: the last measured lag
     (None: not measured, or not a replica); `checked_at`: time.time() of the last check.
-    `checking` is False when POSTGRES_REPLICA_MAX_LAG_MS is unset (no checks, always the
+    `checking` is False with POSTGRES_REPLICA_FALLBACK=off (no checks, always the
     replica).
     """
 
@@ -247,6 +252,7 @@ class ReplicaRouter:
         self._health = _Health(usable=False, reason="not checked yet")
         self._logged_route = "replica"
         self._first_check = threading.Event()
+        self._first_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -259,7 +265,8 @@ class ReplicaRouter:
 
     @property
     def checking(self) -> bool:
-        return self.settings.max_lag_ms is not None
+        """Whether the replica is checked and left for the primary when unusable."""
+        return self.settings.fallback
 
     def route(
         self,
@@ -276,9 +283,20 @@ class ReplicaRouter:
             chosen = "replica"
         else:
             self._ensure_thread()
+            if not self._first_check.is_set():
+                self._check_first()
             chosen = "replica" if self._current().usable else "primary"
         self.routes[chosen] += 1
         return chosen
+
+    def _check_first(self) -> None:
+        """The first analytics transaction of the process waits for the first check (one
+        caller measures, the others wait for it), so that it already reads where it
+        should; `Database.warm_up()` does this at start-up instead."""
+        with self._first_lock:
+            if not self._first_check.is_set():
+                self._set(self._measure())
+                self._first_check.set()
 
     def wrote_recently(self, tenant_id: uuid.UUID | None, user_id: uuid.UUID | None = None) -> bool:
         window = self.settings.read_your_writes_ms
@@ -352,10 +370,10 @@ class ReplicaRouter:
         if not in_recovery:
             reason = f"{self.server} is not a replica (pg_is_in_recovery() is false: promoted?)"
             return _Health(False, reason, None, False, now, mono)
-        if lag is None:
+        if lag is None and max_lag is not None:
             reason = f"the replica {self.server} has not replayed a transaction yet (lag unknown)"
             return _Health(False, reason, None, True, now, mono)
-        if max_lag is not None and lag > max_lag:
+        if lag is not None and max_lag is not None and lag > max_lag:
             reason = (
                 f"the replica {self.server} is {lag:,.0f} ms behind "
                 f"(POSTGRES_REPLICA_MAX_LAG_MS={max_lag})"
@@ -422,7 +440,7 @@ class ReplicaRouter:
             self._wake.clear()
 
     def wait_for_first_check(self, timeout_s: float | None = None) -> bool:
-        """Start checking (when POSTGRES_REPLICA_MAX_LAG_MS is set) and wait for the first
+        """Start checking (unless POSTGRES_REPLICA_FALLBACK=off) and wait for the first
         answer; `Database.warm_up()` calls it."""
         if not self.checking:
             return True
@@ -471,7 +489,28 @@ class AnalyticsSession(TenantSession):
     def get_bind(self, mapper: Any = None, *, clause: Any = None, **kw: Any) -> Any:
         if kw.get("bind") is not None:
             return kw["bind"]
-        return self._engines[self.route]
+        held: Connection | None = self.info.get(_HELD_KEY)
+        if held is not None:
+            return held
+        route = self.route
+        if route == "replica" and self.router.checking:
+            # Open the transaction's connection to the replica here: if it cannot be had
+            # (the replica went down since the last check), the transaction runs on the
+            # primary instead of failing. The listener has told the router already.
+            try:
+                held = self._engines["replica"].connect()
+            except sa_exc.OperationalError:
+                self.info[_ROUTE_KEY] = "primary"
+                return self._engines["primary"]
+            self.info[_HELD_KEY] = held
+            return held
+        return self._engines[route]
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            _release(self)
 
     @property
     def route(self) -> str:
@@ -487,10 +526,19 @@ class AnalyticsSession(TenantSession):
         return chosen
 
 
+def _release(session: Session) -> None:
+    """Back to the pool: the replica connection a transaction held (the session does not
+    close a connection it was handed by get_bind, only ends its transaction)."""
+    held: Connection | None = session.info.pop(_HELD_KEY, None)
+    if held is not None:
+        held.close()
+
+
 @event.listens_for(AnalyticsSession, "after_transaction_end")
 def _forget_route(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_ROUTE_KEY, None)
+        _release(session)
 
 
 # The service's own sessions (main and background pools) tell the router about their

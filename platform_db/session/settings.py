@@ -125,16 +125,19 @@ class PoolSettings:
 class ReplicaSettings:
     """How the analytics pool uses POSTGRES_REPLICA_URL (milliseconds).
 
-    `max_lag_ms` None: the analytics pool always reads from the replica. Set, the replica
-    is checked every `check_interval_ms`, and the pool reads from the primary while the
-    replica is further behind than that, down, or not a replica. `read_your_writes_ms`:
-    for this long after a session of the service commits a write, analytics sessions of
-    the same tenant read from the primary (0: never). See platform_db.session.replica.
+    `fallback` (POSTGRES_REPLICA_FALLBACK, on): the replica is checked every
+    `check_interval_ms`, and analytics read from the primary while it cannot be reached
+    or is not a replica, and, with `max_lag_ms` set, while it is further behind than
+    that. Off: analytics always read from the replica, and fail while it is down.
+    `read_your_writes_ms`: for this long after a session of the service commits a write,
+    analytics sessions of the same tenant and user read from the primary (0: never).
+    See platform_db.session.replica.
     """
 
     max_lag_ms: int | None = None
     check_interval_ms: int = 1_000
     read_your_writes_ms: int = 2_000
+    fallback: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +163,7 @@ class Settings:
 
         Variables (defaults in brackets; timeouts in milliseconds):
           DATABASE_URL (required), POSTGRES_REPLICA_URL (optional, analytics pool)
-          POSTGRES_REPLICA_MAX_LAG_MS [unset: never fall back to the primary],
+          POSTGRES_REPLICA_FALLBACK [on], POSTGRES_REPLICA_MAX_LAG_MS [unset: no lag limit],
           POSTGRES_REPLICA_CHECK_INTERVAL_MS [1000], POSTGRES_REPLICA_READ_YOUR_WRITES_MS [2000]
           POSTGRES_POOL_MIN [5], POSTGRES_POOL_MAX [20], POSTGRES_POOL_ACQUIRE_TIMEOUT [5000],
           POSTGRES_POOL_PING_AFTER [500] (ping connections idle longer; 0: at every checkout)
@@ -294,7 +297,20 @@ class _Reader:
                 minimum=0,
                 maximum=day,
             ),
+            fallback=self.switch("POSTGRES_REPLICA_FALLBACK", default.fallback),
         )
+
+    def switch(self, name: str, default: bool) -> bool:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value in ("on", "true", "yes", "1"):
+            return True
+        if value in ("off", "false", "no", "0"):
+            return False
+        self.errors.append(f"{name} must be on or off, got {raw!r}")
+        return default
 
     def pool(self, name: str, prefix: str, url: URL | None) -> PoolSettings:
         default = _POOL_DEFAULTS[name]
