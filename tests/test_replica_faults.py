@@ -17,6 +17,7 @@ has caught up, on the replica.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -281,6 +282,25 @@ def test_a_transaction_that_cannot_reach_the_replica_runs_on_the_primary(
     assert [r.levelno for r in messages] == [logging.WARNING, logging.INFO], [
         r.getMessage() for r in messages
     ]
+
+
+async def test_an_async_transaction_that_cannot_reach_the_replica_runs_on_the_primary(
+    pair: Pair,
+) -> None:
+    db = _database(pair, POSTGRES_REPLICA_CHECK_INTERVAL_MS=60_000)
+    try:
+        async with db.async_session(tenant_id=pair.tenant, pool="analytics") as s:
+            assert (await s.execute(READ)).one()[0] == pair.standby.port
+        pair.standby.stop("immediate")
+        await asyncio.sleep(0.6)  # the pooled asyncpg connection is pinged, and fails
+        async with db.async_session(tenant_id=pair.tenant, pool="analytics") as s:
+            assert (await s.execute(READ)).one()[0] == pair.primary.port
+        assert db.router is not None
+        assert db.router.status().route == "primary"
+    finally:
+        await db.dispose_async()
+        if not pair.standby.running():
+            pair.standby.start()
 
 
 def test_without_fallback_analytics_fail_while_the_replica_is_down_and_recover_after(
