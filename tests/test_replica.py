@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.tenant_table import tenant_tables
@@ -51,7 +52,12 @@ from platform_db.session.replica import (
 )
 from platform_db.session.tenancy import tenant_context
 from platform_db.testing.standby import Standby
-from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, SeededTenant, expect_db_error
+from tests.isolation_helpers import (
+    INSUFFICIENT_PRIVILEGE,
+    SeededTenant,
+    expect_db_error,
+    sqlstate,
+)
 from tests.replica_helpers import on_replica_url, replica_database, standby_or_skip
 
 pytestmark = pytest.mark.replica
@@ -696,6 +702,30 @@ def test_maintain_refuses_to_run_on_a_standby(database_url: URL, standby: Standb
     as_json = _cli("maintain", "--json", database=on_standby)
     assert as_json.returncode == 1
     assert "is a standby" in json.loads(as_json.stdout)["refused"]
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        "SELECT platform.refresh_performance_views()",
+        "SELECT * FROM platform.ensure_form_submission_partitions(3)",
+        "SELECT platform.snapshot_performance_metrics()",
+        "SELECT platform.cleanup_old_performance_metrics(interval '30 days')",
+    ],
+)
+def test_the_jobs_themselves_are_refused_by_a_standby(
+    job: str, database_url: URL, standby: Standby
+) -> None:
+    """What pg_cron or a hand-typed call would run: the standby refuses each, changing
+    nothing (read-only during recovery)."""
+    admin = create_engine(standby.url(str(database_url.database)), poolclass=NullPool)
+    try:
+        with admin.connect() as conn, pytest.raises(DBAPIError) as info:
+            conn.execute(text(job))
+    finally:
+        admin.dispose()
+    assert sqlstate(info.value) == "25006", info.value
+    assert "read-only transaction" in str(info.value.orig)
 
 
 # --- recovery conflicts ----------------------------------------------------------------------
