@@ -70,6 +70,7 @@ class Database:
                 settings.replica_url,
                 settings.replica,
                 connect_timeout_ms=settings.analytics.connect_timeout_ms,
+                pgbouncer=pgbouncer,
             )
 
     @classmethod

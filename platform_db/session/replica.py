@@ -232,8 +232,9 @@ class ReplicaRouter:
     """Decides, per analytics transaction, between the replica and the primary.
 
     Made by `Database` when POSTGRES_REPLICA_URL is set; connects nothing until the first
-    analytics session with POSTGRES_REPLICA_MAX_LAG_MS set, which starts the check thread
-    (stopped by `close()`, i.e. `Database.dispose()`).
+    analytics transaction (or `Database.warm_up()`), which starts the check thread unless
+    POSTGRES_REPLICA_FALLBACK=off (stopped by `close()`, i.e. `Database.dispose()`).
+    `pgbouncer`: the replica is reached through PgBouncer (no startup options).
     """
 
     def __init__(
@@ -242,8 +243,10 @@ class ReplicaRouter:
         settings: ReplicaSettings,
         *,
         connect_timeout_ms: int = 5_000,
+        pgbouncer: bool = False,
     ) -> None:
         self.replica_url = replica_url
+        self.pgbouncer = pgbouncer
         self.settings = settings
         self.server = server_of(replica_url)
         self._connect_timeout_s = max(2, -(-connect_timeout_ms // 1000))
@@ -408,13 +411,20 @@ class ReplicaRouter:
                 pool_size=1,
                 max_overflow=0,
                 pool_timeout=self._connect_timeout_s,
-                connect_args={
-                    "application_name": "platform-db:replica-check",
-                    "connect_timeout": self._connect_timeout_s,
-                    "options": f"-c statement_timeout={self._connect_timeout_s * 1000}",
-                },
+                connect_args=self._probe_connect_args(),
             )
         return self._probe
+
+    def _probe_connect_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "application_name": "platform-db:replica-check",
+            "connect_timeout": self._connect_timeout_s,
+        }
+        if self.pgbouncer:  # PgBouncer refuses startup options; psycopg must not prepare
+            args["prepare_threshold"] = None
+        else:
+            args["options"] = f"-c statement_timeout={self._connect_timeout_s * 1000}"
+        return args
 
     def _ensure_thread(self) -> None:
         thread = self._thread
