@@ -65,7 +65,6 @@ async def _attack_async(db: Database, tenant: uuid.UUID, payload: list[str]) -> 
     return pid
 
 
-
 # --- 1. level (a): the identity map outlives set_tenant() / tenant_context() ------------
 
 
@@ -107,7 +106,6 @@ def test_identity_map_serves_the_previous_tenants_rows_across_tenant_context(
             assert leaked is None, f"B was served A's lead ({leaked.tenant_id})"
 
 
-
 def test_a_connection_taken_before_the_tenant_changed_still_runs_as_the_old_tenant(
     database: Database, a: SeededTenant, b: SeededTenant
 ) -> None:
@@ -138,6 +136,7 @@ async def test_an_async_connection_taken_before_the_tenant_changed_still_runs_as
             seen = set((await conn.execute(LEAD_TENANTS)).scalars())
         await session.rollback()
     assert seen != {a.tenant_id}, "a statement under tenant_context(B) returned A's rows"
+
 
 # --- 2. level (b): what RESET ALL does not reset -----------------------------------------
 
@@ -185,14 +184,14 @@ def test_random_seed_survives_the_request(
     assert got != expected, "B's random() was the sequence A chose"
 
 
-
 def test_random_seed_survives_pgbouncers_discard_all(
-    bouncer: Any, a: SeededTenant, b: SeededTenant
+    request: pytest.FixtureRequest, a: SeededTenant, b: SeededTenant
 ) -> None:
     """The same through PgBouncer in transaction mode, with the reset docs/OPERATIONS.md
     prescribes (server_reset_query = DISCARD ALL, always): DISCARD ALL does not reset the
     seed either. pgbouncer=True engines, one server connection shared by both."""
-    db = Database.from_env(_env(bouncer.single_url), pgbouncer=True)
+    through = request.getfixturevalue("bouncer")  # tests/test_pgbouncer.py's PgBouncer
+    db = Database.from_env(_env(through.single_url), pgbouncer=True)
     try:
         with db.session() as scratch:
             scratch.execute(text("SELECT setseed(0.25)"))
@@ -225,10 +224,32 @@ def test_with_hold_cursors_survive_on_the_packages_pools(
         left = session.execute(text("SELECT name, statement FROM pg_cursors")).all()
         assert left == [], f"A's cursor is open in B's request: {left}"
 
+
+def test_leftover_session_characteristics_make_the_victims_transaction_deferrable(
+    database: Database, a: SeededTenant, b: SeededTenant
+) -> None:
+    """Breaks (b) "a later request behaves as on a fresh connection" (minor): BEGIN takes
+    transaction_deferrable from A's leftover default before the prologue's RESET ALL, and
+    the prologue fixes only the read/write mode (`SET TRANSACTION READ WRITE`), the
+    isolation level being explicit in BEGIN. Harmless under READ COMMITTED; a service's
+    SERIALIZABLE read-only transaction (reports on the read-only pool) would wait for a
+    safe snapshot."""
+    pid = _attack(
+        database,
+        a.tenant_id,
+        ["SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, DEFERRABLE"],
+    )
+    with database.session(tenant_id=b.tenant_id) as session:
+        assert session.scalar(PID) == pid
+        assert session.scalar(text("SHOW transaction_deferrable")) == "off"
+
+
 # --- 3. level (c) paragraph: DO blocks ----------------------------------------------------
 
 
-def test_do_blocks_run_for_the_app_login(database: Database, a: SeededTenant, b: SeededTenant) -> None:
+def test_do_blocks_run_for_the_app_login(
+    database: Database, a: SeededTenant, b: SeededTenant
+) -> None:
     """Breaks SECURITY.md (c): "no function or DO block can be created by the login (no
     TEMPORARY, no CREATE)". DO needs only USAGE on plpgsql, which PUBLIC holds: one
     statement loops over every tenant with EXECUTE 'SET LOCAL ...' (set_config() revoked
@@ -319,7 +340,7 @@ def test_a_request_can_change_the_app_logins_password(
     platform_app (level (c) without any injection) wherever the server is reachable."""
     outcome = "ok"
     try:
-        _attack(database, a.tenant_id, [f'ALTER ROLE "{app_login.username}" PASSWORD \'owned\''])
+        _attack(database, a.tenant_id, [f"ALTER ROLE \"{app_login.username}\" PASSWORD 'owned'"])
     except DBAPIError as exc:
         outcome = sqlstate(exc) or "error"
     with engine.connect() as conn:
