@@ -53,6 +53,7 @@ _installed: weakref.WeakSet[Engine] = weakref.WeakSet()
 # message is parsed as a whole before its first statement runs, under the session's
 # standard_conforming_strings, so nothing here may contain a backslash or a quote).
 RESET_SESSION = "RESET ALL; RESET ROLE; CLOSE ALL"
+_LIST_SETTINGS = frozenset({"search_path"})
 
 
 def prologue_sql(*, read_only: bool, settings: Mapping[str, str] | None = None) -> str:
@@ -71,7 +72,13 @@ def prologue_sql(*, read_only: bool, settings: Mapping[str, str] | None = None) 
     for name, value in (settings or {}).items():
         if not name.replace("_", "").isalpha():
             raise ValueError(f"not a setting name: {name!r}")
-        statements.append(f"SET LOCAL {name} = {quote_literal(value)}")
+        if name in _LIST_SETTINGS:
+            # A quoted string would be one element: write the list as PostgreSQL reads it.
+            if any(c in value for c in "'\\;"):
+                raise ValueError(f"unexpected characters in {name} = {value!r}")
+            statements.append(f"SET LOCAL {name} = {value}")
+        else:
+            statements.append(f"SET LOCAL {name} = {quote_literal(value)}")
     return "; ".join(statements)
 
 
