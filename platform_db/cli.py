@@ -40,12 +40,13 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _admin_engine(*, settings_as_alerts: bool = False) -> Any:
+def _admin_engine(*, settings_as_alerts: bool = False, read_only: bool = False) -> Any:
     """One connection at a time, no statement timeout; the main pool's connect and lock
     timeouts (POSTGRES_CONNECT_TIMEOUT, POSTGRES_LOCK_TIMEOUT).
 
     `settings_as_alerts`: `doctor` reports bad POSTGRES_* values as alerts of its report
     (check_environment) instead of stopping; it connects with the default timeouts then.
+    `read_only`: read-only transactions (doctor's), which a standby accepts too.
     """
     from sqlalchemy.pool import NullPool  # noqa: PLC0415
 
@@ -77,6 +78,7 @@ def _admin_engine(*, settings_as_alerts: bool = False) -> Any:
         idle_in_transaction_timeout_ms=0,
         lock_timeout_ms=lock_timeout_ms,
         connect_timeout_ms=connect_timeout_ms,
+        read_only=read_only,
     )
 
 
@@ -405,7 +407,8 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     )
 
     max_lag_ms = _max_replica_lag_ms(args)
-    engine = _admin_engine(settings_as_alerts=True)
+    # Read-only: doctor writes nothing, and so runs on a standby as well.
+    engine = _admin_engine(settings_as_alerts=True, read_only=True)
     try:
         with engine.connect() as conn:
             report = doctor(conn, max_replica_lag_ms=max_lag_ms)

@@ -328,13 +328,29 @@ def test_the_replica_keeps_the_materialized_views_closed_and_sql_cannot_widen_th
         with expect_db_error(INSUFFICIENT_PRIVILEGE, "permission denied"):
             s.execute(text("SELECT * FROM platform.tenant_performance_summary"))
         s.rollback()
-    with db.session(tenant_id=a.tenant_id, pool="analytics") as s, s.begin():
-        # Changing the setting inside the transaction reaches B's rows only (one tenant per
-        # transaction, docs/SECURITY.md), never all rows: the same as on the primary.
-        s.execute(
-            text("SELECT set_config('app.current_tenant_id', :b, true)"), {"b": str(b.tenant_id)}
-        )
-        assert set(s.scalars(text("SELECT DISTINCT tenant_id FROM users"))) == {b.tenant_id}
+
+    def after_setting_b(on_primary: bool) -> set[object]:
+        """SQL that sets tenant B inside A's transaction (level (c), docs/SECURITY.md)."""
+        with (
+            db.session(tenant_id=a.tenant_id, pool="analytics", on_primary=on_primary) as s,
+            s.begin(),
+        ):
+            assert s.execute(WHERE).one()[0] is not on_primary
+            s.execute(text(f"SET LOCAL app.current_tenant_id = '{b.tenant_id}'"))
+            return set(s.scalars(text("SELECT DISTINCT tenant_id FROM users")))
+
+    # Whatever the primary lets such SQL see, the replica lets it see no more; never both
+    # tenants, never all rows.
+    on_replica = after_setting_b(on_primary=False)
+    assert on_replica == after_setting_b(on_primary=True)
+    assert on_replica <= {b.tenant_id}
+    with db.session(tenant_id=a.tenant_id, pool="analytics") as s:
+        with expect_db_error(INSUFFICIENT_PRIVILEGE, "permission denied for function set_config"):
+            s.execute(
+                text("SELECT set_config('app.current_tenant_id', :b, true)"),
+                {"b": str(b.tenant_id)},
+            )
+        s.rollback()
 
 
 # --- dashboards and reports -----------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from platform_db.maintenance.isolation import isolation_alerts
 from platform_db.maintenance.replication import DEFAULT_MAX_LAG_MS, server_replication
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
@@ -208,6 +209,7 @@ def doctor(
         "pg_cron_installed": "pg_cron" in installed,
     }
     alerts = clean_rows(_rows(conn, "SELECT * FROM platform.check_performance_alerts()"))
+    alerts += isolation_alerts(conn)
     slow = clean_rows(
         _rows(
             conn,

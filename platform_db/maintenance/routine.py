@@ -32,6 +32,7 @@ from platform_db.ddl import jobs
 from platform_db.ddl.entities import ScheduledJob
 from platform_db.maintenance.health import clean_rows
 from platform_db.migration.operations import migration_lock_timeout
+from platform_db.session.replica import server_of
 
 # PostgreSQL's SQLSTATE for a lock wait cut short by lock_timeout (lock_not_available).
 LOCK_NOT_AVAILABLE = "55P03"
@@ -150,19 +151,22 @@ def maintain(
         "drop": drop_retired,
         "days": metrics_retention_days,
     }
-    with engine.connect() as conn:
-        where = conn.execute(
-            text(
-                "SELECT pg_is_in_recovery() AS standby, current_database() AS database, "
-                "coalesce(inet_server_addr()::text || ':' || inet_server_port(), "
-                "'a local socket') AS server"
+    refusal = MaintenanceRefused(
+        STANDBY_REFUSAL.format(database=engine.url.database, server=server_of(engine.url))
+    )
+    try:
+        with engine.connect() as conn:
+            if conn.scalar(text("SELECT pg_is_in_recovery()")):
+                raise refusal
+            has_cron = bool(
+                conn.scalar(text("SELECT to_regclass('cron.job_run_details') IS NOT NULL"))
             )
-        ).one()
-        if where.standby:
-            raise MaintenanceRefused(
-                STANDBY_REFUSAL.format(database=where.database, server=where.server)
-            )
-        has_cron = bool(conn.scalar(text("SELECT to_regclass('cron.job_run_details') IS NOT NULL")))
+    except DBAPIError as exc:
+        # The package's read-write engines start each transaction with SET TRANSACTION
+        # READ WRITE (platform_db.session.fresh), which a standby refuses outright.
+        if "during recovery" in str(exc.orig):
+            raise refusal from None
+        raise
     steps: list[MaintenanceStep] = []
     for run in _RUNS:
         skip = None

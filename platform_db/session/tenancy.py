@@ -1,27 +1,36 @@
 """The tenant of a session, applied to every transaction by an `after_begin` hook.
 
-Each new transaction runs, on the connection it uses,
+Each new transaction runs, on the connection it uses, before any of the caller's
+statements,
 
-    SELECT set_config('app.current_tenant_id', '<uuid>', true),
-           set_config('app.current_user_id', '<uuid or empty>', true)
+    SET LOCAL app.current_tenant_id = '<uuid>'; SET LOCAL app.current_user_id = '<uuid or empty>'
 
 so the setting lives exactly as long as the transaction: it cannot ride a pooled
 connection (or a PgBouncer server connection in transaction mode) into another request.
-On the package's asyncpg connections (platform_db.session.asyncpg_connection.TenantConnection) that statement
-travels in the same message as the transaction's BEGIN, saving a round trip.
-Row-level security does the filtering; nothing here adds WHERE clauses.
+It is a simple-query message, never a prepared statement that an earlier request on the
+connection could have redefined, and Citus propagates `SET LOCAL` to its workers. On the
+package's engines it travels with the transaction's prologue (platform_db.session.fresh,
+which resets whatever session state an earlier request left), and with asyncpg in the
+same message as BEGIN (platform_db.session.asyncpg_connection). Row-level security does
+the filtering; nothing here adds WHERE clauses.
 
 The tenant comes from the session (``TenantSession(tenant_id=...)``, or a session made by
 ``tenant_sessionmaker``/``tenant_async_sessionmaker``) or, for frameworks that set it
 once per request, from ``tenant_context()``. Without a tenant the hook still runs and
 sets the empty string, so a session sees no tenant rows and can write none.
 
-A tenant transaction on a login that RLS does not filter (a superuser, or a role with
-BYPASSRLS) would see and change every tenant's rows: the hook raises
-`RowLevelSecurityBypassError` before any of the caller's statements run, unless the
-session was made with ``allow_rls_bypass=True`` (platform-wide scripts). Whether a login
-bypasses RLS is found once per connection (platform_db.session.rls_bypass), not per
-transaction. Sessions without a tenant are platform-wide by definition and not checked.
+Refused, with a TenantError, before any of the caller's statements run:
+
+* a tenant transaction on a login that RLS does not filter (a superuser, or a role with
+  BYPASSRLS) - it would see and change every tenant's rows - unless the session was made
+  with ``allow_rls_bypass=True`` (platform-wide scripts): `RowLevelSecurityBypassError`.
+  Whether a login bypasses RLS is found once per connection
+  (platform_db.session.rls_bypass), not per transaction. Sessions without a tenant are
+  platform-wide by definition and not checked;
+* a TenantSession on a connection in AUTOCOMMIT: there is no transaction for the
+  setting to live in, so the statements would run with whatever the session held;
+* a statement - ORM, Core, `text()`, or through `Session.connection()` - after the tenant
+  changed inside an open transaction (`TenantChangeError`).
 """
 
 from __future__ import annotations
@@ -29,18 +38,20 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, String, bindparam, event, select
-from sqlalchemy import func as sa_func
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
+from platform_db.session import fresh
 from platform_db.session.asyncpg_connection import (
     TenantConnection,
     as_tenant_connection,
@@ -52,6 +63,14 @@ _INFO_KEY = "platform_db.tenant"
 _APPLIED_KEY = "platform_db.applied_tenant"
 _DEFERRED_KEY = "platform_db.deferred_on"
 _REFUSED_KEY = "platform_db.refused"
+# The scope the session's identity map was filled under.
+_MAP_SCOPE_KEY = "platform_db.map_scope"
+# The `info` of the connections of the session's transaction (it names the session).
+_CONNECTIONS_KEY = "platform_db.connections"
+# In a connection's info: the session whose transaction it serves (a weak reference).
+_OWNER_KEY = "platform_db.tenant_session"
+_UNSET = object()
+_guarded_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 class TenantError(RuntimeError):
@@ -187,6 +206,20 @@ class TenantSession(Session):
         scope = self.tenant_scope
         return scope.tenant_id if scope else None
 
+    def connection(
+        self,
+        bind_arguments: dict[str, Any] | None = None,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> Connection:
+        """Session.connection(), under the same tenant checks as the session's statements.
+
+        A transaction already open for another tenant (tenant_context changed since it
+        began) raises TenantChangeError; a new one gets the tenant hook like any other,
+        and AUTOCOMMIT is refused there.
+        """
+        _check_unchanged(self)
+        return super().connection(bind_arguments, execution_options)
+
     def set_tenant(self, tenant_id: object | None, user_id: object | None = None) -> None:
         """Bind the session to another tenant (or to none); only between transactions."""
         if self.in_transaction():
@@ -197,6 +230,14 @@ class TenantSession(Session):
             self.info.pop(_INFO_KEY, None)
         else:
             self.info[_INFO_KEY] = TenantScope.of(tenant_id, user_id)
+        _forget_other_scopes_objects(self)
+
+    def _identity_lookup(self, *args: Any, **kwargs: Any) -> Any:
+        # Session.get() and many-to-one lazy loads look here first, without SQL: objects
+        # loaded for another tenant must not answer them.
+        _check_unchanged(self)
+        _forget_other_scopes_objects(self)
+        return super()._identity_lookup(*args, **kwargs)
 
 
 def _resolve_scope(session: Session) -> TenantScope | None:
@@ -210,20 +251,49 @@ def _resolve_scope(session: Session) -> TenantScope | None:
     return own or ambient
 
 
-# The setting as a statement of its own: psycopg connections, and asyncpg connections that
-# are already inside a transaction. Built once: constructing and cache-keying a new SELECT
-# for every transaction cost more client CPU than the round trip it sends.
-_SET_SCOPE = select(
-    sa_func.set_config(TENANT_SETTING, bindparam("tenant", type_=String), True),
-    sa_func.set_config(USER_SETTING, bindparam("user", type_=String), True),
-)
+def _forget_other_scopes_objects(session: Session) -> None:
+    """Detach the objects the identity map holds for another scope than the current one.
+
+    With expire_on_commit=False a committed object stays in the map, and Session.get()
+    answers from the map without SQL, so neither RLS nor the tenant checks would see it:
+    after set_tenant() or under another tenant_context(), those objects are expunged
+    (they stay readable where the caller holds them, detached). Pending objects are not
+    in the map and are left alone.
+    """
+    mapped = session.info.get(_MAP_SCOPE_KEY, _UNSET)
+    now = _resolve_scope(session)
+    if mapped is _UNSET or mapped == now:
+        session.info[_MAP_SCOPE_KEY] = now
+        return
+    if not session.in_transaction():
+        for obj in list(session.identity_map.values()):
+            session.expunge(obj)
+        session.info[_MAP_SCOPE_KEY] = now
 
 
-def _scope_sql(tenant: str, user: str) -> str:
+def scope_sql(tenant: str, user: str) -> str:
+    """The statements that set the tenant and user of the current transaction.
+
+    `tenant` and `user` are canonical UUID text or empty (TenantScope makes them): the
+    literals can hold neither a quote nor a backslash, whatever standard_conforming_strings
+    the session was left with.
+    """
     return (
-        f"SELECT set_config({quote_literal(TENANT_SETTING)}, {quote_literal(tenant)}, true), "
-        f"set_config({quote_literal(USER_SETTING)}, {quote_literal(user)}, true)"
+        f"SET LOCAL {TENANT_SETTING} = {quote_literal(tenant)}; "
+        f"SET LOCAL {USER_SETTING} = {quote_literal(user)}"
     )
+
+
+class AutocommitTenantSessionError(TenantError):
+    """A TenantSession was given a connection in AUTOCOMMIT."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a TenantSession cannot run in AUTOCOMMIT: the tenant lives in the transaction "
+            "(SET LOCAL), and without one the statements would run with whatever the "
+            "connection's session held; use a normal transaction, or a plain Connection "
+            "for work that needs AUTOCOMMIT (VACUUM, CREATE INDEX CONCURRENTLY)"
+        )
 
 
 def _deferrable(connection: Connection) -> TenantConnection | None:
@@ -239,9 +309,12 @@ def _refuse_rls_bypass(session: Session, connection: Connection, scope: TenantSc
     if getattr(session, "allow_rls_bypass", False) or not bypasses_rls(connection):
         return
     login = describe_login(connection)
-    error = RowLevelSecurityBypassError(login.login, login.reason, scope.tenant_id)
+    _refuse(session, RowLevelSecurityBypassError(login.login, login.reason, scope.tenant_id))
+
+
+def _refuse(session: Session, error: TenantError) -> None:
     # The transaction stays open on the session until the caller rolls back; any further
-    # statement in it raises again (_check_unchanged) rather than run unfiltered.
+    # statement in it raises again (_check_unchanged) rather than run.
     session.info[_REFUSED_KEY] = error
     raise error
 
@@ -250,20 +323,59 @@ def _refuse_rls_bypass(session: Session, connection: Connection, scope: TenantSc
 def _apply_tenant(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
+    if getattr(connection.connection.dbapi_connection, "autocommit", False):
+        _refuse(session, AutocommitTenantSessionError())
     scope = _resolve_scope(session)
     if scope is not None:
         _refuse_rls_bypass(session, connection, scope)
     tenant = str(scope.tenant_id) if scope else ""
     user = str(scope.user_id) if scope and scope.user_id else ""
+    statements = scope_sql(tenant, user)
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that
-        # the first statement of the transaction sends (platform_db.session.asyncpg_connection).
-        driver.send_with_next_begin(_scope_sql(tenant, user))
+        # the first statement of the transaction sends, after the engine's prologue
+        # (platform_db.session.asyncpg_connection, platform_db.session.fresh).
+        if not fresh.installed(connection):
+            driver.send_with_next_begin(fresh.RESET_SESSION)
+        driver.send_with_next_begin(statements)
         session.info.setdefault(_DEFERRED_KEY, []).append(driver)
+    elif fresh.installed(connection):
+        prologue = fresh.take_pending(connection)
+        fresh.run_simple(connection, f"{prologue}; {statements}" if prologue else statements)
     else:
-        connection.execute(_SET_SCOPE, {"tenant": tenant, "user": user})
+        # An engine the package did not make: reset what an earlier request may have
+        # left (its transaction is open, so RESET ALL is undone with a rollback), then
+        # the setting, each statement on its own (any driver).
+        for statement in f"{fresh.RESET_SESSION}; {statements}".split("; "):
+            connection.exec_driver_sql(statement)
     session.info[_APPLIED_KEY] = scope
+    if session.info.get(_MAP_SCOPE_KEY, _UNSET) != scope:
+        if _MAP_SCOPE_KEY in session.info:
+            for obj in list(session.identity_map.values()):
+                session.expunge(obj)
+        session.info[_MAP_SCOPE_KEY] = scope
+    _guard_statements(session, connection)
+
+
+def _guard_statements(session: Session, connection: Connection) -> None:
+    """Check the tenant before every statement on `connection` while `session`'s
+    transaction uses it, including statements run on a Connection the caller took from
+    Session.connection() earlier (one dictionary lookup per statement)."""
+    engine = connection.engine
+    if engine not in _guarded_engines:
+        _guarded_engines.add(engine)
+        event.listen(engine, "before_cursor_execute", _check_owner)
+    info = connection.info  # the pooled connection's: it outlives this Connection object
+    info[_OWNER_KEY] = weakref.ref(session)
+    session.info.setdefault(_CONNECTIONS_KEY, []).append(info)
+
+
+def _check_owner(conn: Connection, *_: Any) -> None:
+    ref = conn.info.get(_OWNER_KEY)
+    owner = ref() if ref is not None else None
+    if owner is not None:
+        _check_unchanged(owner)
 
 
 def _check_unchanged(session: Session) -> None:
@@ -289,6 +401,10 @@ def _forget_tenant(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_APPLIED_KEY, None)
         session.info.pop(_REFUSED_KEY, None)
+        for info in session.info.pop(_CONNECTIONS_KEY, ()):
+            ref = info.get(_OWNER_KEY)
+            if ref is not None and ref() is session:
+                del info[_OWNER_KEY]
         # A transaction that ran no statement sent no BEGIN: drop what waited for it.
         for driver in session.info.pop(_DEFERRED_KEY, ()):
             driver.discard_pending()
@@ -360,6 +476,7 @@ def set_async_tenant(
 
 
 __all__ = [
+    "AutocommitTenantSessionError",
     "InvalidTenantIdError",
     "RowLevelSecurityBypassError",
     "TenantChangeError",
