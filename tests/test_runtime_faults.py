@@ -440,6 +440,34 @@ async def test_retry_read_async_recovers_after_a_lost_connection(database_url: U
         await engine.dispose()
 
 
+def test_a_connection_lost_inside_a_transaction_stays_retryable(database_url: URL) -> None:
+    """The server ends the backend between two statements of a session's transaction: the
+    next statement fails with OperationalError, and ending the transaction (the rollback
+    of `with session.begin()`) keeps it that way, so retry_read runs the read again."""
+    from platform_db.session.tenancy import TenantSession  # noqa: PLC0415
+
+    engine = make_engine(database_url, pool_size=1, ping_after_ms=60_000)
+    admin = make_engine(database_url)
+    calls: list[int] = []
+
+    def read() -> int:
+        calls.append(1)
+        with TenantSession(engine) as session, session.begin():
+            pid = session.scalar(text("SELECT pg_backend_pid()"))
+            if len(calls) == 1:
+                with admin.connect() as other:
+                    other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+                time.sleep(0.1)
+            return int(session.scalar(text("SELECT 42")) or 0)
+
+    try:
+        assert retry_read(read, backoff_s=0.001) == 42
+        assert len(calls) == 2
+    finally:
+        admin.dispose()
+        engine.dispose()
+
+
 # --- 6. passwords never leak -----------------------------------------------------------
 
 

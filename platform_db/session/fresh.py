@@ -132,7 +132,10 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
             run_simple(conn, pending)
 
     def _forget(conn: Connection) -> None:
-        conn.info.pop(_PENDING, None)
+        # A connection lost inside the transaction is invalidated: its `info` would try to
+        # reconnect and raise PendingRollbackError in place of the error that ended it.
+        if not conn.invalidated:
+            conn.info.pop(_PENDING, None)
 
     event.listen(sync_engine, "commit", _forget)
     event.listen(sync_engine, "rollback", _forget)
