@@ -49,11 +49,22 @@ def _email() -> str:
     return f"a{secrets.token_hex(4)}@audit.example.com"
 
 
+def _user(engine: Engine, tenant: uuid.UUID) -> uuid.UUID:
+    """A user of `tenant`, written by the superuser."""
+    user = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO users (tenant_id, id, email) VALUES (:t, :id, :e)"),
+            {"t": tenant, "id": user, "e": _email()},
+        )
+    return user
+
+
 def test_insert_update_delete_record_changed_columns_actor_and_transaction(
     engine: Engine, app_engine: Engine, two_tenants: tuple[uuid.UUID, uuid.UUID]
 ) -> None:
     tenant, _ = two_tenants
-    actor = uuid.uuid4()
+    actor = _user(engine, tenant)
     lead_id = uuid.uuid4()
     email = _email()
     txids = []
@@ -77,6 +88,7 @@ def test_insert_update_delete_record_changed_columns_actor_and_transaction(
         assert r["tenant_id"] == tenant
         assert r["row_key"] == {"id": str(lead_id)}
         assert r["actor_id"] == actor
+        assert r["claimed_actor_id"] is None
         assert r["db_user"] == login
     assert trail[-1]["changed_at"] == now
     inserted = trail[0]
@@ -111,13 +123,36 @@ def test_orm_write_through_the_session_records_the_sessions_user(
     engine: Engine, app_engine: Engine, two_tenants: tuple[uuid.UUID, uuid.UUID]
 ) -> None:
     tenant, _ = two_tenants
-    user = uuid.uuid4()
+    user = _user(engine, tenant)
     with TenantSession(app_engine, tenant_id=tenant, user_id=user) as session:
         lead = Lead(email=_email())
         session.add(lead)
         session.commit()
     trail = _trail(engine, "leads", lead.id)
     assert [(r["action"], r["actor_id"]) for r in trail] == [("INSERT", user)]
+
+
+@pytest.mark.parametrize("claim", ["user_of_other_tenant", "no_such_user"])
+def test_an_actor_that_is_no_user_of_the_tenant_is_recorded_as_unverified(
+    engine: Engine, app_engine: Engine, two_tenants: tuple[uuid.UUID, uuid.UUID], claim: str
+) -> None:
+    # A request of tenant A names a user of tenant B (or nobody) as the actor, either
+    # through the session or by SQL: the trail must not say that user did it.
+    a, b = two_tenants
+    claimed = _user(engine, b) if claim == "user_of_other_tenant" else uuid.uuid4()
+    with TenantSession(app_engine, tenant_id=a, user_id=claimed) as session:
+        lead = Lead(email=_email())
+        session.add(lead)
+        session.commit()
+    honest = _user(engine, a)
+    with TenantSession(app_engine, tenant_id=a, user_id=honest) as session, session.begin():
+        session.execute(text(f"SET LOCAL app.current_user_id = '{claimed}'"))
+        session.execute(text("UPDATE leads SET company = 'Forged' WHERE id = :id"), {"id": lead.id})
+    trail = _trail(engine, "leads", lead.id)
+    assert [(r["action"], r["actor_id"], r["claimed_actor_id"]) for r in trail] == [
+        ("INSERT", None, claimed),
+        ("UPDATE", None, claimed),
+    ]
 
 
 def test_partitioned_table_is_recorded_under_its_own_name_with_its_full_key(

@@ -217,7 +217,7 @@ def test_pgbench_scripts_hold_the_workload_sql(catalog: Catalog, super_engine: E
     assert set(scripts) == set(pgb.VARIANTS)
     assert {s.cls for s in scripts["sql"]} == set(CLASSES)
     for s in scripts["sql_tx_rls"]:
-        assert s.body.startswith("BEGIN;\nSELECT set_config('app.current_tenant_id'")
+        assert s.body.startswith("BEGIN;\nSET LOCAL app.current_tenant_id = '")
         assert s.body.endswith("COMMIT;\n")
     plain = {s.cls: s.body for s in scripts["sql"]}
     assert "tenant_id = '" in plain["user_by_email"]

@@ -682,48 +682,63 @@ def test_row_security_off_errors_instead_of_bypassing(app_engine: Engine, a: See
 
 
 def test_leaky_function_in_where_sees_only_own_rows(
-    app_engine: Engine, a: SeededTenant, b: SeededTenant
+    engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant
 ) -> None:
     """A cheap, non-leakproof function in WHERE must not run on rows the policy hides.
 
-    The app login may create temporary functions (TEMP on the database is PUBLIC's by
-    default): if the planner ran this spy before the policy, B's emails would be
-    recorded.
+    The app login can create no function itself (no CREATE on any schema, no TEMPORARY
+    on the database: tests/test_pooled_connection_attacks.py); the superuser makes the
+    spy here, as a service's own function could be: if the planner ran it before the
+    policy, B's emails would be recorded.
     """
-    with tenant_connection(app_engine, a.tenant_id) as conn:
-        conn.execute(text("CREATE TEMP TABLE seen (v text) ON COMMIT DROP"))
+    probe = f"leak_probe_{secrets.token_hex(4)}"
+    login = app_engine.url.username
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {probe}"))
+        conn.execute(text(f"CREATE TABLE {probe}.seen (v text)"))
         conn.execute(
             text(
-                "CREATE FUNCTION pg_temp.spy(v text) RETURNS boolean LANGUAGE plpgsql "
-                "COST 0.0000001 AS $$ BEGIN INSERT INTO pg_temp.seen VALUES (v); "
+                f"CREATE FUNCTION {probe}.spy(v text) RETURNS boolean LANGUAGE plpgsql "
+                f"COST 0.0000001 AS $$ BEGIN INSERT INTO {probe}.seen VALUES (v); "
                 "RETURN true; END $$"
             )
         )
-        n = conn.scalar(
-            text("SELECT count(*) FROM leads WHERE pg_temp.spy(email) AND tenant_id = :b"),
-            {"b": b.tenant_id},
-        )
-        assert n == 0
-        n = conn.scalar(text("SELECT count(*) FROM leads WHERE pg_temp.spy(email)"))
-        assert n == a.count("leads")
-        seen = sorted(r[0] for r in conn.execute(text("SELECT v FROM pg_temp.seen")))
-        assert seen == sorted(a.lead_emails)
+        conn.execute(text(f'GRANT USAGE ON SCHEMA {probe} TO "{login}"'))
+        conn.execute(text(f'GRANT INSERT, SELECT ON {probe}.seen TO "{login}"'))
+    try:
+        with tenant_connection(app_engine, a.tenant_id) as conn:
+            n = conn.scalar(
+                text(f"SELECT count(*) FROM leads WHERE {probe}.spy(email) AND tenant_id = :b"),
+                {"b": b.tenant_id},
+            )
+            assert n == 0
+            n = conn.scalar(text(f"SELECT count(*) FROM leads WHERE {probe}.spy(email)"))
+            assert n == a.count("leads")
+            seen = sorted(r[0] for r in conn.execute(text(f"SELECT v FROM {probe}.seen")))
+            assert seen == sorted(a.lead_emails)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {probe} CASCADE"))
 
 
-def test_set_config_switches_tenant_it_is_not_an_authentication_boundary(
+def test_set_config_is_refused_set_local_still_switches_the_tenant(
     app_engine: Engine, a: SeededTenant, b: SeededTenant
 ) -> None:
-    # Documented behaviour, not an attack that must fail: platform_app may call
-    # set_config('app.current_tenant_id', ...) itself, and then sees that tenant's rows.
-    # The setting is chosen by the (trusted) application through the session hook; it
-    # is not an authentication boundary. What the login enforces is everything else in
-    # this module: no DDL, no policy changes, no maintenance functions, no partitions by
-    # name, no TRUNCATE, no role switching. Code that runs arbitrary SQL supplied by a
-    # tenant must not run as this login.
+    # set_config() is revoked from PUBLIC, so SQL injected into an expression (a WHERE
+    # clause, a LATERAL subquery) cannot change the tenant in the middle of a statement.
+    # A whole statement can: `SET LOCAL app.current_tenant_id` has no privilege to revoke.
+    # That is level (c) of docs/SECURITY.md, open until the tenant is sealed; this test
+    # documents it and fails when it changes.
     with tenant_connection(app_engine, a.tenant_id) as conn:
-        conn.execute(
-            text("SELECT set_config('app.current_tenant_id', :b, true)"), {"b": str(b.tenant_id)}
-        )
+        conn.execute(text("SAVEPOINT s"))
+        with expect_db_error(INSUFFICIENT_PRIVILEGE, "permission denied for function set_config"):
+            conn.execute(
+                text("SELECT set_config('app.current_tenant_id', :b, true)"),
+                {"b": str(b.tenant_id)},
+            )
+        conn.execute(text("ROLLBACK TO SAVEPOINT s"))
+        assert set(visible_tenant_ids(conn, "leads")) == {a.tenant_id}
+        conn.execute(text(f"SET LOCAL app.current_tenant_id = '{b.tenant_id}'"))
         assert set(visible_tenant_ids(conn, "leads")) == {b.tenant_id}
 
 
@@ -764,10 +779,7 @@ def test_fresh_connection_without_tenant_sees_nothing_and_writes_nothing(
             conn.rollback()
 
             with conn.begin():
-                conn.execute(
-                    text("SELECT set_config('app.current_tenant_id', :t, true)"),
-                    {"t": str(a.tenant_id)},
-                )
+                conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a.tenant_id}'"))
                 assert _counts(conn) == {t: a.count(t) for t in TENANT_TABLES}
 
             # Next transaction, same server session: the setting was transaction-local.
@@ -780,10 +792,7 @@ def test_fresh_connection_without_tenant_sees_nothing_and_writes_nothing(
 
             # Same after a transaction that set a tenant and rolled back.
             with conn.begin() as trans:
-                conn.execute(
-                    text("SELECT set_config('app.current_tenant_id', :t, true)"),
-                    {"t": str(a.tenant_id)},
-                )
+                conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a.tenant_id}'"))
                 trans.rollback()
             assert conn.scalar(text("SELECT pg_backend_pid()")) == pid
             assert _counts(conn) == ZERO

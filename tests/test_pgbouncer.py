@@ -111,10 +111,15 @@ def _conninfo(url: URL) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def test_transaction_local_setting_does_not_reach_the_next_client(
+def test_nothing_a_client_leaves_reaches_the_next_client(
     bouncer: Bouncer, tenants: tuple[SeededTenant, SeededTenant]
 ) -> None:
-    """Two clients, one server connection: only a transaction-local setting is safe."""
+    """Two clients, one server connection: PgBouncer resets it after every transaction.
+
+    `server_reset_query = DISCARD ALL` with `server_reset_query_always = 1` (the test
+    setup and docs/OPERATIONS.md): a session-level setting, a prepared statement or a
+    LISTEN of one client is gone before the next client's transaction.
+    """
     a, _ = tenants
     info = _conninfo(bouncer.single_url)
     with (
@@ -128,24 +133,74 @@ def test_transaction_local_setting_does_not_reach_the_next_client(
                 "(SELECT count(*) FROM leads)"
             ).fetchone()
             assert row is not None
-            return int(row[0]), row[1], int(row[2])
+            return int(row[0]), row[1] or "", int(row[2])
 
-        # Positive control: a session-level setting made by X is seen by Y, which proves
-        # both clients really share one server session through PgBouncer.
         with x.transaction():
             x_pid = x.execute("SELECT pg_backend_pid()").fetchone()
-            x.execute("SELECT set_config('app.current_tenant_id', %s, false)", (str(a.tenant_id),))
+            x.execute(f"SET SESSION app.current_tenant_id = '{a.tenant_id}'")
+            x.execute("SET SESSION statement_timeout = 1")
+            x.execute(f"PREPARE leads_of_a AS SELECT '{a.tenant_id}'::uuid")
+            x.execute("LISTEN tenant_events")
         assert x_pid is not None
-        assert y_view() == (x_pid[0], str(a.tenant_id), a.count("leads"))
-        y.execute("SELECT set_config('app.current_tenant_id', '', false)")
+        # The same server session (the pid), and nothing of X's left on it.
+        assert y_view() == (x_pid[0], "", 0)
+        row = y.execute("SHOW statement_timeout").fetchone()
+        assert row is not None
+        assert row[0] != "1ms"
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            y.execute("EXECUTE leads_of_a")
+        row = y.execute("SELECT count(*) FROM pg_listening_channels()").fetchone()
+        assert row is not None
+        assert row[0] == 0
 
         # What the hook does: transaction-local, gone when the transaction ends.
         with x.transaction():
-            x.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(a.tenant_id),))
+            x.execute(f"SET LOCAL app.current_tenant_id = '{a.tenant_id}'")
             row = x.execute("SELECT count(*) FROM leads").fetchone()
             assert row is not None
             assert row[0] == a.count("leads")
         assert y_view() == (x_pid[0], "", 0)
+
+
+def test_pooled_connection_attacks_through_pgbouncer(
+    bouncer: Bouncer, tenants: tuple[SeededTenant, SeededTenant]
+) -> None:
+    """The package's engines behind PgBouncer: an attacker's leftovers never reach B."""
+    a, b = tenants
+    attacker = make_engine(bouncer.single_url, pgbouncer=True, pool_size=1)
+    victim = make_engine(bouncer.single_url, pgbouncer=True, pool_size=1)
+    try:
+        with TenantSession(attacker, tenant_id=a.tenant_id) as session:
+            pid = session.scalar(text("SELECT pg_backend_pid()"))
+            for statement in (
+                "CREATE TEMP VIEW leads AS SELECT * FROM public.leads",
+                "SELECT lo_from_bytea(0, 'x'::bytea)",
+                "SELECT pg_advisory_lock(1)",
+                "SELECT query FROM pg_stat_activity",
+            ):
+                session.execute(text("SAVEPOINT s"))
+                with expect_db_error(INSUFFICIENT_PRIVILEGE):
+                    session.execute(text(statement))
+                session.execute(text("ROLLBACK TO SAVEPOINT s"))
+            for statement in (
+                "SET SESSION default_transaction_read_only = on",
+                "SET SESSION statement_timeout = 1",
+                f"SET SESSION app.current_tenant_id = '{a.tenant_id}'",
+                f"PREPARE _pg3_0 AS SELECT '{a.tenant_id}'::uuid",
+            ):
+                session.execute(text(statement))
+            session.commit()
+        for _ in range(3):
+            with TenantSession(victim, tenant_id=b.tenant_id) as session:
+                assert session.scalar(text("SELECT pg_backend_pid()")) == pid
+                assert set(session.scalars(text("SELECT tenant_id FROM leads"))) == {b.tenant_id}
+                assert session.scalar(text("SHOW transaction_read_only")) == "off"
+                assert session.scalar(text("SHOW statement_timeout")) == "30s"
+        with TenantSession(victim) as nobody:
+            assert nobody.scalars(text("SELECT tenant_id FROM leads")).all() == []
+    finally:
+        attacker.dispose()
+        victim.dispose()
 
 
 def test_sync_engine_through_pgbouncer(

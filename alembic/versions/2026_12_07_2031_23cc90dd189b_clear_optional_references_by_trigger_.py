@@ -1,7 +1,7 @@
 """Clear optional references by trigger instead of ON DELETE SET NULL
 
 Revision ID: 23cc90dd189b
-Revises: d1432b8352a8
+Revises: 412a27b7f5fe
 Create Date: 2026-12-07 20:31:14.837047+00:00
 """
 
@@ -13,7 +13,7 @@ from platform_db.ddl.entities import Function, Trigger
 from platform_db.migration.operations import create_entity, drop_entity
 
 revision: str = "23cc90dd189b"
-down_revision: str | Sequence[str] | None = "d1432b8352a8"
+down_revision: str | Sequence[str] | None = "412a27b7f5fe"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

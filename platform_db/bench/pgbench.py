@@ -49,10 +49,8 @@ from platform_db.bench.workload import (
 
 VARIANTS = ("sql", "sql_tx", "sql_tx_rls")
 MAX_SCRIPTS = 128  # pgbench's limit on -f scripts
-SET_TENANT_SQL = (
-    "SELECT set_config('app.current_tenant_id', %(tenant)s, true), "
-    "set_config('app.current_user_id', '', true)"
-)
+# As the tenant hook sends it (platform_db.session.tenancy.scope_sql).
+SET_TENANT_SQL = "SET LOCAL app.current_tenant_id = %(tenant)s; SET LOCAL app.current_user_id = ''"
 
 
 def find_pgbench() -> str | None:

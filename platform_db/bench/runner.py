@@ -56,6 +56,7 @@ from platform_db.bench.workload import (
 from platform_db.ddl.security import APP_ROLE, scram_sha_256
 from platform_db.session.database import Database
 from platform_db.session.settings import SYNC_DRIVER, with_driver
+from platform_db.session.tenancy import scope_sql
 
 Progress = Callable[[str], None]
 
@@ -379,7 +380,7 @@ def explain_plans(
             if cls in ("submission_insert",):
                 continue
             statement = pgb.render_select(super_engine, last, req, explicit_tenant=False)
-            app.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(largest.id),))
+            app.execute(scope_sql(str(largest.id), ""))
             plan = [
                 r[0]
                 for r in app.execute(

@@ -2,7 +2,7 @@
 
 Each object is an entity of one of the kinds in platform_db.ddl.entities (function, view,
 materialized view, policy, row-level security, table grants, trigger, partition
-protection, scheduled job); the modules group them by what they are for:
+protection, scheduled job, privileges revoked from PUBLIC); the modules group them by what they are for:
 
 - `security`: the roles' names, the tenant setting functions, the tenant policy;
 - `tenant_table`: what every tenant-owned table gets (and the registry of those tables);
@@ -36,6 +36,7 @@ def definitions(metadata: Any) -> list[Entity]:
     )
 
     found: list[Entity] = [
+        *security.PUBLIC_REVOCATIONS,
         *security.SETTING_FUNCTIONS,
         partitions.PROTECT_PARTITIONS,
         partitions.UNPROTECT_PARTITIONS,

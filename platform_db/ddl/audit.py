@@ -3,8 +3,16 @@
 Every insert, update and delete on a tenant-owned table (unless its model opts out, see
 platform_db.ddl.tenant_table) fires `platform.audit_row_change()`, which appends one row:
 the row's tenant, the table, the row's key, the action, only the columns that changed
-(old and new values), the acting user (`app.current_user_id` through
-`platform.current_user_id()`), the database login, the transaction id and the time.
+(old and new values), the acting user, the database login, the transaction id and the
+time.
+
+The acting user is `app.current_user_id` (through `platform.current_user_id()`), which
+any SQL of the transaction can set: it is recorded as `actor_id` only when it names a
+user of the row's tenant (`public.users`, read under the tenant policy, so a user of
+another tenant or no user at all does not qualify). Otherwise the claim is kept apart in
+`claimed_actor_id` and `actor_id` is NULL: a forged actor can be told from a real one.
+Within its own tenant a request can still name any of the tenant's users; only the
+sealed tenant (docs/SECURITY.md) would close that.
 
 Privileges. The trigger function is SECURITY DEFINER, owned by platform_owner (env.py
 hands every function in `platform` to it), with a pinned search_path, so it writes
@@ -74,6 +82,8 @@ DECLARE
     row_key jsonb;
     tenants uuid[];
     tenant uuid;
+    claimed uuid := {S}.current_user_id();
+    actor uuid;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         new_row := pg_catalog.to_jsonb(NEW) - skipped;
@@ -109,11 +119,18 @@ BEGIN
     -- One INSERT ... VALUES per tenant (nearly always one): cheaper per row than an
     -- INSERT ... SELECT over the array.
     FOREACH tenant IN ARRAY tenants LOOP
+        -- The claimed user counts only if it is a user of this row's tenant.
+        actor := NULL;
+        IF claimed IS NOT NULL AND EXISTS (
+            SELECT FROM public.users u WHERE u.tenant_id = tenant AND u.id = claimed
+        ) THEN
+            actor := claimed;
+        END IF;
         INSERT INTO public.{AUDIT_TABLE}
             (tenant_id, table_name, row_key, action, old_values, new_values,
-             actor_id, db_user, transaction_id, changed_at)
+             actor_id, claimed_actor_id, db_user, transaction_id, changed_at)
         VALUES (tenant, TG_ARGV[0], row_key, TG_OP, old_values, new_values,
-                {S}.current_user_id(), session_user,
+                actor, CASE WHEN actor IS NULL THEN claimed END, session_user,
                 pg_catalog.pg_current_xact_id()::text::bigint, pg_catalog.now());
     END LOOP;
     RETURN NULL;

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from platform_db.ddl.entities import Function, MaterializedView, ScheduledJob, View
 from platform_db.ddl.jobs import JOBS
+from platform_db.ddl.partitions import bounded_advisory_lock
 from platform_db.ddl.security import ADMIN_ROLE, PLATFORM_SCHEMA
 
 S = PLATFORM_SCHEMA
@@ -141,8 +142,12 @@ DECLARE
     populated boolean;
 BEGIN
     -- Two refreshes of the same view would only queue behind each other.
-    PERFORM pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtext('{S}.refresh_performance_views'));
+    {
+        bounded_advisory_lock(
+            f"pg_catalog.hashtext('{S}.refresh_performance_views')",
+            f"{S}.refresh_performance_views",
+        )
+    }
     FOREACH v IN ARRAY {_views_array} LOOP
         started := pg_catalog.clock_timestamp();
         SELECT m.ispopulated INTO populated FROM pg_catalog.pg_matviews m

@@ -1360,10 +1360,194 @@ class PartitionProtection(Entity):
         return list(live.problems)
 
 
+# --------------------------------------------------------------------------------------
+# What PUBLIC may not use
+# --------------------------------------------------------------------------------------
+
+_SIGNATURE = re.compile(r"^pg_catalog\.[a-z_][a-z0-9_]*\((?:[a-z ]+(?:, ?[a-z ]+)*)?\)$")
+_CATALOG_RELATION = re.compile(r"^pg_catalog\.[a-z_][a-z0-9_]*$")
+_DATABASE_PRIVILEGES = ("CREATE", "TEMPORARY")
+_CAN_REVOKE_CATALOG = (
+    "(SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user)"
+)
+_CAN_REVOKE_DATABASE = (
+    "(SELECT r.rolsuper OR pg_catalog.pg_has_role(current_user, d.datdba, 'USAGE') "
+    "FROM pg_catalog.pg_roles r, pg_catalog.pg_database d "
+    "WHERE r.rolname = current_user AND d.datname = pg_catalog.current_database())"
+)
+_PUBLIC_HOLDS_SQL = """
+SELECT 'function' AS kind, f AS name,
+       p.oid IS NOT NULL AND EXISTS (
+           SELECT FROM pg_catalog.aclexplode(coalesce(p.proacl,
+                                             pg_catalog.acldefault('f', p.proowner))) a
+           WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') AS open
+FROM pg_catalog.unnest(CAST(:functions AS text[])) f
+LEFT JOIN pg_catalog.pg_proc p ON p.oid = pg_catalog.to_regprocedure(f)
+UNION ALL
+SELECT 'relation', r,
+       c.oid IS NOT NULL AND EXISTS (
+           SELECT FROM pg_catalog.aclexplode(coalesce(c.relacl,
+                                             pg_catalog.acldefault('r', c.relowner))) a
+           WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+FROM pg_catalog.unnest(CAST(:relations AS text[])) r
+LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r)
+UNION ALL
+SELECT 'database', g, EXISTS (
+           SELECT FROM pg_catalog.pg_database d,
+                pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) a
+           WHERE d.datname = pg_catalog.current_database() AND a.grantee = 0
+             AND a.privilege_type = g)
+FROM pg_catalog.unnest(CAST(:database AS text[])) g
+"""
+
+
+@dataclass(frozen=True)
+class PublicRevocation(Entity):
+    """Privileges PUBLIC holds by default that no role but `keep_for` may use.
+
+    `functions` (EXECUTE; `pg_catalog.lo_get(oid)`), `relations` (SELECT on catalog
+    views) and `database` privileges (TEMPORARY, CREATE on the current database). Every
+    role gets them from PUBLIC, platform_app included, so they are revoked from PUBLIC and
+    granted back to `keep_for` only.
+
+    Catalog objects belong to the bootstrap superuser: only a superuser can revoke them.
+    A revision run by another role (a managed service's admin) warns and changes nothing,
+    and read() then reports the entity as present (nothing a check could propose would
+    run); `platform-db doctor` reports what stays open (docs/SECURITY.md). The database's
+    privileges need its owner (or a superuser), with the same rule.
+    """
+
+    kind: ClassVar[str] = "public_revocation"
+    rank: ClassVar[int] = 5
+    name: str
+    functions: tuple[str, ...] = ()
+    relations: tuple[str, ...] = ()
+    database: tuple[str, ...] = ()
+    keep_for: tuple[str, ...] = (OWNER_ROLE, ADMIN_ROLE)
+
+    def __post_init__(self) -> None:
+        ident(self.name)
+        for f in self.functions:
+            if not _SIGNATURE.match(f):
+                raise ValueError(f"not a pg_catalog function signature: {f!r}")
+        for r in self.relations:
+            if not _CATALOG_RELATION.match(r):
+                raise ValueError(f"not a pg_catalog relation: {r!r}")
+        unknown = set(self.database) - set(_DATABASE_PRIVILEGES)
+        if unknown:
+            raise ValueError(f"unknown database privileges {sorted(unknown)}")
+        for role in self.keep_for:
+            role_name(role)
+        if bool(self.database) and bool(self.functions or self.relations):
+            raise ValueError("database privileges and catalog objects need separate entities")
+
+    @property
+    def identity(self) -> str:
+        return self.name
+
+    @property
+    def _can_revoke(self) -> str:
+        return _CAN_REVOKE_DATABASE if self.database else _CAN_REVOKE_CATALOG
+
+    def _statements(self, *, revoke: bool) -> list[str]:
+        keep = ", ".join(self.keep_for)
+        take, give = ("REVOKE", "GRANT") if revoke else ("GRANT", "REVOKE")
+        to_public = "FROM PUBLIC" if revoke else "TO PUBLIC"
+        to_keep = f"TO {keep}" if revoke else f"FROM {keep}"
+        out: list[str] = []
+        if self.functions:
+            fs = ", ".join(self.functions)
+            out.append(f"{take} EXECUTE ON FUNCTION {fs} {to_public};")
+            if keep:
+                out.append(f"{give} EXECUTE ON FUNCTION {fs} {to_keep};")
+        if self.relations:
+            rs = ", ".join(self.relations)
+            out.append(f"{take} SELECT ON {rs} {to_public};")
+            if keep:
+                out.append(f"{give} SELECT ON {rs} {to_keep};")
+        if self.database:
+            gs = ", ".join(self.database)
+            out.append(
+                f"EXECUTE pg_catalog.format('{take} {gs} ON DATABASE %I {to_public}', "
+                "pg_catalog.current_database());"
+            )
+            if keep:
+                out.append(
+                    f"EXECUTE pg_catalog.format('{give} {gs} ON DATABASE %I {to_keep}', "
+                    "pg_catalog.current_database());"
+                )
+        return out
+
+    def _block(self, *, revoke: bool) -> str:
+        what = "revoked from PUBLIC" if revoke else "given back to PUBLIC"
+        who = "the owner of the database or a superuser" if self.database else "a superuser"
+        body = "\n    ".join(self._statements(revoke=revoke))
+        return f"""DO $revoke$
+BEGIN
+    IF NOT {self._can_revoke} THEN
+        RAISE WARNING 'platform-db: {self.name} not {what}: only {who} can'
+            USING HINT = 'See docs/SECURITY.md; platform-db doctor reports what stays open.';
+        RETURN;
+    END IF;
+    {body}
+END
+$revoke$"""
+
+    def create_sql(self) -> list[str]:
+        return [self._block(revoke=True)]
+
+    def drop_sql(self) -> list[str]:
+        return [self._block(revoke=False)]
+
+    def replace_sql(self, previous: Self) -> list[str]:
+        return [*previous.drop_sql(), *self.create_sql()]
+
+    @classmethod
+    def read(cls, conn: Connection, wanted: Sequence[Self]) -> dict[str, Self]:
+        found: dict[str, Self] = {}
+        for w in wanted:
+            rows = conn.execute(
+                text(_PUBLIC_HOLDS_SQL),
+                {
+                    "functions": list(w.functions),
+                    "relations": list(w.relations),
+                    "database": list(w.database),
+                },
+            ).all()
+            closed = {(r.kind, r.name) for r in rows if not r.open}
+            if len(closed) == len(rows) or not _scalar(conn, f"SELECT {w._can_revoke}"):
+                found[w.identity] = w
+            elif closed:
+                found[w.identity] = dataclasses.replace(
+                    w,
+                    functions=tuple(f for f in w.functions if ("function", f) in closed),
+                    relations=tuple(r for r in w.relations if ("relation", r) in closed),
+                    database=tuple(g for g in w.database if ("database", g) in closed),
+                )
+        return found
+
+    def open_to_public(self, conn: Connection) -> list[str]:
+        """What PUBLIC (so platform_app) can still use of this entity's objects."""
+        rows = conn.execute(
+            text(_PUBLIC_HOLDS_SQL),
+            {
+                "functions": list(self.functions),
+                "relations": list(self.relations),
+                "database": list(self.database),
+            },
+        )
+        return [r.name for r in rows if r.open]
+
+    def summary(self) -> str:
+        count = len(self.functions) + len(self.relations) + len(self.database)
+        return f"{count} privileges of PUBLIC, kept for {', '.join(self.keep_for)}"
+
+
 # The kinds, in the order they are created (dropped in the reverse order).
 KINDS: tuple[type[Entity], ...] = tuple(
     sorted(
         (
+            PublicRevocation,
             Function,
             RowLevelSecurity,
             Policy,
@@ -1392,6 +1576,7 @@ __all__ = [
     "MaterializedView",
     "PartitionProtection",
     "Policy",
+    "PublicRevocation",
     "RowLevelSecurity",
     "ScheduledJob",
     "TableGrants",

@@ -17,6 +17,24 @@ DEFAULT_PARTITION = "form_submissions_default"
 DEFAULT_MONTHS_AHEAD = 3
 PARTITIONS_FUNCTION = f"{PLATFORM_SCHEMA}.ensure_monthly_partitions"
 
+
+def bounded_advisory_lock(key: str, what: str, *, wait_s: int = 10) -> str:
+    """PL/pgSQL that takes the transaction-level advisory lock `key` (an SQL bigint
+    expression), waiting at most `wait_s` seconds, then fails naming `what` instead of
+    hanging behind whoever holds it (statement_timeout still applies)."""
+    tries = wait_s * 10
+    return f"""FOR attempt IN 1..{tries + 1} LOOP
+        EXIT WHEN pg_catalog.pg_try_advisory_xact_lock({key});
+        IF attempt > {tries} THEN
+            RAISE EXCEPTION '{what}: another session has held its lock for {wait_s} s'
+                USING ERRCODE = 'lock_not_available',
+                      HINT = 'Another run is in progress, or a session holds the lock: see '
+                             'pg_locks WHERE locktype = ''advisory''; try again later.';
+        END IF;
+        PERFORM pg_catalog.pg_sleep(0.1);
+    END LOOP;"""
+
+
 PROTECT_PARTITIONS = Function(
     name=f"{PLATFORM_SCHEMA}.protect_partitions",
     arguments="parent regclass",
@@ -142,8 +160,12 @@ BEGIN
     default_part := base || '_default';
 
     -- Serialise concurrent runs for the same parent (cron and a deploy at once).
-    PERFORM pg_catalog.pg_advisory_xact_lock(
-        pg_catalog.hashtext('{PARTITIONS_FUNCTION}:' || parent::oid::text));
+    {
+        bounded_advisory_lock(
+            f"pg_catalog.hashtext('{PARTITIONS_FUNCTION}:' || parent::oid::text)",
+            PARTITIONS_FUNCTION,
+        )
+    }
 
     IF pg_catalog.to_regclass(format('%I.%I', nsp, default_part)) IS NULL THEN
         EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, default_part, parent);

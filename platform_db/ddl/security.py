@@ -22,6 +22,7 @@ from platform_db.ddl.entities import (
     TABLE_PRIVILEGES,
     Function,
     Policy,
+    PublicRevocation,
     TableGrants,
     ident,
 )
@@ -87,6 +88,90 @@ TENANT_PREDICATE = f"tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
 
 # The policy of every tenant-owned table: a session sees and writes its tenant's rows only.
 TENANT_POLICY = Policy(POLICY_NAME, using=TENANT_PREDICATE, check=TENANT_PREDICATE)
+
+
+def _lo(*signatures: str) -> tuple[str, ...]:
+    return tuple(f"pg_catalog.{s}" for s in signatures)
+
+
+# What every role gets from PUBLIC by default and a request-serving login must not have:
+# each is a way for one request to reach another's session, to leave something behind
+# on a pooled connection, or to choose the tenant from inside an expression. Revoked from
+# PUBLIC, kept for platform_owner (the functions it owns run with its rights) and
+# platform_admin (maintenance). docs/SECURITY.md says what each closes and what stays.
+PUBLIC_REVOCATIONS: tuple[PublicRevocation, ...] = (
+    # CREATE TEMP VIEW users / FUNCTION / DOMAIN pg_temp.uuid: pg_temp is searched first,
+    # so a temporary object shadows the tables for every later request on the connection.
+    PublicRevocation("temporary_objects", database=("TEMPORARY",)),
+    # A large object written under one tenant is readable under any other (one login).
+    PublicRevocation(
+        "large_objects",
+        functions=_lo(
+            "lo_close(integer)",
+            "lo_creat(integer)",
+            "lo_create(oid)",
+            "lo_from_bytea(oid, bytea)",
+            "lo_get(oid)",
+            "lo_get(oid, bigint, integer)",
+            "lo_lseek(integer, integer, integer)",
+            "lo_lseek64(integer, bigint, integer)",
+            "lo_open(oid, integer)",
+            "lo_put(oid, bigint, bytea)",
+            "lo_tell(integer)",
+            "lo_tell64(integer)",
+            "lo_truncate(integer, integer)",
+            "lo_truncate64(integer, bigint)",
+            "lo_unlink(oid)",
+            "loread(integer, integer)",
+            "lowrite(integer, bytea)",
+        ),
+    ),
+    # The NOTIFY statement has no privilege to revoke (docs/SECURITY.md).
+    PublicRevocation("notifications", functions=_lo("pg_notify(text, text)")),
+    # Shared between all sessions: a request could hold the maintenance functions' keys.
+    PublicRevocation(
+        "advisory_locks",
+        functions=_lo(
+            *(
+                f"{name}({args})"
+                for name in (
+                    "pg_advisory_lock",
+                    "pg_advisory_lock_shared",
+                    "pg_advisory_unlock",
+                    "pg_advisory_unlock_shared",
+                    "pg_advisory_xact_lock",
+                    "pg_advisory_xact_lock_shared",
+                    "pg_try_advisory_lock",
+                    "pg_try_advisory_lock_shared",
+                    "pg_try_advisory_xact_lock",
+                    "pg_try_advisory_xact_lock_shared",
+                )
+                for args in ("bigint", "integer, integer")
+            ),
+            "pg_advisory_unlock_all()",
+        ),
+    ),
+    # One login serves every tenant, and a role may signal its own backends.
+    PublicRevocation(
+        "signalling_backends",
+        functions=_lo("pg_cancel_backend(integer)", "pg_terminate_backend(integer, bigint)"),
+    ),
+    # Other backends' query text (the same login's: every tenant's), literals included.
+    PublicRevocation(
+        "other_sessions_activity",
+        functions=_lo("pg_stat_get_activity(integer)", "pg_stat_get_backend_activity(integer)"),
+        relations=("pg_catalog.pg_stat_activity",),
+    ),
+    # The names of the session's prepared statements (platform_db.session.statements).
+    PublicRevocation(
+        "prepared_statement_names",
+        functions=_lo("pg_prepared_statement()"),
+        relations=("pg_catalog.pg_prepared_statements",),
+    ),
+    # The tenant is set with SET LOCAL; set_config() would let SQL injected into an
+    # expression (a WHERE clause, a LATERAL subquery) switch the tenant mid-statement.
+    PublicRevocation("settings_from_expressions", functions=_lo("set_config(text, text, boolean)")),
+)
 
 
 def platform_table_grants(table: str) -> tuple[TableGrants, ...]:
@@ -163,6 +248,7 @@ __all__ = [
     "CURRENT_USER_ID",
     "OWNER_ROLE",
     "PLATFORM_SCHEMA",
+    "PUBLIC_REVOCATIONS",
     "ROW_PRIVILEGES",
     "TABLE_PRIVILEGES",
     "TENANT_POLICY",

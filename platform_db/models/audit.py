@@ -45,8 +45,11 @@ class AuditLog(TenantMixin, Base):
     `platform_app` may read its own tenant's rows and nothing else (platform_db.ddl.audit
     explains the privileges). `row_key` holds the changed row's key without `tenant_id`;
     `old_values`/`new_values` hold only what changed (all recorded columns on insert and
-    delete). `actor_id` is `app.current_user_id` of the transaction (NULL when none was
-    set), `db_user` the database login, `transaction_id` the PostgreSQL transaction id.
+    delete). `actor_id` is `app.current_user_id` of the transaction when it names a user of
+    the row's tenant (the database checks); a setting that names no such user is not
+    trusted: `actor_id` is then NULL and `claimed_actor_id` holds what was claimed. Both
+    are NULL when no user was set. `db_user` is the database login, `transaction_id` the
+    PostgreSQL transaction id.
 
     RANGE-partitioned by `changed_at`, one partition a month (`audit_log_YYYY_MM`) plus
     `audit_log_default`, created ahead by `platform.ensure_monthly_partitions()`.
@@ -74,6 +77,7 @@ class AuditLog(TenantMixin, Base):
     old_values: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     new_values: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     actor_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    claimed_actor_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     db_user: Mapped[str] = mapped_column(Text)
     transaction_id: Mapped[int] = mapped_column(BigInteger)
 

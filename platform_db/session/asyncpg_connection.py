@@ -1,27 +1,30 @@
-"""Send the tenant setting together with BEGIN: one round trip instead of two (asyncpg).
+"""Send the transaction's prologue together with BEGIN: one round trip (asyncpg).
 
 With asyncpg, SQLAlchemy starts a transaction lazily, just before the first statement,
-by sending `BEGIN` on its own; the tenant hook then ran its `SELECT set_config(...)` as a
-second round trip, and only then came the query. Sending both in one message made the
-benchmark's requests 8.5% faster, with less CPU on both sides (docs/PERFORMANCE.md).
+by sending `BEGIN` on its own; the tenant hook then ran its setting as a second round
+trip, and only then came the query. Sending both in one message made the benchmark's
+requests 8.5% faster, with less CPU on both sides (docs/PERFORMANCE.md).
 
 `TenantConnection` is an asyncpg connection class (`connect(connection_class=...)`; the
-package's async engines use it) that can hold one statement to send in the same simple-
-query message as the next `BEGIN`:
+package's async engines use it) that can hold statements to send in the same simple-
+query message as the next `BEGIN`: the prologue that makes every transaction start as on
+a fresh connection (platform_db.session.fresh), then the tenant (platform_db.session.tenancy):
 
-    BEGIN ISOLATION LEVEL READ COMMITTED; SELECT set_config('app.current_tenant_id', ...)
+    BEGIN ISOLATION LEVEL READ COMMITTED; RESET ALL; SET TRANSACTION READ WRITE;
+    SET LOCAL app.current_tenant_id = '<uuid>'; SET LOCAL app.current_user_id = ''
 
-PostgreSQL runs both in order within one message, so the setting is in place before any
-statement of the transaction, and `set_config(..., true)` still ends with the transaction.
+PostgreSQL runs them in order within one message, so everything is in place before any
+statement of the transaction, and `SET LOCAL` ends with the transaction. A simple-query
+message is never a prepared statement, so no earlier request can redefine it.
 
-Safety rules, all enforced here or by the tenancy hook:
+Safety rules, all enforced here or by the hooks:
 
-* only a statement whose text starts with `BEGIN` carries it (never a SAVEPOINT, never a
-  statement with parameters);
-* the hook defers only when the connection is not in a transaction yet; otherwise it
-  runs the setting as its own statement, as before;
-* a deferred statement that no BEGIN picked up is dropped when the session's transaction
-  ends and when the connection goes back to the pool, so it can never reach a later
+* only a statement whose text starts with `BEGIN` carries them (never a SAVEPOINT, never
+  a statement with parameters);
+* the hooks defer only when the connection is not in a transaction yet; otherwise they
+  run their statements on their own;
+* deferred statements that no BEGIN picked up are dropped when the session's transaction
+  ends and when the connection goes back to the pool, so they can never reach a later
   transaction of another session.
 """
 
@@ -40,32 +43,33 @@ def quote_literal(value: str) -> str:
 
 
 class TenantConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no types
-    """An asyncpg connection that can send one statement with the next BEGIN."""
+    """An asyncpg connection that can send statements with the next BEGIN."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._with_begin: str | None = None
+        self._with_begin: list[str] = []
 
     def send_with_next_begin(self, statement: str) -> None:
-        """Send `statement` in the same message as the next BEGIN (replaces any earlier)."""
+        """Send `statement` in the same message as the next BEGIN, after any queued earlier."""
         if self.is_in_transaction():
             raise RuntimeError("the connection is already in a transaction")
-        self._with_begin = statement
+        self._with_begin.append(statement.rstrip().rstrip(";"))
 
     def discard_pending(self) -> bool:
-        """Forget a statement no BEGIN picked up; True if there was one."""
-        had = self._with_begin is not None
-        self._with_begin = None
+        """Forget what no BEGIN picked up; True if there was something."""
+        had = bool(self._with_begin)
+        self._with_begin = []
         return had
 
     @property
     def pending(self) -> str | None:
-        return self._with_begin
+        """What the next BEGIN will carry, or None."""
+        return "; ".join(self._with_begin) if self._with_begin else None
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
-        statement = self._with_begin
+        statement = self.pending
         if statement is not None and not args and query.lstrip()[:5].upper() == "BEGIN":
-            self._with_begin = None
+            self._with_begin = []
             query = f"{query.rstrip().rstrip(';')}; {statement}"
         result: str = await super().execute(query, *args, timeout=timeout)
         return result

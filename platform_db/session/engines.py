@@ -5,6 +5,11 @@ Per-connection settings are limited to what PostgreSQL accepts at connection sta
 work_mem, default_transaction_read_only); server-wide tuning such as shared_buffers is
 the server's business (`platform-db doctor` checks it).
 
+Nothing a request leaves on a connection reaches the next one: every transaction starts
+with a prologue that resets the session (platform_db.session.fresh), psycopg never
+prepares statements and asyncpg's get names nobody can guess
+(platform_db.session.statements), and every BEGIN names its isolation level.
+
 Every connection attempt is bounded by `connect_timeout_ms` (POSTGRES_CONNECT_TIMEOUT):
 a server that accepts the TCP connection and never answers fails the checkout with an
 OperationalError after that long instead of hanging for minutes. Both engines raise
@@ -19,7 +24,6 @@ checkout, and raise `PoolExhaustedError` naming the pool when none comes free in
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
+from platform_db.session import fresh
 from platform_db.session.asyncpg_connection import TenantConnection, as_tenant_connection
 from platform_db.session.errors import (
     connect_asyncpg,
@@ -36,6 +41,7 @@ from platform_db.session.errors import (
     quiet_orphaned_connect_errors,
     translate_async_errors,
 )
+from platform_db.session.fresh import prologue_sql
 from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
 from platform_db.session.rls_bypass import note_on_connect
 from platform_db.session.settings import (
@@ -46,6 +52,7 @@ from platform_db.session.settings import (
     check_url_host,
     with_driver,
 )
+from platform_db.session.statements import note_statement_names, secret_statement_name
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
@@ -128,53 +135,73 @@ class _EngineOptions:
                 raise ValueError(f"{name} must be >= 0, got {value}")
 
     def server_settings(self) -> dict[str, str]:
-        """Per-connection settings, all of which PostgreSQL accepts at connection start."""
+        """Per-connection settings, all of which PostgreSQL accepts at connection start.
+
+        Sent at connection start, they win over the login's role defaults (which the
+        login may change itself), and every transaction's `RESET ALL` returns to them
+        (platform_db.session.fresh).
+        """
         settings = {
             "application_name": self.application_name,
+            **self.guarded_settings(),
+            "default_transaction_read_only": "on" if self.read_only else "off",
+        }
+        if self.work_mem:
+            settings["work_mem"] = self.work_mem
+        return settings
+
+    def guarded_settings(self) -> dict[str, str]:
+        """The pool's timeouts: at connection start, or per transaction behind PgBouncer."""
+        return {
             "statement_timeout": str(self.statement_timeout_ms),
             "lock_timeout": str(self.lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
         }
-        if self.work_mem:
+
+    def prologue(self) -> str:
+        """What starts every transaction (platform_db.session.fresh)."""
+        settings = self.guarded_settings() if self.pgbouncer else {}
+        if self.pgbouncer and self.work_mem:
             settings["work_mem"] = self.work_mem
-        if self.read_only:
-            settings["default_transaction_read_only"] = "on"
-        return settings
+        return prologue_sql(read_only=self.read_only, settings=settings)
 
     @property
     def psycopg_connect_timeout_s(self) -> int:
         return max(2, -(-self.connect_timeout_ms // 1000))
 
     def psycopg_connect_args(self) -> dict[str, Any]:
-        """psycopg takes the settings as `-c` options; behind PgBouncer it never prepares.
+        """psycopg takes the settings as `-c` options (none behind PgBouncer); never prepares.
 
         libpq counts `connect_timeout` in whole seconds, at least 2: the timeout is
         rounded up to that.
         """
-        timeout = {"connect_timeout": self.psycopg_connect_timeout_s}
+        # Never prepared: a named statement could be redefined by an earlier request on
+        # the same connection (platform_db.session.statements).
+        common = {
+            "application_name": self.application_name,
+            "connect_timeout": self.psycopg_connect_timeout_s,
+            "prepare_threshold": None,
+        }
         if self.pgbouncer:
-            return {
-                "application_name": self.application_name,
-                "prepare_threshold": None,
-                **timeout,
-            }
+            return common
         options = " ".join(
             f"-c {k}={v}" for k, v in self.server_settings().items() if k != "application_name"
         )
-        return {"application_name": self.application_name, "options": options, **timeout}
+        return {**common, "options": options}
 
     def asyncpg_connect_args(self) -> dict[str, Any]:
-        """asyncpg takes the settings as `server_settings`; behind PgBouncer, no caches."""
-        connect_args: dict[str, Any]
+        """asyncpg takes the settings as `server_settings`; behind PgBouncer, no cache."""
+        # asyncpg's own cache off (its internal queries use the unnamed statement);
+        # SQLAlchemy's statements get names nobody can guess (platform_db.session.statements).
+        connect_args: dict[str, Any] = {
+            "statement_cache_size": 0,
+            "prepared_statement_name_func": secret_statement_name,
+        }
         if self.pgbouncer:
-            connect_args = {
-                "server_settings": {"application_name": self.application_name},
-                "statement_cache_size": 0,
-                "prepared_statement_cache_size": 0,
-                "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4()}__",
-            }
+            connect_args["server_settings"] = {"application_name": self.application_name}
+            connect_args["prepared_statement_cache_size"] = 0
         else:
-            connect_args = {"server_settings": self.server_settings()}
+            connect_args["server_settings"] = self.server_settings()
         # Lets the tenant hook send its setting in the same message as BEGIN
         # (platform_db.session.asyncpg_connection).
         connect_args["connection_class"] = TenantConnection
@@ -200,6 +227,9 @@ class _EngineOptions:
         if "pool_pre_ping" in arguments:
             raise TypeError("pool_pre_ping comes from ping_after_ms (0: ping at every checkout)")
         connect_args = {**connect_args, **arguments.pop("connect_args", {})}
+        # An explicit isolation level in every BEGIN, so that a session default a request
+        # left behind (default_transaction_isolation) does not choose it.
+        arguments.setdefault("isolation_level", "READ COMMITTED")
         if "poolclass" not in arguments:
             arguments.update(
                 poolclass=poolclass,
@@ -239,9 +269,9 @@ def make_engine(
 ) -> Engine:
     """A psycopg 3 engine.
 
-    `pgbouncer=True` is for PgBouncer in transaction mode: psycopg never prepares
-    statements, and only application_name is sent at startup (PgBouncer refuses other
-    startup parameters); set the timeouts on the login role (ALTER ROLE ... SET) instead.
+    `pgbouncer=True` is for PgBouncer in transaction mode: only application_name is sent
+    at startup (PgBouncer refuses other startup parameters), and every transaction sets
+    the timeouts with SET LOCAL instead.
     """
     options = _EngineOptions(
         application_name=application_name,
@@ -266,6 +296,7 @@ def make_engine(
         ),
     )
     options.configure_pool(engine.pool, engine.dialect)
+    fresh.install(engine, options.prologue())
     event.listen(engine, "handle_error", explain_connect_timeout(options.psycopg_connect_timeout_s))
     # Whether the login bypasses RLS, asked once per connection for the tenant hook.
     note_on_connect(engine)
@@ -320,7 +351,7 @@ def make_async_engine(
     off and every prepared statement gets a unique name, so a statement prepared on one
     server connection is never looked up on another (SQLAlchemy's documented recipe).
     PgBouncer ignores startup parameters it does not track, so only application_name is
-    sent; set the timeouts on the login role (ALTER ROLE ... SET) behind PgBouncer.
+    sent, and every transaction sets the timeouts with SET LOCAL instead.
     """
     options = _EngineOptions(
         application_name=application_name,
@@ -345,6 +376,9 @@ def make_async_engine(
         ),
     )
     options.configure_pool(engine.sync_engine.pool, engine.dialect)
+    fresh.install(engine, options.prologue())
+    if not pgbouncer:
+        note_statement_names(engine)
     event.listen(engine.sync_engine.pool, "checkin", _discard_pending)
     event.listen(engine.sync_engine, "handle_error", translate_async_errors)
     quiet_orphaned_connect_errors()

@@ -136,6 +136,11 @@ def _driver_error(exc: BaseException | None) -> BaseException | None:
     return exc
 
 
+# invalid_sql_statement_name: a prepared statement the connection's cache still names
+# is gone from the server.
+INVALID_STATEMENT_NAME = "26000"
+
+
 def translate_async_errors(context: ExceptionContext) -> BaseException | None:
     """`handle_error` listener of the async engines: a broken connection is invalidated.
 
@@ -150,9 +155,13 @@ def translate_async_errors(context: ExceptionContext) -> BaseException | None:
     driver = _driver_error(original)
     if context.connection is None:
         return None  # opening a connection failed: connect_asyncpg said so, as psycopg would
-    if isinstance(driver, asyncpg.ConnectionDoesNotExistError | OSError) or (
-        isinstance(driver, asyncpg.InterfaceError | asyncpg.InternalClientError)
-        and any(words in str(driver) for words in _BROKEN)
+    if (
+        isinstance(driver, asyncpg.ConnectionDoesNotExistError | OSError)
+        or (
+            isinstance(driver, asyncpg.InterfaceError | asyncpg.InternalClientError)
+            and any(words in str(driver) for words in _BROKEN)
+        )
+        or _sqlstate(driver) == INVALID_STATEMENT_NAME
     ):
         context.is_disconnect = True
     if context.sqlalchemy_exception is None and isinstance(original, OSError):

@@ -1,27 +1,36 @@
 """The tenant of a session, applied to every transaction by an `after_begin` hook.
 
-Each new transaction runs, on the connection it uses,
+Each new transaction runs, on the connection it uses, before any of the caller's
+statements,
 
-    SELECT set_config('app.current_tenant_id', '<uuid>', true),
-           set_config('app.current_user_id', '<uuid or empty>', true)
+    SET LOCAL app.current_tenant_id = '<uuid>'; SET LOCAL app.current_user_id = '<uuid or empty>'
 
 so the setting lives exactly as long as the transaction: it cannot ride a pooled
 connection (or a PgBouncer server connection in transaction mode) into another request.
-On the package's asyncpg connections (platform_db.session.asyncpg_connection.TenantConnection) that statement
-travels in the same message as the transaction's BEGIN, saving a round trip.
-Row-level security does the filtering; nothing here adds WHERE clauses.
+It is a simple-query message, never a prepared statement that an earlier request on the
+connection could have redefined, and Citus propagates `SET LOCAL` to its workers. On the
+package's engines it travels with the transaction's prologue (platform_db.session.fresh,
+which resets whatever session state an earlier request left), and with asyncpg in the
+same message as BEGIN (platform_db.session.asyncpg_connection). Row-level security does
+the filtering; nothing here adds WHERE clauses.
 
 The tenant comes from the session (``TenantSession(tenant_id=...)``, or a session made by
 ``tenant_sessionmaker``/``tenant_async_sessionmaker``) or, for frameworks that set it
 once per request, from ``tenant_context()``. Without a tenant the hook still runs and
 sets the empty string, so a session sees no tenant rows and can write none.
 
-A tenant transaction on a login that RLS does not filter (a superuser, or a role with
-BYPASSRLS) would see and change every tenant's rows: the hook raises
-`RowLevelSecurityBypassError` before any of the caller's statements run, unless the
-session was made with ``allow_rls_bypass=True`` (platform-wide scripts). Whether a login
-bypasses RLS is found once per connection (platform_db.session.rls_bypass), not per
-transaction. Sessions without a tenant are platform-wide by definition and not checked.
+Refused, with a TenantError, before any of the caller's statements run:
+
+* a tenant transaction on a login that RLS does not filter (a superuser, or a role with
+  BYPASSRLS) - it would see and change every tenant's rows - unless the session was made
+  with ``allow_rls_bypass=True`` (platform-wide scripts): `RowLevelSecurityBypassError`.
+  Whether a login bypasses RLS is found once per connection
+  (platform_db.session.rls_bypass), not per transaction. Sessions without a tenant are
+  platform-wide by definition and not checked;
+* a TenantSession on a connection in AUTOCOMMIT: there is no transaction for the
+  setting to live in, so the statements would run with whatever the session held;
+* a statement - ORM, Core, `text()`, or through `Session.connection()` - after the tenant
+  changed inside an open transaction (`TenantChangeError`).
 """
 
 from __future__ import annotations
@@ -33,14 +42,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, String, bindparam, event, select
-from sqlalchemy import func as sa_func
+from sqlalchemy import Connection, event
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
 from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
+from platform_db.session import fresh
 from platform_db.session.asyncpg_connection import (
     TenantConnection,
     as_tenant_connection,
@@ -187,6 +197,20 @@ class TenantSession(Session):
         scope = self.tenant_scope
         return scope.tenant_id if scope else None
 
+    def connection(
+        self,
+        bind_arguments: dict[str, Any] | None = None,
+        execution_options: CoreExecuteOptionsParameter | None = None,
+    ) -> Connection:
+        """Session.connection(), under the same tenant checks as the session's statements.
+
+        A transaction already open for another tenant (tenant_context changed since it
+        began) raises TenantChangeError; a new one gets the tenant hook like any other,
+        and AUTOCOMMIT is refused there.
+        """
+        _check_unchanged(self)
+        return super().connection(bind_arguments, execution_options)
+
     def set_tenant(self, tenant_id: object | None, user_id: object | None = None) -> None:
         """Bind the session to another tenant (or to none); only between transactions."""
         if self.in_transaction():
@@ -210,20 +234,29 @@ def _resolve_scope(session: Session) -> TenantScope | None:
     return own or ambient
 
 
-# The setting as a statement of its own: psycopg connections, and asyncpg connections that
-# are already inside a transaction. Built once: constructing and cache-keying a new SELECT
-# for every transaction cost more client CPU than the round trip it sends.
-_SET_SCOPE = select(
-    sa_func.set_config(TENANT_SETTING, bindparam("tenant", type_=String), True),
-    sa_func.set_config(USER_SETTING, bindparam("user", type_=String), True),
-)
+def scope_sql(tenant: str, user: str) -> str:
+    """The statements that set the tenant and user of the current transaction.
 
-
-def _scope_sql(tenant: str, user: str) -> str:
+    `tenant` and `user` are canonical UUID text or empty (TenantScope makes them): the
+    literals can hold neither a quote nor a backslash, whatever standard_conforming_strings
+    the session was left with.
+    """
     return (
-        f"SELECT set_config({quote_literal(TENANT_SETTING)}, {quote_literal(tenant)}, true), "
-        f"set_config({quote_literal(USER_SETTING)}, {quote_literal(user)}, true)"
+        f"SET LOCAL {TENANT_SETTING} = {quote_literal(tenant)}; "
+        f"SET LOCAL {USER_SETTING} = {quote_literal(user)}"
     )
+
+
+class AutocommitTenantSessionError(TenantError):
+    """A TenantSession was given a connection in AUTOCOMMIT."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a TenantSession cannot run in AUTOCOMMIT: the tenant lives in the transaction "
+            "(SET LOCAL), and without one the statements would run with whatever the "
+            "connection's session held; use a normal transaction, or a plain Connection "
+            "for work that needs AUTOCOMMIT (VACUUM, CREATE INDEX CONCURRENTLY)"
+        )
 
 
 def _deferrable(connection: Connection) -> TenantConnection | None:
@@ -239,9 +272,12 @@ def _refuse_rls_bypass(session: Session, connection: Connection, scope: TenantSc
     if getattr(session, "allow_rls_bypass", False) or not bypasses_rls(connection):
         return
     login = describe_login(connection)
-    error = RowLevelSecurityBypassError(login.login, login.reason, scope.tenant_id)
+    _refuse(session, RowLevelSecurityBypassError(login.login, login.reason, scope.tenant_id))
+
+
+def _refuse(session: Session, error: TenantError) -> None:
     # The transaction stays open on the session until the caller rolls back; any further
-    # statement in it raises again (_check_unchanged) rather than run unfiltered.
+    # statement in it raises again (_check_unchanged) rather than run.
     session.info[_REFUSED_KEY] = error
     raise error
 
@@ -250,19 +286,32 @@ def _refuse_rls_bypass(session: Session, connection: Connection, scope: TenantSc
 def _apply_tenant(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
+    if getattr(connection.connection.dbapi_connection, "autocommit", False):
+        _refuse(session, AutocommitTenantSessionError())
     scope = _resolve_scope(session)
     if scope is not None:
         _refuse_rls_bypass(session, connection, scope)
     tenant = str(scope.tenant_id) if scope else ""
     user = str(scope.user_id) if scope and scope.user_id else ""
+    statements = scope_sql(tenant, user)
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that
-        # the first statement of the transaction sends (platform_db.session.asyncpg_connection).
-        driver.send_with_next_begin(_scope_sql(tenant, user))
+        # the first statement of the transaction sends, after the engine's prologue
+        # (platform_db.session.asyncpg_connection, platform_db.session.fresh).
+        if not fresh.installed(connection):
+            driver.send_with_next_begin(fresh.RESET_SESSION)
+        driver.send_with_next_begin(statements)
         session.info.setdefault(_DEFERRED_KEY, []).append(driver)
+    elif fresh.installed(connection):
+        prologue = fresh.take_pending(connection)
+        fresh.run_simple(connection, f"{prologue}; {statements}" if prologue else statements)
     else:
-        connection.execute(_SET_SCOPE, {"tenant": tenant, "user": user})
+        # An engine the package did not make: reset what an earlier request may have
+        # left (its transaction is open, so RESET ALL is undone with a rollback), then
+        # the setting, each statement on its own (any driver).
+        for statement in (fresh.RESET_SESSION, *statements.split("; ")):
+            connection.exec_driver_sql(statement)
     session.info[_APPLIED_KEY] = scope
 
 
@@ -360,6 +409,7 @@ def set_async_tenant(
 
 
 __all__ = [
+    "AutocommitTenantSessionError",
     "InvalidTenantIdError",
     "RowLevelSecurityBypassError",
     "TenantChangeError",

@@ -68,11 +68,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.entities import ident
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
+from platform_db.ddl.security import APP_ROLE
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.migration import runner as migrations
 from platform_db.migration.autogenerate import drift
 from platform_db.session.settings import SYNC_DRIVER, with_driver
+from platform_db.session.tenancy import scope_sql
 from platform_db.testing.scratch import temporary_app_login, temporary_database
 
 RowFactory = Callable[[Connection, uuid.UUID], None]
@@ -279,10 +280,8 @@ class _TenantTransaction:
 
     def __enter__(self) -> Connection:
         self.conn = self.engine.connect()
-        self.conn.execute(
-            text("SELECT set_config(:k, :v, true)"),
-            {"k": TENANT_SETTING, "v": str(self.tenant) if self.tenant else ""},
-        )
+        for statement in scope_sql(str(self.tenant) if self.tenant else "", "").split("; "):
+            self.conn.exec_driver_sql(statement)
         return self.conn
 
     def __exit__(self, *exc: object) -> None:

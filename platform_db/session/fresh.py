@@ -1,0 +1,133 @@
+"""Every transaction starts as on a fresh connection, whatever the previous request left.
+
+A pooled connection serves one request after another, of different tenants (the
+package's pools, and PgBouncer's server connections in transaction mode). SQL that a
+request was tricked into running can leave session state behind; none of it may reach
+the next request. What each kind of state gets:
+
+* Session settings (`SET SESSION statement_timeout = 1`, `default_transaction_read_only`,
+  a session-level `app.current_tenant_id`, `search_path`, `work_mem`, ...): every
+  transaction of the package's engines starts with `RESET ALL`, which returns each
+  setting to its value at connection start. The engines send their own settings at
+  connection start (startup options), and those win over the login's role defaults, so
+  `ALTER ROLE <own login> SET ...` (which any role may do for itself) cannot weaken them
+  either. Behind PgBouncer there are no startup options: the prologue sets the pool's
+  timeouts with `SET LOCAL` instead.
+* The read/write mode of the transaction, fixed at BEGIN from the (possibly tampered)
+  session default: `SET TRANSACTION READ WRITE` (READ ONLY on a read-only pool) right
+  after BEGIN, before any query.
+* Temporary objects shadowing the tables: impossible for platform_app (TEMPORARY on the
+  database is revoked from PUBLIC; platform_db.ddl.security).
+* Prepared statements: see platform_db.session.statements.
+* Channels between sessions (large objects, pg_notify, advisory locks, other backends'
+  query text, signalling other backends): revoked (platform_db.ddl.security,
+  docs/SECURITY.md).
+
+The prologue costs no round trip: with asyncpg it travels in the BEGIN message
+(platform_db.session.asyncpg_connection); with psycopg it is sent with the tenant setting,
+or before the first statement of a transaction without one. A connection in AUTOCOMMIT
+has no transaction to start: its session is reset (`RESET ALL`) when it begins, at the
+cost of one round trip.
+
+A service's own session-level settings therefore belong in the connection's startup
+options (the engines' `connect_args`), in `SET LOCAL` inside a transaction, or on the
+role; a `SET` in a "connect" event listener lasts until the first transaction.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from platform_db.session.asyncpg_connection import as_tenant_connection, quote_literal
+
+_PENDING = "platform_db.prologue"
+_installed: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+# Statements with literals from code only: setting names and numbers (a simple-query
+# message is parsed as a whole before its first statement runs, under the session's
+# standard_conforming_strings, so nothing here may contain a backslash or a quote).
+RESET_SESSION = "RESET ALL"
+
+
+def prologue_sql(*, read_only: bool, settings: Mapping[str, str] | None = None) -> str:
+    """The statements that start every transaction of an engine (after its BEGIN)."""
+    statements = [RESET_SESSION, f"SET TRANSACTION {'READ ONLY' if read_only else 'READ WRITE'}"]
+    for name, value in (settings or {}).items():
+        if not name.replace("_", "").isalpha():
+            raise ValueError(f"not a setting name: {name!r}")
+        statements.append(f"SET LOCAL {name} = {quote_literal(value)}")
+    return "; ".join(statements)
+
+
+def _driver_autocommit(conn: Connection) -> bool:
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
+
+
+def run_simple(conn: Connection, sql: str) -> None:
+    """Run `sql` (several statements, no parameters) on `conn`'s driver connection as one
+    simple-query message: never a prepared statement, and no SQLAlchemy statement cache."""
+    driver = conn.connection.driver_connection
+    if as_tenant_connection(driver) is not None or _is_asyncpg(driver):
+        conn.connection.dbapi_connection.run_async(  # type: ignore[union-attr]
+            lambda d: d.execute(sql)
+        )
+    else:
+        driver.execute(sql, prepare=False)  # type: ignore[union-attr]
+
+
+def _is_asyncpg(driver: Any) -> bool:
+    return type(driver).__module__.startswith("asyncpg")
+
+
+def install(engine: Engine | AsyncEngine, prologue: str) -> None:
+    """Start every transaction of `engine` with `prologue` (see the module docstring)."""
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    _installed.add(sync_engine)
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if _driver_autocommit(conn):
+            conn.info.pop(_PENDING, None)
+            run_simple(conn, RESET_SESSION)
+            return
+        driver = as_tenant_connection(conn.connection.driver_connection)
+        if driver is not None:
+            if not driver.is_in_transaction():
+                driver.discard_pending()
+                driver.send_with_next_begin(prologue)
+            return
+        conn.info[_PENDING] = prologue
+
+    if isinstance(engine, AsyncEngine):
+        return
+
+    @event.listens_for(sync_engine, "before_cursor_execute")
+    def _flush(conn: Connection, cursor: Any, *_: Any) -> None:
+        pending = conn.info.pop(_PENDING, None)
+        if pending is not None:
+            cursor.execute(pending, prepare=False)
+
+    def _forget(conn: Connection) -> None:
+        conn.info.pop(_PENDING, None)
+
+    event.listen(sync_engine, "commit", _forget)
+    event.listen(sync_engine, "rollback", _forget)
+
+
+def installed(conn: Connection) -> bool:
+    """Whether `conn`'s engine starts its transactions with a prologue."""
+    return conn.engine in _installed
+
+
+def take_pending(conn: Connection) -> str | None:
+    """The prologue a psycopg transaction has not sent yet (the caller sends it now)."""
+    pending: str | None = conn.info.pop(_PENDING, None)
+    return pending
+
+
+__all__ = ["RESET_SESSION", "install", "installed", "prologue_sql", "run_simple", "take_pending"]
