@@ -109,20 +109,22 @@ def test_deleting_a_lead_clears_its_submissions_lead(connection: Connection) -> 
 def test_a_reference_to_a_missing_or_foreign_row_is_still_refused(connection: Connection) -> None:
     a, b = new_tenant(connection), new_tenant(connection)
     form_b = new_form(connection, b)
-    with pytest.raises(IntegrityError, match="fk_leads_tenant_id_form_id_forms"):
-        with connection.begin_nested():
-            connection.execute(
-                text("INSERT INTO leads (tenant_id, email, form_id) VALUES (:a, 'x@e.com', :f)"),
-                {"a": a, "f": form_b},
-            )
-    with pytest.raises(IntegrityError, match="fk_pages_tenant_id_author_id_users"):
-        with connection.begin_nested():
-            connection.execute(
-                text(
-                    "INSERT INTO pages (tenant_id, slug, title, author_id) VALUES (:a, 'q', 'Q', :u)"
-                ),
-                {"a": a, "u": uuid.uuid4()},
-            )
+    with (
+        pytest.raises(IntegrityError, match="fk_leads_tenant_id_form_id_forms"),
+        connection.begin_nested(),
+    ):
+        connection.execute(
+            text("INSERT INTO leads (tenant_id, email, form_id) VALUES (:a, 'x@e.com', :f)"),
+            {"a": a, "f": form_b},
+        )
+    with (
+        pytest.raises(IntegrityError, match="fk_pages_tenant_id_author_id_users"),
+        connection.begin_nested(),
+    ):
+        connection.execute(
+            text("INSERT INTO pages (tenant_id, slug, title, author_id) VALUES (:a, 'q', 'Q', :u)"),
+            {"a": a, "u": uuid.uuid4()},
+        )
 
 
 @pytest.fixture

@@ -45,6 +45,12 @@ DECLARE
     assignments text;
     matches text;
 BEGIN
+    -- The tenant itself is being deleted: its cascade deletes the referencing rows too.
+    -- (Clearing them first would update a row the cascade may already have updated,
+    -- which re-checks its key against the tenant that is gone.)
+    IF NOT EXISTS (SELECT 1 FROM public.tenants t WHERE t.id = OLD.tenant_id) THEN
+        RETURN OLD;
+    END IF;
     SELECT pg_catalog.string_agg(pg_catalog.format('%I = NULL', u.c), ', '),
            pg_catalog.string_agg(pg_catalog.format('%I = ($2 ->> %L)::%s', u.c, u.k,
                                      pg_catalog.format_type(a.atttypid, a.atttypmod)),
