@@ -181,14 +181,10 @@ def test_new_tenant_model_gets_rls_policy_grants_and_audit_from_autogenerate(
             poolclass=NullPool,
         )
         with app.begin() as conn:
-            conn.execute(
-                text("SELECT set_config('app.current_tenant_id', :t, true)"), {"t": str(a)}
-            )
+            conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a}'"))
             conn.execute(text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'mine')"), {"t": a})
         with app.begin() as conn:
-            conn.execute(
-                text("SELECT set_config('app.current_tenant_id', :t, true)"), {"t": str(a)}
-            )
+            conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a}'"))
             with expect_db_error(INSUFFICIENT_PRIVILEGE, "row-level security"):
                 conn.execute(
                     text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'theirs')"), {"t": b}

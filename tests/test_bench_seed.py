@@ -133,7 +133,7 @@ def test_rows_belong_to_their_tenant_under_rls(
         )
     tenant = max(counts, key=lambda t: counts[t])
     with psycopg.connect(conninfo(app)) as conn:
-        conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant),))
+        conn.execute(f"SET LOCAL app.current_tenant_id = '{tenant}'")
         seen = conn.execute("SELECT DISTINCT tenant_id, count(*) OVER () FROM leads").fetchall()
         assert seen == [(tenant, counts[tenant])]
 

@@ -24,6 +24,8 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 
+from platform_db.maintenance.health import doctor
+from platform_db.maintenance.isolation import isolation_alerts
 from platform_db.models import Lead
 from platform_db.session.database import Database
 from platform_db.session.engines import make_engine
@@ -186,8 +188,10 @@ def test_temporary_tables_refused_with_a_clear_message(app_engine: Engine) -> No
 
 
 def _settings_payload(a: SeededTenant) -> list[str]:
+    # Values the attacker's own remaining statements survive on a loaded machine, and that
+    # differ from the pool's: any of them on the victim's side is a carry-over.
     return [
-        "SET SESSION statement_timeout = 1",
+        "SET SESSION statement_timeout = '250ms'",
         "SET SESSION lock_timeout = 1",
         "SET SESSION idle_in_transaction_session_timeout = '2s'",
         "SET SESSION default_transaction_read_only = on",
@@ -545,3 +549,58 @@ async def test_the_prologue_travels_with_begin(database: Database, b: SeededTena
     begins = [q for q in sent if q.startswith("BEGIN")]
     assert begins, sent
     assert "RESET ALL; SET TRANSACTION READ WRITE; SET LOCAL app.current_tenant_id" in begins[-1]
+
+
+# --- what doctor says ------------------------------------------------------------------
+
+
+def test_doctor_reports_what_stays_open_and_role_defaults_of_app_logins(
+    engine: Engine, app_login: URL
+) -> None:
+    with engine.connect() as conn:
+        assert [a for a in isolation_alerts(conn)] == []
+    with engine.begin() as conn:
+        conn.execute(text("GRANT EXECUTE ON FUNCTION pg_catalog.lo_get(oid) TO PUBLIC"))
+        conn.execute(text(f"ALTER ROLE \"{app_login.username}\" SET work_mem = '64kB'"))
+    try:
+        with engine.connect() as conn:
+            alerts = {(a["metric"], a["subject"]): a for a in isolation_alerts(conn)}
+            assert set(alerts) == {
+                ("open_to_public", "large_objects"),
+                ("app_login_role_settings", app_login.username),
+            }
+            assert "lo_get(oid)" in alerts["open_to_public", "large_objects"]["detail"]
+            report = doctor(conn)
+            assert ("open_to_public", "large_objects") in {
+                (a["metric"], a["subject"]) for a in report.alerts
+            }
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("REVOKE EXECUTE ON FUNCTION pg_catalog.lo_get(oid) FROM PUBLIC"))
+            conn.execute(text(f'ALTER ROLE "{app_login.username}" RESET ALL'))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["buffered", "server_side_cursor"])
+def test_a_plain_connection_of_the_pool_starts_from_a_reset_session(
+    database: Database, a: SeededTenant, stream: bool
+) -> None:
+    # Not a TenantSession: no tenant hook, but the engine's prologue still runs first.
+    pid, _ = _attack(
+        database, a.tenant_id, [f"SET SESSION app.current_tenant_id = '{a.tenant_id}'"]
+    )
+    with database.engine().connect() as conn:
+        assert conn.scalar(PID) == pid
+        result = conn.execute(LEAD_TENANTS, execution_options={"stream_results": stream})
+        assert result.all() == []
+        assert conn.scalar(text("SHOW transaction_read_only")) == "off"
+
+
+async def test_a_plain_async_connection_of_the_pool_starts_from_a_reset_session(
+    database: Database, a: SeededTenant
+) -> None:
+    pid, _ = await _attack_async(
+        database, a.tenant_id, [f"SET SESSION app.current_tenant_id = '{a.tenant_id}'"]
+    )
+    async with database.async_engine().connect() as conn:
+        assert await conn.scalar(PID) == pid
+        assert (await conn.execute(LEAD_TENANTS)).all() == []

@@ -33,9 +33,10 @@ def test_every_tenant_table_is_closed_to_the_other_tenant(
 ) -> None:
     reports = tenant_isolation.assert_closed()
     assert set(reports) == {t.name for t in metadata.tables.values() if t.name != "tenants"}
-    assert reports["audit_log"].checked[-2:] == [
+    assert reports["audit_log"].checked[-3:] == [
         "insert for B: refused",
         "no TRUNCATE, REFERENCES or TRIGGER",
+        "leftover session state: none reaches the next request",
     ]
     # audit_log rows exist for both tenants because the other factories' writes were audited.
     assert reports["audit_log"].rows_of_b >= len(default_row_factories())

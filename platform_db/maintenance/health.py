@@ -20,6 +20,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from platform_db.maintenance.isolation import isolation_alerts
+
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 UPGRADE_COMMAND = "platform-db upgrade"
 
@@ -199,6 +201,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
         "pg_cron_installed": "pg_cron" in installed,
     }
     alerts = clean_rows(_rows(conn, "SELECT * FROM platform.check_performance_alerts()"))
+    alerts += isolation_alerts(conn)
     slow = clean_rows(
         _rows(
             conn,

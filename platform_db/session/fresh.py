@@ -107,10 +107,11 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
         return
 
     @event.listens_for(sync_engine, "before_cursor_execute")
-    def _flush(conn: Connection, cursor: Any, *_: Any) -> None:
+    def _flush(conn: Connection, *_: Any) -> None:
+        # On the connection, not the statement's cursor (which may be a server-side one).
         pending = conn.info.pop(_PENDING, None)
         if pending is not None:
-            cursor.execute(pending, prepare=False)
+            run_simple(conn, pending)
 
     def _forget(conn: Connection) -> None:
         conn.info.pop(_PENDING, None)

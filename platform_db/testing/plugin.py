@@ -16,7 +16,11 @@ whose model has `TenantMixin`:
   sees nothing;
 - as tenant A, it cannot insert a row for B, and updates and deletes aimed at B's rows
   change nothing (or are refused outright);
-- it has no TRUNCATE, REFERENCES or TRIGGER on the table.
+- it has no TRUNCATE, REFERENCES or TRIGGER on the table;
+- nothing a request of tenant A leaves on a pooled connection reaches the next request
+  on it (the package's engine, one connection): a temporary view shadowing the table is
+  refused, and after A commits a session-level `app.current_tenant_id`, B's request on
+  the same backend sees only B's rows and a request without a tenant sees none.
 
 Settings (pytest ini options, in pytest.ini, pyproject's [tool.pytest.ini_options], ...):
 
@@ -68,12 +72,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.entities import ident
-from platform_db.ddl.security import APP_ROLE
+from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.migration import runner as migrations
 from platform_db.migration.autogenerate import drift
+from platform_db.session.engines import make_engine
 from platform_db.session.settings import SYNC_DRIVER, with_driver
-from platform_db.session.tenancy import scope_sql
+from platform_db.session.tenancy import TenantSession, scope_sql
 from platform_db.testing.scratch import temporary_app_login, temporary_database
 
 RowFactory = Callable[[Connection, uuid.UUID], None]
@@ -251,10 +256,51 @@ class IsolationChecker:
         assert not extra, f"{APP_ROLE} has {extra}"
         report.checked.append("no TRUNCATE, REFERENCES or TRIGGER")
 
+        self._check_leftovers(spec, count_b)
+        report.checked.append("leftover session state: none reaches the next request")
+
         with self.admin_engine.connect() as conn:
             after = conn.scalar(text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": b})
         assert after == count_b, f"tenant B's rows changed: {count_b} -> {after}"
         return report
+
+    def _check_leftovers(self, spec: TenantTable, count_b: int) -> None:
+        """Tenant A's request leaves state on a pooled connection; B's comes next."""
+        a, b = self.tenants.a, self.tenants.b
+        t = spec.qualified
+        pooled = make_engine(
+            self.app_engine.url, pool_size=1, application_name="platform-db-plugin"
+        )
+        try:
+            with TenantSession(pooled, tenant_id=a) as session:
+                pid = session.scalar(text("SELECT pg_backend_pid()"))
+                session.execute(text("SAVEPOINT shadow"))
+                refused: str | None = None
+                try:
+                    session.execute(
+                        text(f"CREATE TEMP VIEW {ident(spec.name)} AS SELECT * FROM {t}")
+                    )
+                except DBAPIError as exc:
+                    refused = _sqlstate(exc)
+                    session.execute(text("ROLLBACK TO SAVEPOINT shadow"))
+                assert refused == INSUFFICIENT_PRIVILEGE, (
+                    f"{APP_ROLE} may create a temporary view named {spec.name} (it would "
+                    f"shadow the table for every later request on the connection): {refused}"
+                )
+                session.execute(text(f"SET SESSION {TENANT_SETTING} = '{a}'"))
+                session.commit()
+            with TenantSession(pooled, tenant_id=b) as session:
+                assert session.scalar(text("SELECT pg_backend_pid()")) == pid
+                seen = session.execute(text(f"SELECT tenant_id, count(*) FROM {t} GROUP BY 1"))
+                rows = [(r[0], r[1]) for r in seen]
+                assert rows == [(b, count_b)], (
+                    f"after A's request left a session tenant, B's request saw {rows}"
+                )
+            with TenantSession(pooled) as session:
+                n = session.scalar(text(f"SELECT count(*) FROM {t}"))
+                assert n == 0, f"after A's request, a session without a tenant sees {n} rows"
+        finally:
+            pooled.dispose()
 
     def _as_tenant(self, tenant: uuid.UUID | None) -> Any:
         return _TenantTransaction(self.app_engine, tenant)
