@@ -44,6 +44,7 @@ def definitions(metadata: Any) -> list[Entity]:
         partitions.ENSURE_FORM_SUBMISSION_PARTITIONS,
         partitions.RETIRE_FORM_SUBMISSION_PARTITIONS,
         *monitoring.FUNCTIONS,
+        dashboards.CURRENT_TENANT,
         dashboards.REFRESH_PERFORMANCE_VIEWS,
         dashboards.SCHEDULE_MAINTENANCE_JOBS,
         dashboards.UNSCHEDULE_MAINTENANCE_JOBS,

@@ -48,7 +48,9 @@ def citus_state(conn: Connection) -> CitusState:
     version = conn.scalar(text("SELECT extversion FROM pg_extension WHERE extname = 'citus'"))
     if version is None:
         return CitusState(installed=False)
-    coordinator = bool(conn.scalar(text("SELECT pg_catalog.citus_is_coordinator()")))
+    # Group 0 is the coordinator's (also before any node was added, when
+    # citus_is_coordinator() still says false); a worker has its own group.
+    coordinator = conn.scalar(text("SELECT groupid FROM pg_catalog.pg_dist_local_group")) == 0
     distributed = bool(
         conn.scalar(
             text(
