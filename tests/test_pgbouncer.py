@@ -346,3 +346,34 @@ async def test_async_engine_through_pgbouncer_many_tasks(
         }
     assert len(writes) > 0
     assert stored == {email: owners[label].tenant_id for label, email in writes}
+
+
+def test_role_defaults_a_request_sets_do_not_break_requests_through_pgbouncer(
+    bouncer: Bouncer, engine: Engine, app_login: URL, tenants: tuple[SeededTenant, SeededTenant]
+) -> None:
+    """Behind PgBouncer there are no startup options, and DISCARD ALL returns every
+    setting to the role's defaults, which the login may set itself: the prologue sets
+    what the package relies on per transaction."""
+    a, b = tenants
+    attacker = make_engine(bouncer.single_url, pgbouncer=True, pool_size=1)
+    victim = make_engine(bouncer.single_url, pgbouncer=True, pool_size=1)
+    login = app_login.username
+    try:
+        with TenantSession(attacker, tenant_id=a.tenant_id) as session:
+            for setting in (
+                "search_path = ''",
+                "row_security = off",
+                "statement_timeout = 1",
+                "default_transaction_read_only = on",
+            ):
+                session.execute(text(f'ALTER ROLE "{login}" SET {setting}'))
+            session.commit()
+        with TenantSession(victim, tenant_id=b.tenant_id) as session:
+            assert set(session.scalars(text("SELECT tenant_id FROM leads"))) == {b.tenant_id}
+            assert session.scalar(text("SHOW transaction_read_only")) == "off"
+            assert session.scalar(text("SHOW statement_timeout")) == "30s"
+    finally:
+        attacker.dispose()
+        victim.dispose()
+        with engine.begin() as conn:
+            conn.execute(text(f'ALTER ROLE "{login}" RESET ALL'))

@@ -548,7 +548,10 @@ async def test_the_prologue_travels_with_begin(database: Database, b: SeededTena
         driver.remove_query_logger(log)
     begins = [q for q in sent if q.startswith("BEGIN")]
     assert begins, sent
-    assert "RESET ALL; SET TRANSACTION READ WRITE; SET LOCAL app.current_tenant_id" in begins[-1]
+    assert (
+        "SET TRANSACTION READ WRITE, NOT DEFERRABLE; RESET ALL; RESET ROLE; CLOSE ALL; "
+        "SET LOCAL app.current_tenant_id" in begins[-1]
+    )
 
 
 # --- what doctor says ------------------------------------------------------------------

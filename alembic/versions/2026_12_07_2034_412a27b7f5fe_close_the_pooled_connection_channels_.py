@@ -108,6 +108,16 @@ settings_from_expressions_public_revocation = PublicRevocation(
     functions=("pg_catalog.set_config(text, text, boolean)",),
 )
 
+random_seed_public_revocation = PublicRevocation(
+    name="random_seed",
+    functions=("pg_catalog.setseed(double precision)",),
+)
+
+inline_code_public_revocation = PublicRevocation(
+    name="inline_code",
+    languages=("plpgsql",),
+)
+
 ensure_monthly_partitions_function = Function(
     name="platform.ensure_monthly_partitions",
     arguments="parent regclass, months_ahead integer DEFAULT 3, start_month date DEFAULT NULL",
@@ -361,6 +371,8 @@ def upgrade() -> None:
     create_entity(other_sessions_activity_public_revocation)
     create_entity(prepared_statement_names_public_revocation)
     create_entity(settings_from_expressions_public_revocation)
+    create_entity(random_seed_public_revocation)
+    create_entity(inline_code_public_revocation)
     replace_entity(
         ensure_monthly_partitions_function,
         replaces="e5f7a9b1d407.ensure_monthly_partitions_function",
@@ -384,6 +396,8 @@ def downgrade() -> None:
         ensure_monthly_partitions_function,
         replace_with="e5f7a9b1d407.ensure_monthly_partitions_function",
     )
+    drop_entity(inline_code_public_revocation)
+    drop_entity(random_seed_public_revocation)
     drop_entity(settings_from_expressions_public_revocation)
     drop_entity(prepared_statement_names_public_revocation)
     drop_entity(other_sessions_activity_public_revocation)

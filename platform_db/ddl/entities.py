@@ -1411,6 +1411,14 @@ SELECT 'relation', r,
 FROM pg_catalog.unnest(CAST(:relations AS text[])) r
 LEFT JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(r)
 UNION ALL
+SELECT 'language', l,
+       g.oid IS NOT NULL AND EXISTS (
+           SELECT FROM pg_catalog.aclexplode(coalesce(g.lanacl,
+                                             pg_catalog.acldefault('l', g.lanowner))) a
+           WHERE a.grantee = 0 AND a.privilege_type = 'USAGE')
+FROM pg_catalog.unnest(CAST(:languages AS text[])) l
+LEFT JOIN pg_catalog.pg_language g ON g.lanname = l
+UNION ALL
 SELECT 'database', g, EXISTS (
            SELECT FROM pg_catalog.pg_database d,
                 pg_catalog.aclexplode(coalesce(d.datacl, pg_catalog.acldefault('d', d.datdba))) a
@@ -1425,7 +1433,9 @@ class PublicRevocation(Entity):
     """Privileges PUBLIC holds by default that no role but `keep_for` may use.
 
     `functions` (EXECUTE; `pg_catalog.lo_get(oid)`), `relations` (SELECT on catalog
-    views) and `database` privileges (TEMPORARY, CREATE on the current database). Every
+    views), `languages` (USAGE: creating functions and running DO blocks in it; calling
+    existing functions needs none) and `database` privileges (TEMPORARY, CREATE on the
+    current database). Every
     role gets them from PUBLIC, platform_app included, so they are revoked from PUBLIC and
     granted back to `keep_for` only.
 
@@ -1443,6 +1453,7 @@ class PublicRevocation(Entity):
     relations: tuple[str, ...] = ()
     database: tuple[str, ...] = ()
     keep_for: tuple[str, ...] = (OWNER_ROLE, ADMIN_ROLE)
+    languages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ident(self.name)
@@ -1452,12 +1463,14 @@ class PublicRevocation(Entity):
         for r in self.relations:
             if not _CATALOG_RELATION.match(r):
                 raise ValueError(f"not a pg_catalog relation: {r!r}")
+        for language in self.languages:
+            ident(language)
         unknown = set(self.database) - set(_DATABASE_PRIVILEGES)
         if unknown:
             raise ValueError(f"unknown database privileges {sorted(unknown)}")
         for role in self.keep_for:
             role_name(role)
-        if bool(self.database) and bool(self.functions or self.relations):
+        if bool(self.database) and bool(self.functions or self.relations or self.languages):
             raise ValueError("database privileges and catalog objects need separate entities")
 
     @property
@@ -1484,6 +1497,11 @@ class PublicRevocation(Entity):
             out.append(f"{take} SELECT ON {rs} {to_public};")
             if keep:
                 out.append(f"{give} SELECT ON {rs} {to_keep};")
+        if self.languages:
+            ls = ", ".join(self.languages)
+            out.append(f"{take} USAGE ON LANGUAGE {ls} {to_public};")
+            if keep:
+                out.append(f"{give} USAGE ON LANGUAGE {ls} {to_keep};")
         if self.database:
             gs = ", ".join(self.database)
             out.append(
@@ -1530,6 +1548,7 @@ $revoke$"""
                 {
                     "functions": list(w.functions),
                     "relations": list(w.relations),
+                    "languages": list(w.languages),
                     "database": list(w.database),
                 },
             ).all()
@@ -1541,6 +1560,7 @@ $revoke$"""
                     w,
                     functions=tuple(f for f in w.functions if ("function", f) in closed),
                     relations=tuple(r for r in w.relations if ("relation", r) in closed),
+                    languages=tuple(g for g in w.languages if ("language", g) in closed),
                     database=tuple(g for g in w.database if ("database", g) in closed),
                 )
         return found
@@ -1552,13 +1572,14 @@ $revoke$"""
             {
                 "functions": list(self.functions),
                 "relations": list(self.relations),
+                "languages": list(self.languages),
                 "database": list(self.database),
             },
         )
         return [r.name for r in rows if r.open]
 
     def summary(self) -> str:
-        count = len(self.functions) + len(self.relations) + len(self.database)
+        count = len(self.functions) + len(self.relations) + len(self.languages) + len(self.database)
         return f"{count} privileges of PUBLIC, kept for {', '.join(self.keep_for)}"
 
 

@@ -171,6 +171,12 @@ PUBLIC_REVOCATIONS: tuple[PublicRevocation, ...] = (
     # The tenant is set with SET LOCAL; set_config() would let SQL injected into an
     # expression (a WHERE clause, a LATERAL subquery) switch the tenant mid-statement.
     PublicRevocation("settings_from_expressions", functions=_lo("set_config(text, text, boolean)")),
+    # setseed() is session state that no reset clears (not even DISCARD ALL): a request
+    # would choose the random() sequence of the next requests on its connection.
+    PublicRevocation("random_seed", functions=_lo("setseed(double precision)")),
+    # DO blocks: one statement looping over every tenant with EXECUTE 'SET LOCAL ...'.
+    # Calling the package's plpgsql functions needs no USAGE on the language.
+    PublicRevocation("inline_code", languages=("plpgsql",)),
 )
 
 

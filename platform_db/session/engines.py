@@ -54,6 +54,26 @@ from platform_db.session.settings import (
 )
 from platform_db.session.statements import note_statement_names, secret_statement_name
 
+# Settings a login may give itself as role defaults (ALTER ROLE <self> SET ...) that
+# would break every new connection, so the engines send their own at connection start
+# (which wins over role defaults) - and, behind PgBouncer, with every transaction:
+RELIED_ON_SETTINGS = {
+    "search_path": '"$user", public',  # the models name tables without a schema
+    "row_security": "on",  # off makes every query on a tenant table fail
+}
+# ... and how values are written in text, which the drivers parse (PgBouncer sets
+# client_encoding, DateStyle, TimeZone and standard_conforming_strings itself).
+PARSED_SETTINGS = {
+    "DateStyle": "ISO,MDY",
+    "IntervalStyle": "postgres",
+    "bytea_output": "hex",
+    "extra_float_digits": "1",
+    "standard_conforming_strings": "on",
+    "gin_fuzzy_search_limit": "0",  # else GIN scans return a random subset
+    "transform_null_equals": "off",
+    "client_min_messages": "notice",
+}
+
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 10_000
 DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000
@@ -144,6 +164,7 @@ class _EngineOptions:
         settings = {
             "application_name": self.application_name,
             **self.guarded_settings(),
+            **PARSED_SETTINGS,
             "default_transaction_read_only": "on" if self.read_only else "off",
         }
         if self.work_mem:
@@ -151,11 +172,13 @@ class _EngineOptions:
         return settings
 
     def guarded_settings(self) -> dict[str, str]:
-        """The pool's timeouts: at connection start, or per transaction behind PgBouncer."""
+        """The pool's timeouts and what the package's SQL relies on: at connection start,
+        or per transaction behind PgBouncer."""
         return {
             "statement_timeout": str(self.statement_timeout_ms),
             "lock_timeout": str(self.lock_timeout_ms),
             "idle_in_transaction_session_timeout": str(self.idle_in_transaction_timeout_ms),
+            **RELIED_ON_SETTINGS,
         }
 
     def prologue(self) -> str:
@@ -184,8 +207,11 @@ class _EngineOptions:
         }
         if self.pgbouncer:
             return common
+        # libpq splits `options` at spaces unless escaped with a backslash.
         options = " ".join(
-            f"-c {k}={v}" for k, v in self.server_settings().items() if k != "application_name"
+            f"-c {k}={_escaped(v)}"
+            for k, v in self.server_settings().items()
+            if k != "application_name"
         )
         return {**common, "options": options}
 
@@ -226,7 +252,7 @@ class _EngineOptions:
         arguments = dict(engine_kwargs)
         if "pool_pre_ping" in arguments:
             raise TypeError("pool_pre_ping comes from ping_after_ms (0: ping at every checkout)")
-        connect_args = {**connect_args, **arguments.pop("connect_args", {})}
+        connect_args = _merged_connect_args(connect_args, arguments.pop("connect_args", {}))
         # An explicit isolation level in every BEGIN, so that a session default a request
         # left behind (default_transaction_isolation) does not choose it.
         arguments.setdefault("isolation_level", "READ COMMITTED")
@@ -246,6 +272,22 @@ class _EngineOptions:
             ping_when_idle(pool, dialect, after_ms=self.ping_after_ms)
         if isinstance(pool, TimedQueuePool | TimedAsyncQueuePool):
             pool.label = self.pool_label or self.application_name
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _merged_connect_args(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """The caller's connect arguments win, except that their startup settings (psycopg's
+    `options`, asyncpg's `server_settings`) are added to the engine's, not put in place
+    of them: a caller's `-c search_path=...` still overrides that one setting."""
+    merged = {**ours, **theirs}
+    if "options" in ours and "options" in theirs:
+        merged["options"] = f"{ours['options']} {theirs['options']}"
+    if "server_settings" in ours and "server_settings" in theirs:
+        merged["server_settings"] = {**ours["server_settings"], **theirs["server_settings"]}
+    return merged
 
 
 def make_engine(

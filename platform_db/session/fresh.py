@@ -6,9 +6,10 @@ request was tricked into running can leave session state behind; none of it may 
 the next request. What each kind of state gets:
 
 * Session settings (`SET SESSION statement_timeout = 1`, `default_transaction_read_only`,
-  a session-level `app.current_tenant_id`, `search_path`, `work_mem`, ...): every
-  transaction of the package's engines starts with `RESET ALL`, which returns each
-  setting to its value at connection start. The engines send their own settings at
+  a session-level `app.current_tenant_id`, `search_path`, `work_mem`, `SET ROLE`, ...):
+  every transaction of the package's engines starts with `RESET ALL; RESET ROLE`, which
+  returns each setting to its value at connection start.
+* Cursors declared `WITH HOLD`: `CLOSE ALL`. The engines send their own settings at
   connection start (startup options), and those win over the login's role defaults, so
   `ALTER ROLE <own login> SET ...` (which any role may do for itself) cannot weaken them
   either. Behind PgBouncer there are no startup options: the prologue sets the pool's
@@ -51,16 +52,33 @@ _installed: weakref.WeakSet[Engine] = weakref.WeakSet()
 # Statements with literals from code only: setting names and numbers (a simple-query
 # message is parsed as a whole before its first statement runs, under the session's
 # standard_conforming_strings, so nothing here may contain a backslash or a quote).
-RESET_SESSION = "RESET ALL"
+RESET_SESSION = "RESET ALL; RESET ROLE; CLOSE ALL"
+_LIST_SETTINGS = frozenset({"search_path"})
 
 
 def prologue_sql(*, read_only: bool, settings: Mapping[str, str] | None = None) -> str:
-    """The statements that start every transaction of an engine (after its BEGIN)."""
-    statements = [RESET_SESSION, f"SET TRANSACTION {'READ ONLY' if read_only else 'READ WRITE'}"]
+    """The statements that start every transaction of an engine (after its BEGIN).
+
+    `RESET ALL` skips `role`, hence `RESET ROLE` (back to the login, or to a role given
+    at connection start); `CLOSE ALL` closes cursors an earlier transaction left open
+    `WITH HOLD` (with their rows, and their temporary files). The transaction's modes
+    were fixed at BEGIN from the session's defaults, which an earlier request may have
+    changed: they are set again before any query.
+    """
+    mode = "READ ONLY" if read_only else "READ WRITE"
+    # First: the modes may only be set before any statement that takes a snapshot
+    # (CLOSE ALL does).
+    statements = [f"SET TRANSACTION {mode}, NOT DEFERRABLE", RESET_SESSION]
     for name, value in (settings or {}).items():
         if not name.replace("_", "").isalpha():
             raise ValueError(f"not a setting name: {name!r}")
-        statements.append(f"SET LOCAL {name} = {quote_literal(value)}")
+        if name in _LIST_SETTINGS:
+            # A quoted string would be one element: write the list as PostgreSQL reads it.
+            if any(c in value for c in "'\\;"):
+                raise ValueError(f"unexpected characters in {name} = {value!r}")
+            statements.append(f"SET LOCAL {name} = {value}")
+        else:
+            statements.append(f"SET LOCAL {name} = {quote_literal(value)}")
     return "; ".join(statements)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import uuid
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,14 @@ _INFO_KEY = "platform_db.tenant"
 _APPLIED_KEY = "platform_db.applied_tenant"
 _DEFERRED_KEY = "platform_db.deferred_on"
 _REFUSED_KEY = "platform_db.refused"
+# The scope the session's identity map was filled under.
+_MAP_SCOPE_KEY = "platform_db.map_scope"
+# The `info` of the connections of the session's transaction (it names the session).
+_CONNECTIONS_KEY = "platform_db.connections"
+# In a connection's info: the session whose transaction it serves (a weak reference).
+_OWNER_KEY = "platform_db.tenant_session"
+_UNSET = object()
+_guarded_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 class TenantError(RuntimeError):
@@ -221,6 +230,14 @@ class TenantSession(Session):
             self.info.pop(_INFO_KEY, None)
         else:
             self.info[_INFO_KEY] = TenantScope.of(tenant_id, user_id)
+        _forget_other_scopes_objects(self)
+
+    def _identity_lookup(self, *args: Any, **kwargs: Any) -> Any:
+        # Session.get() and many-to-one lazy loads look here first, without SQL: objects
+        # loaded for another tenant must not answer them.
+        _check_unchanged(self)
+        _forget_other_scopes_objects(self)
+        return super()._identity_lookup(*args, **kwargs)
 
 
 def _resolve_scope(session: Session) -> TenantScope | None:
@@ -232,6 +249,26 @@ def _resolve_scope(session: Session) -> TenantScope | None:
             f"tenant_context({ambient.tenant_id})"
         )
     return own or ambient
+
+
+def _forget_other_scopes_objects(session: Session) -> None:
+    """Detach the objects the identity map holds for another scope than the current one.
+
+    With expire_on_commit=False a committed object stays in the map, and Session.get()
+    answers from the map without SQL, so neither RLS nor the tenant checks would see it:
+    after set_tenant() or under another tenant_context(), those objects are expunged
+    (they stay readable where the caller holds them, detached). Pending objects are not
+    in the map and are left alone.
+    """
+    mapped = session.info.get(_MAP_SCOPE_KEY, _UNSET)
+    now = _resolve_scope(session)
+    if mapped is _UNSET or mapped == now:
+        session.info[_MAP_SCOPE_KEY] = now
+        return
+    if not session.in_transaction():
+        for obj in list(session.identity_map.values()):
+            session.expunge(obj)
+        session.info[_MAP_SCOPE_KEY] = now
 
 
 def scope_sql(tenant: str, user: str) -> str:
@@ -310,9 +347,35 @@ def _apply_tenant(
         # An engine the package did not make: reset what an earlier request may have
         # left (its transaction is open, so RESET ALL is undone with a rollback), then
         # the setting, each statement on its own (any driver).
-        for statement in (fresh.RESET_SESSION, *statements.split("; ")):
+        for statement in f"{fresh.RESET_SESSION}; {statements}".split("; "):
             connection.exec_driver_sql(statement)
     session.info[_APPLIED_KEY] = scope
+    if session.info.get(_MAP_SCOPE_KEY, _UNSET) != scope:
+        if _MAP_SCOPE_KEY in session.info:
+            for obj in list(session.identity_map.values()):
+                session.expunge(obj)
+        session.info[_MAP_SCOPE_KEY] = scope
+    _guard_statements(session, connection)
+
+
+def _guard_statements(session: Session, connection: Connection) -> None:
+    """Check the tenant before every statement on `connection` while `session`'s
+    transaction uses it, including statements run on a Connection the caller took from
+    Session.connection() earlier (one dictionary lookup per statement)."""
+    engine = connection.engine
+    if engine not in _guarded_engines:
+        _guarded_engines.add(engine)
+        event.listen(engine, "before_cursor_execute", _check_owner)
+    info = connection.info  # the pooled connection's: it outlives this Connection object
+    info[_OWNER_KEY] = weakref.ref(session)
+    session.info.setdefault(_CONNECTIONS_KEY, []).append(info)
+
+
+def _check_owner(conn: Connection, *_: Any) -> None:
+    ref = conn.info.get(_OWNER_KEY)
+    owner = ref() if ref is not None else None
+    if owner is not None:
+        _check_unchanged(owner)
 
 
 def _check_unchanged(session: Session) -> None:
@@ -338,6 +401,10 @@ def _forget_tenant(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info.pop(_APPLIED_KEY, None)
         session.info.pop(_REFUSED_KEY, None)
+        for info in session.info.pop(_CONNECTIONS_KEY, ()):
+            ref = info.get(_OWNER_KEY)
+            if ref is not None and ref() is session:
+                del info[_OWNER_KEY]
         # A transaction that ran no statement sent no BEGIN: drop what waited for it.
         for driver in session.info.pop(_DEFERRED_KEY, ()):
             driver.discard_pending()
