@@ -613,6 +613,61 @@ def test_the_asyncpg_path_of_the_benchmark_reads_the_tenants_rows(
     assert sum(citus) > 0
 
 
+def test_tenant_sessions_through_pgbouncer_reach_the_shards(
+    coordinator: URL, citus_app: Engine, filled: dict[str, Any]
+) -> None:
+    """PgBouncer in transaction mode in front of the coordinator: the tenant, sent as
+    SET LOCAL in each transaction, reaches the workers on the sync and the async path."""
+    import asyncio  # noqa: PLC0415
+
+    from platform_db.bench.bouncer import find_pgbouncer, pgbouncer  # noqa: PLC0415
+    from platform_db.session.engines import make_async_engine, make_engine  # noqa: PLC0415
+    from platform_db.session.query import find_many, find_many_async  # noqa: PLC0415
+
+    binary = find_pgbouncer()
+    if binary is None:
+        pytest.skip("pgbouncer binary not found (install the Debian package `pgbouncer`)")
+    app = citus_app.url
+    with pgbouncer(
+        binary,
+        server_host=str(coordinator.host),
+        server_port=coordinator.port or 5432,
+        dbname=str(app.database),
+        user=str(app.username),
+        password=str(app.password),
+        server_pool=2,
+        max_clients=20,
+    ) as bouncer:
+        through = app.set(host=bouncer.host, port=bouncer.port)
+        sync = make_engine(through, pgbouncer=True, pool_size=2)
+        try:
+            for tenant in filled["tenants"]:
+                with TenantSession(sync, tenant_id=tenant) as session:
+                    owners = [lead.tenant_id for lead in find_many(session, Lead, limit=1000).items]
+                    session.rollback()
+                assert set(owners) == {tenant}
+                assert len(owners) == 20
+        finally:
+            sync.dispose()
+
+        async def read() -> list[set[uuid.UUID]]:
+            engine = make_async_engine(through, pgbouncer=True, pool_size=2)
+            try:
+                from platform_db.session.tenancy import tenant_async_sessionmaker  # noqa: PLC0415
+
+                factory = tenant_async_sessionmaker(engine)
+                seen = []
+                for tenant in filled["tenants"]:
+                    async with factory(tenant_id=tenant) as session, session.begin():
+                        page = await find_many_async(session, Lead, limit=1000)
+                    seen.append({lead.tenant_id for lead in page.items})
+                return seen
+            finally:
+                await engine.dispose()
+
+        assert asyncio.run(read()) == [{t} for t in filled["tenants"]]
+
+
 # --- Maintenance, doctor, a later revision ------------------------------------------------
 
 
