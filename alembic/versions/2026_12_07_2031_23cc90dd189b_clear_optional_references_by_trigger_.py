@@ -102,11 +102,11 @@ def upgrade() -> None:
     # refuses on keys that include the distribution column, to plain foreign keys plus a
     # BEFORE DELETE trigger on the referenced table that clears them (one schema for both
     # engines, docs/SCALING.md). PostgreSQL cannot change a foreign key's action in
-    # place: each is dropped and added again under the same name. The rows were checked
-    # by the identical key dropped a statement earlier, so three are added NOT VALID
-    # (no scan, enforced for every write from now on; `ALTER TABLE ... VALIDATE
-    # CONSTRAINT` later does not block writes). PostgreSQL 15 cannot add a NOT VALID
-    # foreign key to a partitioned table: form_submissions' is validated here.
+    # place: each is dropped and added again under the same name, which checks the
+    # existing rows again while writes to both tables wait (deploy off-peak on a large
+    # database). Added NOT VALID and validated later, the keys would stay unvalidated in
+    # every database migrated from scratch; and PostgreSQL 15 cannot add a NOT VALID
+    # foreign key to the partitioned form_submissions at all.
     op.drop_constraint(
         "fk_form_submissions_tenant_id_lead_id_leads", "form_submissions", type_="foreignkey"
     )
@@ -124,7 +124,6 @@ def upgrade() -> None:
         "forms",
         ["tenant_id", "form_id"],
         ["tenant_id", "id"],
-        postgresql_not_valid=True,
     )
     op.drop_constraint("fk_leads_source_submission", "leads", type_="foreignkey")
     op.create_foreign_key(
@@ -133,7 +132,6 @@ def upgrade() -> None:
         "form_submissions",
         ["tenant_id", "source_submission_id", "source_submission_created_at"],
         ["tenant_id", "id", "created_at"],
-        postgresql_not_valid=True,
     )
     op.drop_constraint("fk_pages_tenant_id_author_id_users", "pages", type_="foreignkey")
     op.create_foreign_key(
@@ -142,7 +140,6 @@ def upgrade() -> None:
         "users",
         ["tenant_id", "author_id"],
         ["tenant_id", "id"],
-        postgresql_not_valid=True,
     )
     create_entity(clear_references_function)
     create_entity(form_submissions_clear_leads_source_submission_id_trigger)
@@ -167,7 +164,6 @@ def downgrade() -> None:
         ["tenant_id", "author_id"],
         ["tenant_id", "id"],
         ondelete="SET NULL (author_id)",
-        postgresql_not_valid=True,
     )
     op.drop_constraint("fk_leads_source_submission", "leads", type_="foreignkey")
     op.create_foreign_key(
@@ -177,7 +173,6 @@ def downgrade() -> None:
         ["tenant_id", "source_submission_id", "source_submission_created_at"],
         ["tenant_id", "id", "created_at"],
         ondelete="SET NULL (source_submission_id, source_submission_created_at)",
-        postgresql_not_valid=True,
     )
     op.drop_constraint("fk_leads_tenant_id_form_id_forms", "leads", type_="foreignkey")
     op.create_foreign_key(
@@ -187,7 +182,6 @@ def downgrade() -> None:
         ["tenant_id", "form_id"],
         ["tenant_id", "id"],
         ondelete="SET NULL (form_id)",
-        postgresql_not_valid=True,
     )
     op.drop_constraint(
         "fk_form_submissions_tenant_id_lead_id_leads", "form_submissions", type_="foreignkey"
