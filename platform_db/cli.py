@@ -40,12 +40,13 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _admin_engine(*, settings_as_alerts: bool = False) -> Any:
+def _admin_engine(*, settings_as_alerts: bool = False, read_only: bool = False) -> Any:
     """One connection at a time, no statement timeout; the main pool's connect and lock
     timeouts (POSTGRES_CONNECT_TIMEOUT, POSTGRES_LOCK_TIMEOUT).
 
     `settings_as_alerts`: `doctor` reports bad POSTGRES_* values as alerts of its report
     (check_environment) instead of stopping; it connects with the default timeouts then.
+    `read_only`: read-only transactions (doctor's), which a standby accepts too.
     """
     from sqlalchemy.pool import NullPool  # noqa: PLC0415
 
@@ -77,6 +78,7 @@ def _admin_engine(*, settings_as_alerts: bool = False) -> Any:
         idle_in_transaction_timeout_ms=0,
         lock_timeout_ms=lock_timeout_ms,
         connect_timeout_ms=connect_timeout_ms,
+        read_only=read_only,
     )
 
 
@@ -348,6 +350,7 @@ def _print_doctor(report: Any, out: TextIO) -> None:
                     for t in report.citus["largest_tenants"]
                 ],
             )
+    _print_replication(report.replication, out)
     out.write("\nServer settings\n")
     write_table(
         out,
@@ -356,6 +359,60 @@ def _print_doctor(report: Any, out: TextIO) -> None:
     )
     verdict = "healthy" if report.healthy else f"attention needed ({report.worst_severity})"
     out.write(f"\n{verdict}\n")
+
+
+def _print_replication(replication: dict[str, Any], out: TextIO) -> None:
+    from platform_db.textfmt import write_table  # noqa: PLC0415
+
+    def ms(value: Any) -> str:
+        return "n/a" if value is None else f"{value:,.0f} ms"
+
+    role = replication.get("role")
+    if role == "standby":
+        s = replication["standby"]
+        out.write(
+            f"\nReplication: this server is a standby: {ms(s['lag_ms'])} behind, "
+            f"receiving WAL: {'yes' if s['receiving'] else 'NO'}, replay paused: "
+            f"{'yes' if s['replay_paused'] else 'no'}\n"
+        )
+    elif role == "primary":
+        standbys = replication.get("standbys", [])
+        out.write(f"\nReplication: primary, {len(standbys)} standby(s) streaming from it\n")
+        if standbys:
+            write_table(
+                out,
+                ["standby", "state", "replay lag", "bytes behind", "slot"],
+                [
+                    [
+                        r["application_name"] or r["client_addr"],
+                        r["state"],
+                        ms(r["replay_lag_ms"]),
+                        r["replay_bytes_behind"],
+                        r["slot_name"] or "",
+                    ]
+                    for r in standbys
+                ],
+            )
+        inactive = [x for x in replication.get("slots", []) if not x["active"]]
+        if inactive:
+            write_table(
+                out,
+                ["inactive slot", "WAL kept (bytes)"],
+                [[x["slot_name"], x["retained_bytes"]] for x in inactive],
+            )
+    replica = replication.get("replica")
+    if replica is not None:
+        if not replica.get("reachable"):
+            out.write(f"Replica {replica['url']}: cannot be reached ({replica['error']})\n")
+        elif not replica["in_recovery"]:
+            out.write(f"Replica {replica['url']}: NOT in recovery (a primary)\n")
+        else:
+            out.write(
+                f"Replica {replica['url']}: {ms(replica['lag_ms'])} behind (measured there), "
+                f"receiving WAL: {'yes' if replica['receiving'] else 'NO'}, "
+                f"hot_standby_feedback = {replica['hot_standby_feedback']}, "
+                f"max_standby_streaming_delay = {replica['max_standby_streaming_delay']}\n"
+            )
 
 
 def _sev(severity: str) -> int:
@@ -371,10 +428,12 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
         doctor,
     )
 
-    engine = _admin_engine(settings_as_alerts=True)
+    max_lag_ms = _max_replica_lag_ms(args)
+    # Read-only: doctor writes nothing, and so runs on a standby as well.
+    engine = _admin_engine(settings_as_alerts=True, read_only=True)
     try:
         with engine.connect() as conn:
-            report = doctor(conn)
+            report = doctor(conn, max_replica_lag_ms=max_lag_ms)
     except DoctorCannotRun as exc:
         if args.json:
             _emit_json({"healthy": False, "headline": str(exc)})
@@ -383,6 +442,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     report.alerts.extend(check_environment(os.environ))
+    _add_replica_end(report, max_lag_ms)
     if args.json:
         _emit_json(report.as_dict())
     else:
@@ -390,8 +450,38 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if report.healthy else EXIT_UNHEALTHY
 
 
+def _max_replica_lag_ms(args: argparse.Namespace) -> float:
+    """doctor's replication-lag threshold: --max-replica-lag-ms, else the lag the analytics
+    pool accepts (POSTGRES_REPLICA_MAX_LAG_MS), else 30 s."""
+    from platform_db.maintenance.replication import DEFAULT_MAX_LAG_MS  # noqa: PLC0415
+
+    if args.max_replica_lag_ms is not None:
+        if args.max_replica_lag_ms < 0:
+            raise ConfigurationError("--max-replica-lag-ms must be 0 or more")
+        return float(args.max_replica_lag_ms)
+    raw = os.environ.get("POSTGRES_REPLICA_MAX_LAG_MS", "").strip()
+    return float(raw) if raw.isdigit() else DEFAULT_MAX_LAG_MS  # else: an environment alert
+
+
+def _add_replica_end(report: Any, max_lag_ms: float) -> None:
+    """The analytics pool's replica (POSTGRES_REPLICA_URL) as it sees itself: lag, WAL."""
+    from platform_db.maintenance.replication import replica_end  # noqa: PLC0415
+    from platform_db.session.settings import parse_database_url  # noqa: PLC0415
+
+    raw = os.environ.get("POSTGRES_REPLICA_URL", "").strip()
+    if not raw:
+        return
+    try:
+        url = parse_database_url(raw, name="POSTGRES_REPLICA_URL")
+    except ConfigurationError:
+        return  # check_environment reported it
+    state, alerts = replica_end(url, max_lag_ms=max_lag_ms)
+    report.replication["replica"] = state
+    report.alerts.extend(alerts)
+
+
 def _cmd_maintain(args: argparse.Namespace) -> int:
-    from platform_db.maintenance import maintain  # noqa: PLC0415
+    from platform_db.maintenance import MaintenanceRefused, maintain  # noqa: PLC0415
     from platform_db.migration.operations import migration_lock_timeout  # noqa: PLC0415
 
     try:
@@ -409,6 +499,11 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
             lock_timeout=lock_timeout,
             progress=None if args.quiet else _progress,
         )
+    except MaintenanceRefused as exc:
+        if args.json:
+            _emit_json({"refused": str(exc)})
+        print(f"platform-db: maintain: refused: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
     finally:
         engine.dispose()
     if args.json:
@@ -752,6 +847,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             first_tenants=args.first_tenants,
             rate=args.rate,
         )
+        if args.replica:
+            return _bench_replica(args, url, config)
         report = run_bench(url, config, progress=None if args.quiet else _progress)
     except (BenchError, ValueError) as exc:
         print(f"platform-db: {exc}", file=sys.stderr)  # noqa: T201
@@ -764,6 +861,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _emit_json(report)
     else:
         print(render_text(report), end="")  # noqa: T201
+    return EXIT_OK
+
+
+def _bench_replica(args: argparse.Namespace, url: Any, config: Any) -> int:
+    """`bench --replica`: the dashboard and range classes on POSTGRES_REPLICA_URL's
+    standby, next to the primary-only run (platform_db.bench.replica)."""
+    from platform_db.bench.replica import render_replica_text, run_replica_bench  # noqa: PLC0415
+
+    replica = database_url_from_env("POSTGRES_REPLICA_URL")
+    if replica is None:
+        raise ConfigurationError(
+            "bench --replica needs POSTGRES_REPLICA_URL: a streaming replica of DATABASE_URL's "
+            "server, e.g. postgresql://postgres@127.0.0.1:5433/platform_bench"
+        )
+    if args.html:
+        raise ConfigurationError("bench --replica writes text and JSON only (no --html)")
+    report = run_replica_bench(url, replica, config, progress=None if args.quiet else _progress)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    if args.json:
+        _emit_json(report)
+    else:
+        print(render_replica_text(report), end="")  # noqa: T201
     return EXIT_OK
 
 
@@ -861,6 +981,13 @@ def _add_bench_commands(sub: Any) -> None:
         "from when each was due (pgbench gets -R R); default: closed loop, as fast as "
         "the clients go",
     )
+    bench.add_argument(
+        "--replica",
+        action="store_true",
+        help="run the workload twice, primary only and with POSTGRES_REPLICA_URL's standby "
+        "serving the dashboard and date-range classes, and report both with the replication "
+        "lag during each (no pgbench, no EXPLAIN)",
+    )
     bench.add_argument("--label", help="a name for this run in the report")
     bench.add_argument("--out", help="also write the JSON report to this file")
     bench.add_argument("--html", help="write a self-contained HTML report with charts")
@@ -904,6 +1031,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit status 0 when healthy (no warning or critical alert), 1 otherwise.",
     )
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--max-replica-lag-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="raise replication_lag when a standby (seen from DATABASE_URL's primary) or "
+        "the replica of POSTGRES_REPLICA_URL (seen from itself) is further behind "
+        "(default: POSTGRES_REPLICA_MAX_LAG_MS, else 30000)",
+    )
     doctor.set_defaults(func=_cmd_doctor)
 
     maintain = sub.add_parser(

@@ -86,6 +86,37 @@ def test_defaults_and_replica() -> None:
     assert "pw" not in repr(settings)
 
 
+def test_replica_settings() -> None:
+    base = {"DATABASE_URL": "postgresql://app:pw@primary/platform"}
+    defaults = Settings.from_env(base).replica
+    assert (defaults.fallback, defaults.max_lag_ms) == (True, None)
+    assert (defaults.check_interval_ms, defaults.read_your_writes_ms) == (1000, 2000)
+    chosen = Settings.from_env(
+        {
+            **base,
+            "POSTGRES_REPLICA_FALLBACK": "off",
+            "POSTGRES_REPLICA_MAX_LAG_MS": "5000",
+            "POSTGRES_REPLICA_CHECK_INTERVAL_MS": "250",
+            "POSTGRES_REPLICA_READ_YOUR_WRITES_MS": "0",
+        }
+    ).replica
+    assert (chosen.fallback, chosen.max_lag_ms) == (False, 5000)
+    assert (chosen.check_interval_ms, chosen.read_your_writes_ms) == (250, 0)
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(
+            {
+                **base,
+                "POSTGRES_REPLICA_FALLBACK": "sometimes",
+                "POSTGRES_REPLICA_MAX_LAG_MS": "-1",
+                "POSTGRES_REPLICA_CHECK_INTERVAL_MS": "5",
+            }
+        )
+    problems = str(info.value)
+    assert "POSTGRES_REPLICA_FALLBACK must be on or off, got 'sometimes'" in problems
+    assert "POSTGRES_REPLICA_MAX_LAG_MS must be between 0 and" in problems
+    assert "POSTGRES_REPLICA_CHECK_INTERVAL_MS must be between 10 and" in problems
+
+
 @pytest.fixture
 def database(database_url: URL) -> Iterator[Database]:
     db = Database.from_env(

@@ -44,6 +44,7 @@ from platform_db.bench import stats
 from platform_db.bench.report import build_report
 from platform_db.bench.seed import conninfo
 from platform_db.bench.workload import (
+    ANALYTICS_CLASSES,
     CLASSES,
     DEFAULT_MIX,
     Catalog,
@@ -168,6 +169,11 @@ class WorkerTask:
     t_end: float
     gc_freeze: bool = True
     rate_per_client: float | None = None
+    # `bench --replica`: the analytics pool's replica (the app login on it), and the
+    # classes that run on the analytics pool.
+    replica_url: str | None = None
+    analytics_classes: tuple[str, ...] = ANALYTICS_CLASSES
+    replica_env: tuple[tuple[str, str], ...] = ()  # POSTGRES_REPLICA_* for that run
 
 
 @dataclass(slots=True)
@@ -181,6 +187,7 @@ class WorkerResult:
     requests: int = 0
     client_cpu_s: float = 0.0
     fatal: str | None = None
+    routes: dict[str, int] = field(default_factory=dict)  # analytics: replica / primary
 
 
 class _Schedule:
@@ -216,7 +223,13 @@ def worker_main(task: WorkerTask) -> WorkerResult:
 
 
 async def _worker(task: WorkerTask) -> WorkerResult:
-    env = {**os.environ, "DATABASE_URL": task.app_url}
+    # The operator's POSTGRES_REPLICA_URL is not the measured login's: a replica is used
+    # only when `bench --replica` hands one over.
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_REPLICA_URL"}
+    env["DATABASE_URL"] = task.app_url
+    if task.replica_url:
+        env["POSTGRES_REPLICA_URL"] = task.replica_url
+        env.update(task.replica_env)
     db = Database.from_env(env)
     result = WorkerResult(latencies={c: [] for c in CLASSES}, setup={c: [] for c in CLASSES})
     try:
@@ -248,7 +261,7 @@ async def _worker(task: WorkerTask) -> WorkerResult:
                 cls = pick_class(task.mix, rng)
                 req = draw_request(cls, task.catalog, rng)
                 try:
-                    outcome = await run_request(db, req, rng)
+                    outcome = await run_request(db, req, rng, analytics=task.analytics_classes)
                 except Exception as exc:
                     if begun >= task.t_measure:
                         key = f"{cls}: {type(exc).__name__}"
@@ -267,6 +280,8 @@ async def _worker(task: WorkerTask) -> WorkerResult:
         await asyncio.gather(reset_when_measuring(), *(client(i) for i in range(task.clients)))
         result.client_cpu_s = time.process_time() - cpu_at_measure[0]
         result.acquire = db.acquire_times_ms()
+        if db.router is not None:
+            result.routes = dict(db.router.routes)
     finally:
         await db.dispose_async()
     return result
@@ -288,6 +303,8 @@ def _merge(results: list[WorkerResult]) -> WorkerResult:
         out.tenants |= r.tenants
         out.requests += r.requests
         out.client_cpu_s += r.client_cpu_s
+        for route, n in r.routes.items():
+            out.routes[route] = out.routes.get(route, 0) + n
     return out
 
 
@@ -297,8 +314,16 @@ def run_workload(
     config: BenchConfig,
     admin: psycopg.Connection[Any],
     say: Progress,
+    *,
+    replica_url: URL | None = None,
+    replica_env: Mapping[str, str] | None = None,
+    analytics_classes: tuple[str, ...] = ANALYTICS_CLASSES,
 ) -> tuple[WorkerResult, stats.ServerDelta, dict[str, Any]]:
-    """The package's workload; returns the merged samples and the server's counters."""
+    """The package's workload; returns the merged samples and the server's counters.
+
+    `replica_url` (the app login on a replica) becomes the workers' POSTGRES_REPLICA_URL,
+    with `replica_env` (POSTGRES_REPLICA_*) beside it; `analytics_classes` run on the
+    analytics pool."""
     per_process = [
         config.clients // config.processes + (1 if i < config.clients % config.processes else 0)
         for i in range(config.processes)
@@ -319,6 +344,9 @@ def run_workload(
             t_end=t_end,
             gc_freeze=config.gc_freeze,
             rate_per_client=config.rate / config.clients if config.rate else None,
+            replica_url=replica_url.render_as_string(hide_password=False) if replica_url else None,
+            analytics_classes=analytics_classes,
+            replica_env=tuple(sorted((replica_env or {}).items())),
         )
         for i, n in enumerate(per_process)
     ]

@@ -16,7 +16,7 @@ import itertools
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +57,10 @@ CLASSES: tuple[str, ...] = (
     "submissions_range",
 )
 WRITE_CLASSES = frozenset({"lead_update", "submission_insert"})
+# The classes that run on the analytics pool (the replica when one is configured):
+# dashboards always; with `bench --replica` the date-range report too.
+ANALYTICS_CLASSES: tuple[str, ...] = ("dashboard_read",)
+REPLICA_CLASSES: tuple[str, ...] = ("dashboard_read", "submissions_range")
 
 # Reads dominate, as on a CMS: page views, logins, back-office lists and dashboards.
 DEFAULT_MIX: dict[str, int] = {
@@ -340,10 +344,17 @@ async def _setup(session: AsyncSession) -> float:
     return time.perf_counter() - start
 
 
-async def run_request(db: Database, req: Request, rng: random.Random) -> Outcome:
-    """Run one request through the package: a tenant session, one transaction."""
+async def run_request(
+    db: Database,
+    req: Request,
+    rng: random.Random,
+    *,
+    analytics: Collection[str] = ANALYTICS_CLASSES,
+) -> Outcome:
+    """Run one request through the package: a tenant session, one transaction, on the
+    analytics pool for the classes in `analytics`, else on the main pool."""
     tid = req.tenant.id
-    pool = "analytics" if req.cls == "dashboard_read" else "main"
+    pool = "analytics" if req.cls in analytics else "main"
     async with db.async_session(tenant_id=tid, pool=pool) as s:
         setup = await _setup(s)
         if req.cls == "page_search":
@@ -428,9 +439,11 @@ def pick_class(mix: Mapping[str, int], rng: random.Random) -> str:
 
 
 __all__ = [
+    "ANALYTICS_CLASSES",
     "CLASSES",
     "DEFAULT_MIX",
     "INSERT_SUBMISSION_SQL",
+    "REPLICA_CLASSES",
     "UPDATE_LEAD_SQL",
     "Catalog",
     "LeadRef",

@@ -10,12 +10,18 @@ from platform_db.maintenance.health import (
     check_settings,
     doctor,
 )
-from platform_db.maintenance.routine import MaintenanceStep, Progress, maintain
+from platform_db.maintenance.routine import (
+    MaintenanceRefused,
+    MaintenanceStep,
+    Progress,
+    maintain,
+)
 
 __all__ = [
     "SEVERITY_ORDER",
     "DoctorCannotRun",
     "DoctorReport",
+    "MaintenanceRefused",
     "MaintenanceStep",
     "Progress",
     "SettingCheck",

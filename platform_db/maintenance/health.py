@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from platform_db.maintenance.isolation import isolation_alerts
+from platform_db.maintenance.replication import DEFAULT_MAX_LAG_MS, server_replication
 
 SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 UPGRADE_COMMAND = "platform-db upgrade"
@@ -56,6 +57,9 @@ class DoctorReport:
     # where they live (index usage, dead rows and unused indexes above are then the
     # shards', summed per table; see citus_section()). None elsewhere.
     citus: dict[str, Any] | None = None
+    # platform_db.maintenance.replication: this server's role, its standbys and slots (or
+    # its own replay state), and `replica`: POSTGRES_REPLICA_URL's view, added by the CLI.
+    replication: dict[str, Any] = field(default_factory=dict)
 
     @property
     def worst_severity(self) -> str | None:
@@ -168,11 +172,19 @@ def check_settings(conn: Connection) -> list[SettingCheck]:
     return checks
 
 
-def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
-    """Collect the health report. Read-only; works without pg_stat_statements.
+def doctor(
+    conn: Connection,
+    *,
+    stale_after_s: float = 3600,
+    max_replica_lag_ms: float = DEFAULT_MAX_LAG_MS,
+) -> DoctorReport:
+    """Collect the health report. Read-only; works without pg_stat_statements, and on a
+    standby.
 
     A dashboard materialized view not refreshed for `stale_after_s` seconds (the refresh
-    job runs every 15 minutes) is reported as a `matview_stale` warning.
+    job runs every 15 minutes) is reported as a `matview_stale` warning; a standby
+    replaying more than `max_replica_lag_ms` behind as `replication_lag`
+    (platform_db.maintenance.replication).
     """
     version = conn.scalar(text("SHOW server_version")) or "?"
     database = conn.scalar(text("SELECT current_database()")) or "?"
@@ -272,6 +284,8 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
         citus, usage, unused, bloat, citus_alerts = citus_section(conn)
         alerts.extend(citus_alerts)
         cache.extend(_worker_cache(conn))
+    replication, replication_alerts = server_replication(conn, max_lag_ms=max_replica_lag_ms)
+    alerts.extend(replication_alerts)
     settings = check_settings(conn)
     for check in settings:
         if check.status == "warning":
@@ -299,6 +313,7 @@ def doctor(conn: Connection, *, stale_after_s: float = 3600) -> DoctorReport:
         settings=settings,
         materialized_views=matviews,
         citus=citus,
+        replication=replication,
     )
 
 

@@ -18,6 +18,9 @@ reader of the table behind its lock. A step that fails is reported (`error`) and
 others still run; every step is idempotent, so the next run retries it. Each step also
 takes a transaction-level advisory lock of its own without waiting: a run that overlaps
 another skips the step the other is running (`skipped`), it does not queue behind it.
+
+Every job writes, so they run on the primary only: on a standby (`pg_is_in_recovery()`)
+`maintain` raises `MaintenanceRefused` before any step, as pg_cron skips its jobs there.
 """
 
 from __future__ import annotations
@@ -35,11 +38,24 @@ from platform_db.ddl.entities import ScheduledJob
 from platform_db.maintenance.citus import citus_state, cluster_problems
 from platform_db.maintenance.health import clean_rows
 from platform_db.migration.operations import migration_lock_timeout
+from platform_db.session.replica import server_of
 
 # PostgreSQL's SQLSTATE for a lock wait cut short by lock_timeout (lock_not_available).
 LOCK_NOT_AVAILABLE = "55P03"
 # The advisory-lock class of `maintain`'s steps (pg_try_advisory_xact_lock(int, int)).
 ADVISORY_LOCK_CLASS = 0x706C_6D74  # "plmt"
+
+
+class MaintenanceRefused(RuntimeError):
+    """`maintain` was pointed at a server where its jobs must not run (a standby)."""
+
+
+STANDBY_REFUSAL = (
+    "{database} on {server} is a standby (pg_is_in_recovery() is true): the maintenance "
+    "jobs (partitions ahead, materialized-view refresh, metrics snapshot and cleanup) "
+    "write, so they run on the primary only, and the standby gets their results by "
+    "replaying its WAL; point DATABASE_URL at the primary (pg_cron skips standbys too)"
+)
 
 
 @dataclass(slots=True)
@@ -128,7 +144,8 @@ def maintain(
 
     Every step runs, whatever happened to the ones before it; a failed one has `error`
     set (`timed_out` when it waited longer than `lock_timeout` for a lock). The
-    lock_timeout defaults to PLATFORM_DB_MIGRATION_LOCK_TIMEOUT (5s).
+    lock_timeout defaults to PLATFORM_DB_MIGRATION_LOCK_TIMEOUT (5s). On a standby it
+    raises MaintenanceRefused and runs nothing.
     """
     if retention_months is not None and retention_months < 1:
         raise ValueError("retention_months must be at least 1")
@@ -140,9 +157,23 @@ def maintain(
         "drop": drop_retired,
         "days": metrics_retention_days,
     }
-    with engine.connect() as conn:
-        has_cron = bool(conn.scalar(text("SELECT to_regclass('cron.job_run_details') IS NOT NULL")))
-        distributed = citus_state(conn).distributed
+    refusal = MaintenanceRefused(
+        STANDBY_REFUSAL.format(database=engine.url.database, server=server_of(engine.url))
+    )
+    try:
+        with engine.connect() as conn:
+            if conn.scalar(text("SELECT pg_is_in_recovery()")):
+                raise refusal
+            has_cron = bool(
+                conn.scalar(text("SELECT to_regclass('cron.job_run_details') IS NOT NULL"))
+            )
+            distributed = citus_state(conn).distributed
+    except DBAPIError as exc:
+        # The package's read-write engines start each transaction with SET TRANSACTION
+        # READ WRITE (platform_db.session.fresh), which a standby refuses outright.
+        if "during recovery" in str(exc.orig):
+            raise refusal from None
+        raise
     steps: list[MaintenanceStep] = []
     for run in _RUNS:
         skip = None

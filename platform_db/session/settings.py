@@ -122,6 +122,25 @@ class PoolSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaSettings:
+    """How the analytics pool uses POSTGRES_REPLICA_URL (milliseconds).
+
+    `fallback` (POSTGRES_REPLICA_FALLBACK, on): the replica is checked every
+    `check_interval_ms`, and analytics read from the primary while it cannot be reached
+    or is not a replica, and, with `max_lag_ms` set, while it is further behind than
+    that. Off: analytics always read from the replica, and fail while it is down.
+    `read_your_writes_ms`: for this long after a session of the service commits a write,
+    analytics sessions of the same tenant and user read from the primary (0: never).
+    See platform_db.session.replica.
+    """
+
+    max_lag_ms: int | None = None
+    check_interval_ms: int = 1_000
+    read_your_writes_ms: int = 2_000
+    fallback: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything platform-db reads from the environment, validated."""
 
@@ -130,6 +149,7 @@ class Settings:
     main: PoolSettings
     analytics: PoolSettings
     background: PoolSettings
+    replica: ReplicaSettings = ReplicaSettings()
 
     def pool(self, name: str) -> PoolSettings:
         if name not in POOL_NAMES:
@@ -143,6 +163,8 @@ class Settings:
 
         Variables (defaults in brackets; timeouts in milliseconds):
           DATABASE_URL (required), POSTGRES_REPLICA_URL (optional, analytics pool)
+          POSTGRES_REPLICA_FALLBACK [on], POSTGRES_REPLICA_MAX_LAG_MS [unset: no lag limit],
+          POSTGRES_REPLICA_CHECK_INTERVAL_MS [1000], POSTGRES_REPLICA_READ_YOUR_WRITES_MS [2000]
           POSTGRES_POOL_MIN [5], POSTGRES_POOL_MAX [20], POSTGRES_POOL_ACQUIRE_TIMEOUT [5000],
           POSTGRES_POOL_PING_AFTER [500] (ping connections idle longer; 0: at every checkout)
           POSTGRES_CONNECT_TIMEOUT [5000] (give up opening a connection after this long)
@@ -167,10 +189,18 @@ class Settings:
                 ("background", "POSTGRES_BACKGROUND_"),
             )
         }
+        replica_settings = reader.replica()
         if reader.errors:
             raise ConfigurationError("invalid settings:\n  " + "\n  ".join(reader.errors))
         assert url is not None
-        return cls(url, replica, pools["main"], pools["analytics"], pools["background"])
+        return cls(
+            url,
+            replica,
+            pools["main"],
+            pools["analytics"],
+            pools["background"],
+            replica_settings,
+        )
 
 
 # What a pool gets when its POSTGRES_* variables are unset: a PoolSettings built by
@@ -247,6 +277,40 @@ class _Reader:
         if not minimum <= value <= maximum:
             self.errors.append(f"{name} must be between {minimum} and {maximum}, got {value}")
         return value
+
+    def replica(self) -> ReplicaSettings:
+        default, day = ReplicaSettings(), 86_400_000
+        max_lag = None
+        if self.raw("POSTGRES_REPLICA_MAX_LAG_MS") is not None:
+            max_lag = self.integer("POSTGRES_REPLICA_MAX_LAG_MS", 0, minimum=0, maximum=day)
+        return ReplicaSettings(
+            max_lag_ms=max_lag,
+            check_interval_ms=self.integer(
+                "POSTGRES_REPLICA_CHECK_INTERVAL_MS",
+                default.check_interval_ms,
+                minimum=10,
+                maximum=day,
+            ),
+            read_your_writes_ms=self.integer(
+                "POSTGRES_REPLICA_READ_YOUR_WRITES_MS",
+                default.read_your_writes_ms,
+                minimum=0,
+                maximum=day,
+            ),
+            fallback=self.switch("POSTGRES_REPLICA_FALLBACK", default.fallback),
+        )
+
+    def switch(self, name: str, default: bool) -> bool:
+        raw = self.raw(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value in ("on", "true", "yes", "1"):
+            return True
+        if value in ("off", "false", "no", "0"):
+            return False
+        self.errors.append(f"{name} must be on or off, got {raw!r}")
+        return default
 
     def pool(self, name: str, prefix: str, url: URL | None) -> PoolSettings:
         default = _POOL_DEFAULTS[name]
