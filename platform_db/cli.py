@@ -295,7 +295,8 @@ def _print_doctor(report: Any, out: TextIO) -> None:
             [[q["mean_ms"], q["calls"], q["query"]] for q in report.slow_queries],
         )
     usage = ", ".join(f"{k} {v}" for k, v in sorted(report.index_usage.items())) or "no indexes"
-    out.write(f"\nIndex usage: {usage}\n")
+    shards = " (summed over the shards on the workers)" if report.citus is not None else ""
+    out.write(f"\nIndex usage{shards}: {usage}\n")
     if report.unused_indexes:
         write_table(
             out,
@@ -328,6 +329,27 @@ def _print_doctor(report: Any, out: TextIO) -> None:
         out.write("\nMaterialized views\n")
         keys = list(report.materialized_views[0].keys())
         write_table(out, keys, [[m[k] for k in keys] for m in report.materialized_views])
+    if report.citus is not None:
+        out.write("\nCitus nodes (shards and bytes of distributed tables; tenants and rows as of ")
+        out.write("the dashboards' last refresh)\n")
+        write_table(
+            out,
+            ["node", "shards", "bytes", "share", "tenants", "rows"],
+            [
+                [n["node"], n["shards"], n["bytes"], n["share"], n["tenants"], n["rows"]]
+                for n in report.citus["nodes"]
+            ],
+        )
+        if report.citus["largest_tenants"]:
+            out.write("\nLargest tenants\n")
+            write_table(
+                out,
+                ["tenant", "subdomain", "rows", "share", "node"],
+                [
+                    [t["tenant_id"], t["subdomain"], t["rows"], t["share"], t["node"] or "?"]
+                    for t in report.citus["largest_tenants"]
+                ],
+            )
     _print_replication(report.replication, out)
     out.write("\nServer settings\n")
     write_table(
@@ -512,6 +534,35 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
         # One line per failed step on stderr, also with --json and --quiet (cron mails it).
         print(f"platform-db: maintain: step failed: {s.name}: {s.error}", file=sys.stderr)  # noqa: T201
     return EXIT_UNHEALTHY if failed else EXIT_OK
+
+
+def _cmd_distribute(args: argparse.Namespace) -> int:
+    from platform_db.maintenance.distribute import DistributeError, distribute  # noqa: PLC0415
+
+    engine = _admin_engine()
+    try:
+        report = distribute(
+            engine, shard_count=args.shard_count, progress=None if args.quiet else _progress
+        )
+    except DistributeError as exc:
+        if args.json:
+            _emit_json({"distributed": False, "error": str(exc)})
+        print(f"platform-db: distribute: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
+    finally:
+        engine.dispose()
+    if args.json:
+        _emit_json(report.as_dict())
+    else:
+        state = "distributed" if report.changed else "already distributed, nothing changed"
+        print(f"{report.database}: {state} over {len(report.workers)} workers")  # noqa: T201
+        if args.quiet:  # otherwise each step was shown as it ran
+            for what, outcome in report.steps:
+                print(f"  {what}: {outcome}")  # noqa: T201
+    if report.refresh_login is not None:
+        print(f"platform-db: distribute: {report.refresh_login}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
+    return EXIT_OK
 
 
 def _cmd_bench_audit(args: argparse.Namespace) -> int:
@@ -1019,6 +1070,27 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--json", action="store_true", help="print the results as JSON")
     maintain.add_argument("--quiet", action="store_true", help="no progress on stderr")
     maintain.set_defaults(func=_cmd_maintain)
+
+    distribute = sub.add_parser(
+        "distribute",
+        help="distribute a migrated database over a Citus cluster (run on the coordinator)",
+        description="Makes tenants a reference table and every tenant table a table "
+        "distributed by tenant_id, all co-located (foreign keys between them kept), sets "
+        "the database settings the package needs on Citus and lets platform_admin log in "
+        "to the workers (the dashboards' refresh). One transaction; re-runnable: a table "
+        "added by a later revision is distributed by the next run. Needs a superuser "
+        "and a database at head. Exit status 0 when done, 1 when it cannot (the reason on "
+        "stderr). See docs/SCALING.md.",
+    )
+    distribute.add_argument(
+        "--shard-count",
+        type=int,
+        default=None,
+        help="shards per table when nothing is distributed yet (default: citus.shard_count)",
+    )
+    distribute.add_argument("--json", action="store_true", help="print the result as JSON")
+    distribute.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    distribute.set_defaults(func=_cmd_distribute)
 
     for name, helptext, default in (
         ("upgrade", "apply the packaged revisions up to REVISION (head)", "head"),

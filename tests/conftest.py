@@ -67,7 +67,16 @@ def temporary_database(server_url: URL, *, migrate: bool) -> contextlib.Abstract
 
 @pytest.fixture(scope="session")
 def database_url(server_url: URL) -> Iterator[URL]:
-    """The run's database, migrated to head (superuser URL)."""
+    """The run's database, migrated to head (superuser URL).
+
+    PLATFORM_DB_TEST_PREPARED_URL names a database prepared by the caller instead (on the
+    server of TEST_DATABASE_URL): tests/test_citus.py runs the isolation suite and the
+    plugin on a freshly migrated and distributed database that way.
+    """
+    prepared = os.environ.get("PLATFORM_DB_TEST_PREPARED_URL", "").strip()
+    if prepared:
+        yield make_url(prepared)
+        return
     with temporary_database(server_url, migrate=True) as url:
         yield url
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import secrets
 import uuid
 from collections.abc import Iterator, Sequence
@@ -227,6 +228,42 @@ def sqlstate(exc: BaseException) -> str | None:
         if isinstance(state, str):
             return state
     return None
+
+
+def is_distributed(engine: Engine) -> bool:
+    """Whether the tests run on a Citus-distributed database (tests/test_citus.py runs
+    this suite there): a few attacks are then refused by Citus before RLS sees them."""
+    key = engine.url.render_as_string(hide_password=True)
+    if key not in _DISTRIBUTED:
+        with engine.connect() as conn:
+            _DISTRIBUTED[key] = bool(
+                conn.scalar(
+                    text(
+                        "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL "
+                        "AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension "
+                        "WHERE extname = 'citus')"
+                    )
+                )
+            ) and bool(
+                conn.scalar(
+                    text(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition "
+                        "WHERE logicalrelid = 'public.tenants'::regclass)"
+                    )
+                )
+            )
+    return _DISTRIBUTED[key]
+
+
+_DISTRIBUTED: dict[str, bool] = {}
+
+# Names the shards of a distributed table answer with (tableoid::regclass on Citus).
+_SHARD_SUFFIX = re.compile(r"_\d{6,}$")
+
+
+def logical_name(relation: str) -> str:
+    """A relation's name without the shard id Citus appends (users_102008 -> users)."""
+    return _SHARD_SUFFIX.sub("", relation)
 
 
 INSUFFICIENT_PRIVILEGE = "42501"  # permission denied, and RLS WITH CHECK failures

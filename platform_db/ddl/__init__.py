@@ -7,6 +7,7 @@ protection, scheduled job, privileges revoked from PUBLIC); the modules group th
 - `security`: the roles' names, the tenant setting functions, the tenant policy;
 - `tenant_table`: what every tenant-owned table gets (and the registry of those tables);
 - `partitions`, `audit`, `monitoring`, `dashboards`: their functions, views, triggers;
+- `references`: the trigger that clears optional references between tenant tables;
 - `jobs`: the one list of scheduled maintenance jobs (pg_cron and `platform-db maintain`).
 
 Revisions never import these: autogenerate compares the database with `definitions()` and
@@ -29,6 +30,7 @@ def definitions(metadata: Any) -> list[Entity]:
         jobs,
         monitoring,
         partitions,
+        references,
         security,
         tenant_table,
     )
@@ -42,16 +44,19 @@ def definitions(metadata: Any) -> list[Entity]:
         partitions.ENSURE_FORM_SUBMISSION_PARTITIONS,
         partitions.RETIRE_FORM_SUBMISSION_PARTITIONS,
         *monitoring.FUNCTIONS,
+        dashboards.CURRENT_TENANT,
         dashboards.REFRESH_PERFORMANCE_VIEWS,
         dashboards.SCHEDULE_MAINTENANCE_JOBS,
         dashboards.UNSCHEDULE_MAINTENANCE_JOBS,
         audit.AUDIT_ROW_CHANGE,
         audit.AUDIT_LOG_REFUSE_CHANGE,
+        references.CLEAR_REFERENCES,
         *security.platform_table_grants("tenants"),
     ]
     for table in tenant_table.tenant_tables(metadata):
         found += table.entities()
     found += [
+        *references.CLEAR_TRIGGERS,
         audit.APPEND_ONLY,
         *monitoring.VIEWS,
         dashboards.MATVIEW_FRESHNESS,

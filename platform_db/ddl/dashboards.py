@@ -16,17 +16,41 @@ from __future__ import annotations
 from platform_db.ddl.entities import Function, MaterializedView, ScheduledJob, View
 from platform_db.ddl.jobs import JOBS
 from platform_db.ddl.partitions import bounded_advisory_lock
-from platform_db.ddl.security import ADMIN_ROLE, PLATFORM_SCHEMA
+from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, PLATFORM_SCHEMA
 
 S = PLATFORM_SCHEMA
 
+
+# The current tenant's id, subdomain and updated_at (public.tenants), for the tenant
+# views' row of a tenant the last refresh did not see. A function (plpgsql: never
+# inlined), so that the tenant views read no distributed relation: see
+# MaterializedView.tenant_source.
+CURRENT_TENANT = Function(
+    name=f"{S}.current_tenant",
+    arguments="",
+    # Not SETOF public.tenants: Citus refuses to distribute a table that an object of its
+    # own depends on (the function on the table's row type) before the table itself.
+    # (A function's result loses varchar(63): the tenant view casts it back.)
+    definition=f"""RETURNS TABLE (id uuid, subdomain character varying, updated_at timestamp with time zone)
+LANGUAGE plpgsql STABLE
+AS $fn$
+BEGIN
+    RETURN QUERY SELECT t.id, t.subdomain, t.updated_at FROM public.tenants t
+        WHERE t.id = {S}.current_tenant_id();
+END
+$fn$""",
+    execute=(APP_ROLE, ADMIN_ROLE),
+    comment="The row of public.tenants of the current tenant (app.current_tenant_id), if any.",
+)
+TENANT_SOURCE = f"{S}.current_tenant"
 
 TENANT_PERFORMANCE_SUMMARY = MaterializedView(
     name="tenant_performance_summary",
     unique_columns=("tenant_id",),
     tenant_view="tenant_dashboard",
+    tenant_source=TENANT_SOURCE,
     # A tenant created after the last refresh reads zeros, not nothing.
-    new_tenant_row="""t.id, t.subdomain, 0::bigint, 0::bigint, 0::bigint,
+    new_tenant_row="""t.id, t.subdomain::character varying(63), 0::bigint, 0::bigint, 0::bigint,
            0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
            0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
            0::numeric, 0::bigint, 0::bigint, t.updated_at, r.refreshed_at""",
@@ -84,6 +108,7 @@ LEAD_FUNNEL_MONTHLY = MaterializedView(
     name="lead_funnel_monthly",
     unique_columns=("tenant_id", "month"),
     tenant_view="tenant_lead_funnel",
+    tenant_source=TENANT_SOURCE,
     new_tenant_row="""t.id, date_trunc('month', now() AT TIME ZONE 'UTC')::date,
            0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::numeric,
            r.refreshed_at""",
@@ -106,6 +131,7 @@ SUBMISSIONS_DAILY = MaterializedView(
     name="form_submissions_daily",
     unique_columns=("tenant_id", "form_id", "day"),
     tenant_view="tenant_submission_activity",
+    tenant_source=TENANT_SOURCE,
     new_tenant_row="""t.id, NULL::uuid, (now() AT TIME ZONE 'UTC')::date, 0::bigint, 0::bigint,
            r.refreshed_at""",
     # The last 400 days: enough for a year-over-year chart, and a refresh reads only

@@ -981,10 +981,19 @@ class MaterializedView(Entity):
     # only the view's rows. A definition with it also logs its creation (WITH DATA) in
     # platform.matview_refresh_log, so that row has a date before the first refresh.
     new_tenant_row: str | None = None
+    # Where `t` comes from: None, `public.tenants` filtered to the current tenant (the
+    # definitions before Citus support); else a set-returning function that returns the
+    # current tenant's row of public.tenants (platform.current_tenant()). A Citus
+    # coordinator re-plans a query that mixes its own relations with a distributed or
+    # reference table (tenants) piece by piece, as the caller, who may not read the
+    # materialized view: through the function the tenant view reads local relations only.
+    tenant_source: str | None = None
 
     def __post_init__(self) -> None:
         ident(self.name)
         ident(self.tenant_view)
+        if self.tenant_source is not None:
+            qualified(self.tenant_source)
         for column in self.unique_columns:
             ident(column)
 
@@ -1006,6 +1015,16 @@ class MaterializedView(Entity):
         if self.new_tenant_row is None:
             return own
         log = f"{PLATFORM_SCHEMA}.matview_refresh_log"
+        if self.tenant_source is not None:
+            return f"""{own}
+    UNION ALL
+    SELECT {self.new_tenant_row}
+    FROM {self.tenant_source}() t
+    CROSS JOIN LATERAL (SELECT coalesce(
+        (SELECT m.refreshed_at FROM {self.qualified} m LIMIT 1),
+        (SELECT max(l.finished_at) FROM {log} l WHERE l.view_name = {literal(self.qualified)})
+    ) AS refreshed_at) r
+    WHERE NOT EXISTS (SELECT 1 FROM {self.qualified} m WHERE m.tenant_id = t.id)"""
         return f"""{own}
     UNION ALL
     SELECT {self.new_tenant_row}

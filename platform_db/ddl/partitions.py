@@ -35,6 +35,27 @@ def bounded_advisory_lock(key: str, what: str, *, wait_s: int = 10) -> str:
     END LOOP;"""
 
 
+def citus_sequential(relation: str) -> str:
+    """PL/pgSQL that, when `relation` (a regclass expression) is a Citus-distributed table,
+    switches the transaction to sequential mode and allows triggers on the shards
+    (partitions clone their parent's), and sets the variable `distributed`.
+
+    DDL on distributed tables in a transaction that has already read them in parallel
+    (several connections per worker) would wait for itself: Citus reports it as a
+    distributed deadlock. Sequential mode uses one connection per worker. Both settings
+    are transaction-local. On plain PostgreSQL `distributed` is false and nothing else
+    happens (the catalog table is looked up by name, so no Citus object is needed)."""
+    return f"""distributed := false;
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition '
+                'WHERE logicalrelid = $1)' INTO distributed USING {relation};
+    END IF;
+    IF distributed THEN
+        SET LOCAL citus.multi_shard_modify_mode = 'sequential';
+        SET LOCAL citus.enable_unsafe_triggers = on;
+    END IF;"""
+
+
 PROTECT_PARTITIONS = Function(
     name=f"{PLATFORM_SCHEMA}.protect_partitions",
     arguments="parent regclass",
@@ -140,6 +161,8 @@ DECLARE
     part text;
     busy boolean;
     n bigint;
+    distributed boolean;
+    dist_column text;
 BEGIN
     IF months_ahead IS NULL OR months_ahead < 0 OR months_ahead > 120 THEN
         RAISE EXCEPTION 'months_ahead must be between 0 and 120, got %', months_ahead;
@@ -167,6 +190,14 @@ BEGIN
         )
     }
 
+    -- On Citus, new partitions are distributed with their parent (co-located).
+    {citus_sequential("parent")}
+    IF distributed THEN
+        EXECUTE 'SELECT pg_catalog.column_to_column_name(logicalrelid, partkey) '
+                'FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1'
+            INTO dist_column USING parent;
+    END IF;
+
     IF pg_catalog.to_regclass(format('%I.%I', nsp, default_part)) IS NULL THEN
         EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s DEFAULT', nsp, default_part, parent);
         partition_name := default_part; action := 'created'; rows_moved := 0;
@@ -179,7 +210,8 @@ BEGIN
         CONTINUE WHEN pg_catalog.to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
         lo := m::timestamp AT TIME ZONE 'UTC';
         hi := (m + interval '1 month')::timestamp AT TIME ZONE 'UTC';
-        EXECUTE format('SELECT EXISTS (SELECT FROM %I.%I WHERE %I >= $1 AND %I < $2)',
+        -- SELECT 1: Citus cannot plan an empty target list on a distributed table.
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE %I >= $1 AND %I < $2)',
                        nsp, default_part, key_column, key_column)
             INTO busy USING lo, hi;
         IF NOT busy THEN
@@ -189,17 +221,26 @@ BEGIN
         ELSE
             -- The default partition holds rows of this month: build the partition beside
             -- it, move the rows, attach it. The delete runs with session_replication_role
-            -- = replica so that no trigger (audit_log's append-only guard, foreign-key
-            -- actions) fires for rows that only change partition; that needs a superuser
-            -- or SET privilege on the parameter.
+            -- = replica so that no trigger (the audit trigger, audit_log's append-only
+            -- guard, the clearing of references to the rows, foreign-key checks) fires
+            -- for rows that only change partition; that needs a superuser or SET
+            -- privilege on the parameter. SET LOCAL, not set_config(): Citus sends only
+            -- SET LOCAL on to the workers, where the shards' triggers fire.
             EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS '
                            'INCLUDING CONSTRAINTS INCLUDING GENERATED)', nsp, part, parent);
+            IF distributed THEN
+                -- Distributed (empty) before the rows arrive, so that they go shard to
+                -- co-located shard on the workers and the attach finds it co-located.
+                EXECUTE 'SELECT create_distributed_table($1, $2, colocate_with => $3)'
+                    USING format('%I.%I', nsp, part)::regclass, dist_column,
+                          parent::text;
+            END IF;
             EXECUTE format('INSERT INTO %I.%I SELECT * FROM %I.%I WHERE %I >= $1 AND %I < $2',
                            nsp, part, nsp, default_part, key_column, key_column)
                 USING lo, hi;
             GET DIAGNOSTICS n = ROW_COUNT;
             BEGIN
-                PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+                SET LOCAL session_replication_role = replica;
             EXCEPTION WHEN insufficient_privilege THEN
                 RAISE EXCEPTION 'the default partition of % holds % rows of %; moving them needs a superuser',
                     parent, n, pg_catalog.to_char(m, 'YYYY-MM')
@@ -207,7 +248,7 @@ BEGIN
             END;
             EXECUTE format('DELETE FROM %I.%I WHERE %I >= $1 AND %I < $2',
                            nsp, default_part, key_column, key_column) USING lo, hi;
-            PERFORM pg_catalog.set_config('session_replication_role', 'origin', true);
+            SET LOCAL session_replication_role = origin;
             EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
                            parent, nsp, part, lo, hi);
         END IF;
@@ -263,11 +304,15 @@ DECLARE
     r record;
     cutoff timestamptz;
     n bigint;
+    distributed boolean;
 BEGIN
     IF retention IS NULL OR retention < interval '1 month' THEN
         RAISE EXCEPTION 'retention must be at least 1 month, got %', retention;
     END IF;
     cutoff := pg_catalog.now() - retention;
+    -- On Citus: the update of every tenant's leads and the DDL share one connection per
+    -- worker.
+    {citus_sequential(f"'public.{PARENT}'::regclass")}
     PERFORM pg_catalog.set_config('lock_timeout', '5s', true);
     -- The lock platform.ensure_monthly_partitions takes for this table: never both at once.
     PERFORM pg_catalog.pg_advisory_xact_lock(

@@ -1,5 +1,5 @@
 """`doctor`: the health report (alerts, slow queries, index usage, bloat, partitions,
-settings, materialized views).
+settings, materialized views; on Citus also nodes, shards and tenants per node).
 
 Takes a connection of a superuser or of a member of platform_admin (in practice: the
 migration login). On a database without the package's schema, or as a login that cannot
@@ -53,6 +53,10 @@ class DoctorReport:
     partitions: dict[str, Any]
     settings: list[SettingCheck] = field(default_factory=list)
     materialized_views: list[dict[str, Any]] = field(default_factory=list)
+    # On a Citus-distributed database: nodes, tenants per node, the largest tenants and
+    # where they live (index usage, dead rows and unused indexes above are then the
+    # shards', summed per table; see citus_section()). None elsewhere.
+    citus: dict[str, Any] | None = None
     # platform_db.maintenance.replication: this server's role, its standbys and slots (or
     # its own replay state), and `replica`: POSTGRES_REPLICA_URL's view, added by the CLI.
     replication: dict[str, Any] = field(default_factory=dict)
@@ -275,6 +279,11 @@ def doctor(
                         else f"last refreshed {age / 60:.0f} minutes ago: is the refresh job running?",
                     }
                 )
+    citus = None
+    if _distributed(conn):
+        citus, usage, unused, bloat, citus_alerts = citus_section(conn)
+        alerts.extend(citus_alerts)
+        cache.extend(_worker_cache(conn))
     replication, replication_alerts = server_replication(conn, max_lag_ms=max_replica_lag_ms)
     alerts.extend(replication_alerts)
     settings = check_settings(conn)
@@ -303,8 +312,147 @@ def doctor(
         partitions={k: _json_safe(v) for k, v in partitions._mapping.items()},
         settings=settings,
         materialized_views=matviews,
+        citus=citus,
         replication=replication,
     )
+
+
+def _distributed(conn: Connection) -> bool:
+    from platform_db.maintenance.citus import citus_state  # noqa: PLC0415
+
+    return citus_state(conn).distributed
+
+
+# On the shards, the thresholds check_performance_alerts() applies on one server.
+SHARD_DEAD_RATIO = 0.2
+SHARD_MIN_DEAD_ROWS = 1000
+# A node holding more than this many times its fair share of the bytes, on a database
+# of at least SKEW_MIN_BYTES, is reported; a tenant holding more than TENANT_SHARE of all
+# rows too (it is a candidate for a shard of its own).
+NODE_SKEW = 1.5
+SKEW_MIN_BYTES = 1 << 30
+TENANT_SHARE = 0.2
+
+
+def _alert(
+    metric: str, subject: str | None, *, value: Any, threshold: Any, severity: str, detail: str
+) -> dict[str, Any]:
+    return {
+        "metric": metric,
+        "subject": subject,
+        "value": value,
+        "threshold": threshold,
+        "severity": severity,
+        "detail": detail,
+    }
+
+
+def citus_section(
+    conn: Connection,
+) -> tuple[
+    dict[str, Any], dict[str, int], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
+]:
+    """What doctor reports on a Citus-distributed database, where the coordinator's tables
+    are empty shells: (the citus section, index usage, unused indexes and dead rows from
+    the shards, the alerts they raise)."""
+    from platform_db.maintenance import citus  # noqa: PLC0415
+
+    stats = citus.shard_statistics(conn)
+    usage = stats.usage
+    unused = clean_rows(
+        [
+            {"index": i["index"], "table": i["table"], "bytes": i["bytes"]}
+            for i in sorted(stats.indexes, key=lambda i: -int(i["bytes"]))
+            if i["idx_scan"] == 0 and not i["is_unique"]
+        ][:20]
+    )
+    bloat = clean_rows(
+        [
+            {
+                "table": t["table"],
+                "live_rows": t["live_rows"],
+                "dead_rows": t["dead_rows"],
+                "dead_ratio": t["dead_ratio"],
+                "last_vacuum": t["last_vacuum"],
+                "last_analyze": None,
+            }
+            for t in sorted(stats.tables, key=lambda t: (-t["dead_ratio"], -t["dead_rows"]))
+            if t["dead_rows"] > 0
+        ][:10]
+    )
+    alerts = [
+        _alert(
+            "table_bloat",
+            f"public.{t['table']} (shards)",
+            value=t["dead_ratio"],
+            threshold=SHARD_DEAD_RATIO,
+            severity="critical" if t["dead_ratio"] > 0.5 else "warning",
+            detail=f"{t['dead_rows']} dead of {t['dead_rows'] + t['live_rows']} rows over "
+            f"{t['shards']} shards; oldest vacuum {t['last_vacuum'] or 'never'}",
+        )
+        for t in stats.tables
+        if t["dead_rows"] >= SHARD_MIN_DEAD_ROWS and t["dead_ratio"] > SHARD_DEAD_RATIO
+    ]
+    nodes = citus.placement(conn)
+    per_node = citus.tenants_per_node(conn)
+    for node in nodes:
+        node.update(per_node.get(str(node["node"]), {"tenants": 0, "rows": 0}))
+    holding = [n for n in nodes if int(n["shards"]) > 0]
+    total = sum(int(n["bytes"]) for n in holding)
+    if holding and total >= SKEW_MIN_BYTES:
+        fair = 1 / len(holding)
+        for n in holding:
+            if n["share"] > NODE_SKEW * fair:
+                alerts.append(
+                    _alert(
+                        "node_skew",
+                        str(n["node"]),
+                        value=n["share"],
+                        threshold=round(NODE_SKEW * fair, 4),
+                        severity="warning",
+                        detail=f"holds {n['share']:.0%} of the distributed bytes ({len(holding)} nodes): "
+                        "rebalance (SELECT citus_rebalance_start()) or move a large tenant "
+                        "(isolate_tenant_to_new_shard)",
+                    )
+                )
+    largest = clean_rows(citus.largest_tenants(conn))
+    for t in largest:
+        if t["share"] > TENANT_SHARE and len(largest) > 1:
+            alerts.append(
+                _alert(
+                    "tenant_skew",
+                    str(t["subdomain"]),
+                    value=t["share"],
+                    threshold=TENANT_SHARE,
+                    severity="info",
+                    detail=f"tenant {t['tenant_id']} holds {t['share']:.0%} of all rows, on {t['node']}: "
+                    "a candidate for a shard of its own (isolate_tenant_to_new_shard)",
+                )
+            )
+    problem = citus.refresh_login_problem(conn)
+    if problem is not None:
+        alerts.append(
+            _alert(
+                "citus_refresh_login",
+                citus.REFRESH_ROLE,
+                value=None,
+                threshold=None,
+                severity="critical",
+                detail=problem,
+            )
+        )
+    section = {
+        "nodes": clean_rows(nodes),
+        "largest_tenants": largest,
+        "shard_tables": clean_rows(stats.tables),
+    }
+    return section, usage, unused, bloat, alerts
+
+
+def _worker_cache(conn: Connection) -> list[dict[str, Any]]:
+    from platform_db.maintenance.citus import worker_cache_hits  # noqa: PLC0415
+
+    return clean_rows(worker_cache_hits(conn))
 
 
 def _preflight(conn: Connection, database: str) -> None:

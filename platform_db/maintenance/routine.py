@@ -6,6 +6,11 @@ ones where it is not, with its options in place of the schedule's defaults. Take
 engine of a superuser or of a login that owns the maintenance functions (in practice:
 the migration login).
 
+On a Citus-distributed database (docs/SCALING.md) the same functions run on the
+coordinator (they switch to Citus' sequential mode themselves), and a last step checks
+the cluster: every node reaches every other, and platform_admin reaches the workers (the
+dashboards' refresh connects as it).
+
 Maintenance must never freeze the application: each step runs in its own transaction
 under a short `lock_timeout` (PLATFORM_DB_MIGRATION_LOCK_TIMEOUT, the migrations' own,
 default 5s), so a step that meets a long query gives up instead of queueing every
@@ -30,6 +35,7 @@ from sqlalchemy.exc import DBAPIError
 
 from platform_db.ddl import jobs
 from platform_db.ddl.entities import ScheduledJob
+from platform_db.maintenance.citus import citus_state, cluster_problems
 from platform_db.maintenance.health import clean_rows
 from platform_db.migration.operations import migration_lock_timeout
 from platform_db.session.replica import server_of
@@ -161,6 +167,7 @@ def maintain(
             has_cron = bool(
                 conn.scalar(text("SELECT to_regclass('cron.job_run_details') IS NOT NULL"))
             )
+            distributed = citus_state(conn).distributed
     except DBAPIError as exc:
         # The package's read-write engines start each transaction with SET TRANSACTION
         # READ WRITE (platform_db.session.fresh), which a standby refuses outright.
@@ -188,7 +195,35 @@ def maintain(
         else:
             outcome = "done"
         say(f"{run.name}: {outcome} in {step.seconds:.2f} s")
+    if distributed:
+        steps.append(_check_cluster(engine, say))
     return steps
+
+
+def _check_cluster(engine: Engine, say: Progress) -> MaintenanceStep:
+    """On Citus: every node reaches every other, and the refresh's login reaches the
+    workers (a failed refresh would otherwise be the first sign)."""
+    name = "check the Citus cluster"
+    say(f"{name} ...")
+    start = time.perf_counter()
+    step = MaintenanceStep(name, 0.0, None)
+    try:
+        with engine.connect() as conn:
+            problems = cluster_problems(conn)
+            conn.rollback()
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        problems = [(str(exc.orig).strip().splitlines() or ["unknown error"])[0]]
+    step.seconds = round(time.perf_counter() - start, 3)
+    if problems:
+        step.error = "; ".join(problems)
+    else:
+        step.result = [{"nodes": "all reachable"}]
+    say(
+        f"{name}: {'FAILED (' + step.error + ')' if step.error else 'done'} in {step.seconds:.2f} s"
+    )
+    return step
 
 
 def _run_step(

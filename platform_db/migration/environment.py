@@ -37,6 +37,8 @@ Both environments, the package's own (`run_package_migrations`) and a service's:
   (platform_db.migration.downgrade_guard), naming the tables and their row counts;
 - runs under the migration lock_timeout, in one transaction, and hands what the run
   created to platform_owner;
+- on a database with the citus extension, runs in Citus' sequential mode and creates a
+  new tenant table distributed, co-located with the others (platform_db.migration.citus);
 - takes the URL from DATABASE_URL, or the caller's connection from
   `config.attributes["connection"]` (platform_db.migration.runner passes one).
 
@@ -62,6 +64,7 @@ from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from platform_db.ddl.security import claim_ownership_sql
 from platform_db.migration.autogenerate import SCOPE_OPTION, Scope, prepare_revision
+from platform_db.migration.citus import CITUS_OPTION, SEQUENTIAL_SQL, has_citus
 from platform_db.migration.downgrade_guard import DowngradeGuard, destroy_data_requested
 from platform_db.migration.locking import (
     ensure_roles,
@@ -233,6 +236,7 @@ def _run_online(
         ensure_roles(connection)
     callers_transaction = connection.in_transaction()
     filters = _Filters(scope, _partitions(connection))
+    citus = has_citus(connection)
     if not callers_transaction:
         # End the transaction the catalog read began, so that Alembic begins (and owns)
         # the migration's: an autocommit block (CREATE INDEX CONCURRENTLY) needs that.
@@ -257,7 +261,7 @@ def _run_online(
         process_revision_directives=_process_revision_directives(context),
         on_version_apply=[guard] if guard is not None else [],
         **_version_table(version_table),
-        **{SCOPE_OPTION: scope},
+        **{SCOPE_OPTION: scope, CITUS_OPTION: citus},
     )
     with context.begin_transaction():
         # One migration of this database at a time, decided before Alembic reads (or
@@ -268,6 +272,11 @@ def _run_online(
         connection.execute(
             text("SELECT set_config('lock_timeout', :t, true)"), {"t": migration_lock_timeout()}
         )
+        if citus:
+            # A distributed database (platform_db.migration.citus): one connection per
+            # worker for the whole run, triggers allowed on shards, new tenant tables
+            # created distributed.
+            connection.execute(text(SEQUENTIAL_SQL))
         if command in ("upgrade", "downgrade"):
             # What the run starts from, seen under the lock (the CLI reports from it).
             context.config.attributes["platform_db_heads_before"] = tuple(

@@ -93,11 +93,8 @@ class FormSubmission(TenantMixin, Base):
 
     __table_args__ = (
         ForeignKeyConstraint(["tenant_id", "form_id"], ["forms.tenant_id", "forms.id"]),
-        ForeignKeyConstraint(
-            ["tenant_id", "lead_id"],
-            ["leads.tenant_id", "leads.id"],
-            ondelete="SET NULL (lead_id)",
-        ),
+        # Optional: deleting the lead clears lead_id (platform_db.ddl.references).
+        ForeignKeyConstraint(["tenant_id", "lead_id"], ["leads.tenant_id", "leads.id"]),
         CheckConstraint("jsonb_typeof(data) = 'object'", name="data_is_object"),
         Index("ix_form_submissions_tenant_form_created", "tenant_id", "form_id", "created_at"),
         Index("ix_form_submissions_tenant_created", "tenant_id", "created_at"),

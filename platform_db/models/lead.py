@@ -95,11 +95,9 @@ class Lead(TenantMixin, TimestampMixin, Base):
     )
 
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["tenant_id", "form_id"],
-            ["forms.tenant_id", "forms.id"],
-            ondelete="SET NULL (form_id)",
-        ),
+        # Both references are optional: deleting the form or the submission clears them
+        # (platform_db.ddl.references; Citus refuses ON DELETE SET NULL on these keys).
+        ForeignKeyConstraint(["tenant_id", "form_id"], ["forms.tenant_id", "forms.id"]),
         # form_submissions also references leads, so this side is added after both
         # tables exist.
         ForeignKeyConstraint(
@@ -110,7 +108,6 @@ class Lead(TenantMixin, TimestampMixin, Base):
                 "form_submissions.created_at",
             ],
             name="fk_leads_source_submission",
-            ondelete="SET NULL (source_submission_id, source_submission_created_at)",
             use_alter=True,
         ),
         CheckConstraint(EMAIL_CHECK_SQL, name="email_format"),

@@ -80,11 +80,8 @@ class Page(TenantMixin, TimestampMixin, Base):
     )
 
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["tenant_id", "author_id"],
-            ["users.tenant_id", "users.id"],
-            ondelete="SET NULL (author_id)",
-        ),
+        # Optional: deleting the user clears author_id (platform_db.ddl.references).
+        ForeignKeyConstraint(["tenant_id", "author_id"], ["users.tenant_id", "users.id"]),
         CheckConstraint("slug ~ '^[a-z0-9]+([-/][a-z0-9]+)*$'", name="slug_format"),
         CheckConstraint(
             "status <> 'published' OR published_at IS NOT NULL", name="published_has_time"

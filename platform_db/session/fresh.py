@@ -55,6 +55,42 @@ _installed: weakref.WeakSet[Engine] = weakref.WeakSet()
 RESET_SESSION = "RESET ALL; RESET ROLE; CLOSE ALL"
 _LIST_SETTINGS = frozenset({"search_path"})
 
+# A Citus coordinator that passes SET LOCAL on to its workers (how the tenant reaches the
+# shards, docs/SCALING.md) repeats SET TRANSACTION there as well, on each worker
+# connection after a query of its own, where `[NOT] DEFERRABLE` is refused ("must be
+# called before any query"): every transaction would fail. On such a connection the
+# prologue leaves NOT DEFERRABLE out (the read/write mode is still set). Asked once per
+# connection, when it opens.
+_CITUS_KEY = "platform_db.citus_set_propagation"
+CITUS_SQL = (
+    "SELECT 1 WHERE pg_catalog.current_setting('citus.propagate_set_commands', true) = 'local'"
+)
+_NOT_DEFERRABLE = ", NOT DEFERRABLE"
+
+
+def for_citus(prologue: str) -> str:
+    """The prologue for a connection whose SET TRANSACTION reaches Citus workers."""
+    return prologue.replace(_NOT_DEFERRABLE, "", 1)
+
+
+def _psycopg_on_connect(dbapi_connection: Any, record: Any) -> None:
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True  # no transaction left open on the new connection
+    try:
+        record.info[_CITUS_KEY] = dbapi_connection.execute(CITUS_SQL).fetchone() is not None
+    finally:
+        dbapi_connection.autocommit = autocommit
+
+
+def _asyncpg_on_connect(dbapi_connection: Any, record: Any) -> None:
+    # One simple-query message outside any transaction; its status is "SELECT <rows>".
+    status = str(dbapi_connection.run_async(lambda driver: driver.execute(CITUS_SQL)))
+    record.info[_CITUS_KEY] = status == "SELECT 1"
+
+
+def _for_connection(conn: Connection, prologue: str) -> str:
+    return for_citus(prologue) if conn.connection.info.get(_CITUS_KEY) else prologue
+
 
 def prologue_sql(*, read_only: bool, settings: Mapping[str, str] | None = None) -> str:
     """The statements that start every transaction of an engine (after its BEGIN).
@@ -106,6 +142,11 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
     """Start every transaction of `engine` with `prologue` (see the module docstring)."""
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     _installed.add(sync_engine)
+    event.listen(
+        sync_engine,
+        "connect",
+        _asyncpg_on_connect if isinstance(engine, AsyncEngine) else _psycopg_on_connect,
+    )
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -117,9 +158,9 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
         if driver is not None:
             if not driver.is_in_transaction():
                 driver.discard_pending()
-                driver.send_with_next_begin(prologue)
+                driver.send_with_next_begin(_for_connection(conn, prologue))
             return
-        conn.info[_PENDING] = prologue
+        conn.info[_PENDING] = _for_connection(conn, prologue)
 
     if isinstance(engine, AsyncEngine):
         return
@@ -152,4 +193,12 @@ def take_pending(conn: Connection) -> str | None:
     return pending
 
 
-__all__ = ["RESET_SESSION", "install", "installed", "prologue_sql", "run_simple", "take_pending"]
+__all__ = [
+    "RESET_SESSION",
+    "for_citus",
+    "install",
+    "installed",
+    "prologue_sql",
+    "run_simple",
+    "take_pending",
+]

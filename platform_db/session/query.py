@@ -1,7 +1,8 @@
 """A safe, tenant-aware list helper: `find_many(session, Model, filters=..., order_by=...)`.
 
-Tenant-aware because it runs inside a tenant session: RLS restricts the rows, the helper
-adds no tenant filter of its own. Safe because every filter and sort name is checked
+Tenant-aware because it runs inside a tenant session: RLS restricts the rows, and the
+session adds `tenant_id = :tenant` to the statement (platform_db.session.tenant_filter), so
+a distributed database reads one shard. Safe because every filter and sort name is checked
 against the model's mapped columns, every value is coerced to the column's type and
 bound, and anything unknown is a clear `QueryError` before SQL runs.
 
