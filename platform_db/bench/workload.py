@@ -44,7 +44,11 @@ from platform_db.session.query import (
     build_find_many,
     find_many_async,
 )
-from platform_db.session.search import search_pages_async, search_pages_query
+from platform_db.session.search import (
+    search_pages_async,
+    search_pages_direct_query,
+    search_pages_query,
+)
 
 CLASSES: tuple[str, ...] = (
     "user_by_email",
@@ -272,8 +276,12 @@ def select_statement(req: Request, *, explicit_tenant: bool) -> Select[Any]:
         stmt = select(PageModel).where(PageModel.slug == req.text)
         return stmt.where(PageModel.tenant_id == tid) if explicit_tenant else stmt
     if req.cls == "page_search":
-        stmt = search_pages_query(req.text, limit=SEARCH_LIMIT)
-        return stmt.where(PageModel.tenant_id == tid) if explicit_tenant else stmt
+        if explicit_tenant:
+            # No tenant setting, so not the search function (which finds nothing without
+            # one): the same search as one statement over pages, filtered explicitly.
+            stmt = search_pages_direct_query(req.text, limit=SEARCH_LIMIT)
+            return stmt.where(PageModel.tenant_id == tid)
+        return search_pages_query(req.text, limit=SEARCH_LIMIT)
     if req.cls == "lead_list":
         filters: dict[str, Any] = {"status": req.status}
         if explicit_tenant:
