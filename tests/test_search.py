@@ -223,8 +223,8 @@ async def test_search_pages_async_is_the_same_search(
 ) -> None:
     tenant = corpus.tenants[7]
     factory = tenant_async_sessionmaker(app_async_engine)
-    async with factory(tenant_id=tenant) as s, s.begin():
-        found = await search_pages_async(s, "harvest soil", limit=15)
+    async with factory(tenant_id=tenant) as session, session.begin():
+        found = await search_pages_async(session, "harvest soil", limit=15)
     with TenantSession(app_engine, tenant_id=tenant) as s, s.begin():
         expected = search_pages(s, "harvest soil", limit=15)
     assert found
@@ -321,7 +321,7 @@ def _nested_plans(
             "SET auto_explain.log_analyze = on",
             "SET auto_explain.log_timing = off",
         ):
-            conn.execute(setting)  # type: ignore[arg-type]  # literal settings
+            conn.execute(setting)
         conn.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(sql.Identifier(login)))
         row = conn.execute(
             "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
@@ -330,7 +330,7 @@ def _nested_plans(
         with conn.transaction():
             conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant),))
             notices.clear()
-            conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+            conn.execute(statement, params).fetchall()
     return [n for n in notices if "Query Text: SELECT set_config(" not in n]
 
 
@@ -413,7 +413,7 @@ def test_the_ownership_hand_over_leaves_the_search_function_to_platform_admin(
 ) -> None:
     connection.execute(text("ALTER FUNCTION platform.current_user_id() OWNER TO CURRENT_USER"))
     connection.execute(text(claim_ownership_sql(["pages"])))
-    owners = dict(
+    owners: dict[str, str] = dict(
         connection.execute(
             text(
                 "SELECT proname, pg_get_userbyid(proowner) FROM pg_proc "
