@@ -77,6 +77,7 @@ METRICS = (
     "p95_ms",
 )
 MAX_REQUESTS_PER_CLIENT = 5_000_000
+CLOSE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,9 @@ async def _phase(task: PhaseTask) -> PhaseResult:
 
         await asyncio.gather(mark_measure(), *(client(i) for i in range(task.clients)))
         result.client_cpu_s = time.process_time() - cpu_at[0]
+        # Keep the connections open until the parent has read the backends' CPU at
+        # t_end: a backend that exits first takes its CPU time with it.
+        await asyncio.sleep(max(0.0, task.t_end + CLOSE_GRACE_S - time.time()))
     finally:
         await runner.close()
         if task.gc_freeze:

@@ -283,6 +283,7 @@ def build_report(
     pgbench: Mapping[str, Any],
     load: Mapping[str, Any],
     baseline: Mapping[str, Any] | None = None,
+    search: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     window = float(config.duration_s)
     report = _report_head(
@@ -298,6 +299,7 @@ def build_report(
         load=load,
     )
     report["plans"] = dict(plans)
+    report["search"] = dict(search) if search is not None else None
     report["baseline"] = dict(baseline) if baseline is not None else {"ran": False}
     if workload is None or workload_server is None:
         # --baseline-only: no main workload and no pgbench, so no seed targets either.
@@ -435,6 +437,7 @@ def render_text(report: Mapping[str, Any]) -> str:
     w = report["workload"]
     if w is None:
         out.write("(--baseline-only: no main workload, no pgbench, no seed targets)\n")
+        _render_search(out, report.get("search"))
         _render_baseline(out, report.get("baseline") or {})
         return out.getvalue()
     out.write("Workload through the package (tenant sessions, platform_app login, RLS)\n")
@@ -566,8 +569,53 @@ def render_text(report: Mapping[str, Any]) -> str:
             for t in report["targets"]
         ],
     )
+    _render_search(out, report.get("search"))
     _render_baseline(out, report.get("baseline") or {})
     return out.getvalue()
+
+
+def _render_search(out: io.StringIO, search: Mapping[str, Any] | None) -> None:
+    if not search:
+        return
+    out.write(
+        f"\nFull-text search, the tenant with the most published pages "
+        f"({search['published_pages']:,}), limit {search['limit']}: median ms of "
+        f"{search['repeats']} interleaved runs (server ms from EXPLAIN ANALYZE)\n"
+    )
+    rows = []
+    for text, t in search["terms"].items():
+        v = t["variants"]
+
+        def cell(name: str, v: Mapping[str, Any] = v) -> str:
+            if name not in v:
+                return "-"
+            same = "" if v[name]["same_results_as_superuser"] else " (other results)"
+            return f"{_fmt(v[name]['median_ms'])} ({_fmt(v[name]['server_ms'])}){same}"
+
+        rows.append(
+            [
+                f"{text} ({t['kind']})",
+                _fmt(t["matches"]),
+                cell("package"),
+                cell("rls_plain"),
+                cell("superuser"),
+                cell("top_candidates"),
+                _fmt(t["package_over_superuser"]),
+            ]
+        )
+    write_table(
+        out,
+        [
+            "term",
+            "matches",
+            "package",
+            "one statement, RLS",
+            "superuser, tenant written out",
+            "rank top 100 only",
+            "package/superuser",
+        ],
+        rows,
+    )
 
 
 _RATIO_COLUMNS = (

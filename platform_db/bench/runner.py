@@ -49,6 +49,7 @@ from platform_db.bench import pgbench as pgb
 from platform_db.bench import stats
 from platform_db.bench.baseline import BaselineConfig, Logins, run_baseline
 from platform_db.bench.report import build_report
+from platform_db.bench.search import search_comparison
 from platform_db.bench.seed import conninfo
 from platform_db.bench.workload import (
     CLASSES,
@@ -302,6 +303,9 @@ async def _worker(task: WorkerTask) -> WorkerResult:
         await asyncio.gather(reset_when_measuring(), *(client(i) for i in range(task.clients)))
         result.client_cpu_s = time.process_time() - cpu_at_measure[0]
         result.acquire = db.acquire_times_ms()
+        # Keep the connections open until the parent has read the backends' CPU at
+        # t_end: a backend that exits first takes its CPU time with it.
+        await asyncio.sleep(max(0.0, task.t_end + 1.0 - time.time()))
     finally:
         await db.dispose_async()
     return result
@@ -526,6 +530,7 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
 
         super_engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=NullPool)
         plans: dict[str, dict[str, Any]] = {}
+        search: dict[str, Any] | None = None
         pg: dict[str, Any] = {"available": False, "reason": "skipped (--baseline-only)"}
         try:
             if config.explain:
@@ -533,6 +538,9 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
                 plans = explain_plans(
                     super_engine, url, app_url, catalog=catalog, mix=config.mix, seed=config.seed
                 )
+                if config.mix.get("page_search"):
+                    say("full-text search on the largest tenant: the package against the plans ...")
+                    search = search_comparison(super_engine, url, app_url)
             if not config.baseline_only:
                 pg = _run_pgbench_phases(
                     url=url,
@@ -579,6 +587,7 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
         pgbench=pg,
         load={"before": load_before, "after": load_after},
         baseline=baseline,
+        search=search,
     )
 
 

@@ -59,6 +59,9 @@ class Database:
         return cls(Settings.from_env(env), pgbouncer=pgbouncer, allow_rls_bypass=allow_rls_bypass)
 
     def engine(self, pool: str = "main") -> Engine:
+        engine = self._engines.get(pool)
+        if engine is not None:
+            return engine
         settings = self.settings.pool(pool)
         with self._lock:
             if pool not in self._engines:
@@ -66,6 +69,9 @@ class Database:
             return self._engines[pool]
 
     def async_engine(self, pool: str = "main") -> AsyncEngine:
+        engine = self._async_engines.get(pool)
+        if engine is not None:  # every session after the first: no lock, no lookup
+            return engine
         settings = self.settings.pool(pool)
         with self._lock:
             if pool not in self._async_engines:
