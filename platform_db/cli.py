@@ -709,6 +709,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 class_duration_s=args.baseline_class_duration,
                 warmup_s=args.baseline_warmup,
                 classes=not args.no_baseline_classes,
+                variants=tuple(v.strip().upper() for v in args.baseline_variants.split(",")),
             ),
         )
         report = run_bench(url, config, progress=None if args.quiet else _progress)
@@ -862,6 +863,11 @@ def _add_bench_commands(sub: Any) -> None:
     )
     bench.add_argument(
         "--baseline-warmup", type=float, default=2.0, help="warm-up seconds per baseline phase (2)"
+    )
+    bench.add_argument(
+        "--baseline-variants",
+        default="A,B,C,D",
+        help="which variants run (A and at least one other; default A,B,C,D)",
     )
     bench.add_argument(
         "--no-baseline-classes",

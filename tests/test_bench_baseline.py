@@ -357,3 +357,10 @@ def test_lead_model_is_what_the_writes_assume() -> None:
     assert columns.index("status") < columns.index("status_changed_at")
     assert columns.index("status_changed_at") < columns.index("converted_at")
     assert columns.index("converted_at") < columns.index("lost_reason")
+
+
+def test_the_variants_to_run_are_checked() -> None:
+    assert BaselineConfig(variants=("A", "B")).variants == ("A", "B")
+    for bad in (("B", "C"), ("A",), ("A", "E"), ("A", "A")):
+        with pytest.raises(ValueError, match="baseline variants"):
+            BaselineConfig(variants=bad)

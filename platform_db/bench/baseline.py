@@ -87,8 +87,14 @@ class BaselineConfig:
     class_duration_s: float = 4.0
     warmup_s: float = 2.0
     classes: bool = True
+    variants: tuple[str, ...] = VARIANTS
 
     def __post_init__(self) -> None:
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown or "A" not in self.variants or len(set(self.variants)) < 2:
+            raise ValueError(
+                f"baseline variants are A and at least one of B, C, D, not {','.join(self.variants)}"
+            )
         if not 1 <= self.rounds <= 100:
             raise ValueError("baseline rounds must be between 1 and 100")
         for name, value in (
@@ -315,7 +321,8 @@ def run_baseline(
     )
     with _workers(processes) as ex:
         for r in range(config.rounds):
-            order = list(VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)])
+            chosen = [v for v in VARIANTS if v in config.variants]
+            order = chosen[r % len(chosen) :] + chosen[: r % len(chosen)]
             phases: dict[str, dict[str, Any]] = {}
             for name, workload_mix in plan:
                 duration = config.duration_s if name == OVERALL else config.class_duration_s
@@ -471,7 +478,7 @@ def summarize_baseline(
         spread = {k: _spread([pr[k] for pr in per_round]) for k in RATIOS}
         medians = {
             v: {m: _median([r["phases"][name][v].get(m) for r in rounds]) for m in METRICS}
-            for v in VARIANTS
+            for v in config.variants
         }
         per_workload[name] = {
             "ratios": {k: spread[k]["median"] for k in RATIOS},
@@ -500,7 +507,8 @@ def summarize_baseline(
             "warmup_s": config.warmup_s,
             "clients": clients,
             "processes": processes,
-            "order": "A, B, C, D rotated by one each round; per round the mix, then each class",
+            "order": f"{', '.join(config.variants)} rotated by one each round; per round the "
+            "mix, then each class",
             "seconds": round(seconds, 1),
         },
         "variants": {
@@ -508,7 +516,7 @@ def summarize_baseline(
                 "description": DESCRIPTIONS[v],
                 "login": (logins.app_url if v in ("A", "C") else logins.plain_url).username,
             }
-            for v in VARIANTS
+            for v in config.variants
         },
         "package_messages": {
             "begin": messages.begin,

@@ -589,7 +589,14 @@ def _render_search(out: io.StringIO, search: Mapping[str, Any] | None) -> None:
         def cell(name: str, v: Mapping[str, Any] = v) -> str:
             if name not in v:
                 return "-"
-            same = "" if v[name]["same_results_as_superuser"] else " (other results)"
+            share = v[name].get("share_of_right_results")
+            same = (
+                ""
+                if v[name]["same_results_as_superuser"]
+                else f" (other results: {share:.0%} of the right ones)"
+                if share is not None
+                else " (other results)"
+            )
             return f"{_fmt(v[name]['median_ms'])} ({_fmt(v[name]['server_ms'])}){same}"
 
         rows.append(
@@ -661,7 +668,10 @@ def _render_baseline(out: io.StringIO, b: Mapping[str, Any]) -> None:
             continue
         cells = []
         for v in ("A", "B", "C", "D"):
-            m = w["medians"].get(v) or {}
+            m = w["medians"].get(v)
+            if m is None:
+                cells.append("-")
+                continue
             cells.append(
                 f"{_fmt(m.get('throughput_per_s'))} / {_fmt(m.get('client_cpu_ms_per_request'))}"
                 f" / {_fmt(m.get('server_cpu_ms_per_request'))}"
@@ -914,12 +924,13 @@ def baseline_charts(b: Mapping[str, Any]) -> list[str]:
         ),
     ]
     overall = b["overall"]["medians"]
+    variants = [v for v in ("A", "B", "C", "D") if v in overall]
     charts.append(
         bar_chart(
             "Baseline, the mix: CPU per request of each variant (median of rounds)",
-            ["A", "B", "C", "D"],
+            variants,
             [
-                (label, [overall[v][metric] for v in ("A", "B", "C", "D")])
+                (label, [overall[v][metric] for v in variants])
                 for label, metric in (
                     ("client CPU ms", "client_cpu_ms_per_request"),
                     ("server CPU ms", "server_cpu_ms_per_request"),

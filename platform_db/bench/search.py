@@ -189,6 +189,10 @@ def _measure(
             "server_ms": _server_ms(conn, statement),
             "rows": len(found),
             "same_results_as_superuser": mine == exact,
+            # How many of the right first results it found at all (order aside).
+            "share_of_right_results": round(len(set(mine) & set(exact)) / len(exact), 3)
+            if exact
+            else None,
         }
     su = row["variants"]["superuser"]["median_ms"]
     row["package_over_superuser"] = (
