@@ -805,6 +805,7 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from platform_db.bench.baseline import BaselineConfig  # noqa: PLC0415
     from platform_db.bench.report import compare_text, render_html, render_text  # noqa: PLC0415
     from platform_db.bench.runner import BenchConfig, BenchError, run_bench  # noqa: PLC0415
     from platform_db.bench.workload import mix_from_text  # noqa: PLC0415
@@ -846,6 +847,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             label=args.label,
             first_tenants=args.first_tenants,
             rate=args.rate,
+            baseline=_baseline_wanted(args),
+            baseline_only=args.baseline_only,
+            baseline_config=BaselineConfig(
+                rounds=args.baseline_rounds,
+                duration_s=args.baseline_duration,
+                class_duration_s=args.baseline_class_duration,
+                warmup_s=args.baseline_warmup,
+                classes=not args.no_baseline_classes,
+                variants=tuple(v.strip().upper() for v in args.baseline_variants.split(",")),
+            ),
         )
         if args.replica:
             return _bench_replica(args, url, config)
@@ -887,6 +898,12 @@ def _bench_replica(args: argparse.Namespace, url: Any, config: Any) -> int:
     return EXIT_OK
 
 
+def _baseline_wanted(args: argparse.Namespace) -> bool:
+    if args.baseline and args.no_baseline:
+        raise ValueError("--baseline and --no-baseline contradict each other")
+    return not args.no_baseline
+
+
 def _add_bench_commands(sub: Any) -> None:
     from platform_db.bench.seed import (  # noqa: PLC0415
         DEFAULT_MONTHS,
@@ -925,11 +942,18 @@ def _add_bench_commands(sub: Any) -> None:
 
     bench = sub.add_parser(
         "bench",
-        help="run the mixed workload through the package's pools and sessions, and pgbench",
+        help="run the mixed workload through the package's pools and sessions, pgbench, "
+        "and the baseline comparison with plain SQLAlchemy and raw asyncpg",
         description="Measures throughput, p50/p95/p99 per query class, connection acquisition, "
         "cache hit ratio and index-scan share, then runs pgbench (select-only and the same "
-        "SQL with and without the tenant transaction and RLS) for comparison. DATABASE_URL "
-        "names a superuser of a seeded database on this machine.",
+        "SQL with and without the tenant transaction and RLS) for comparison, then, by "
+        "default, the baseline: the same drawn requests through the package (A), plain "
+        "SQLAlchemy with explicit tenant filters on a login that bypasses RLS (B), raw "
+        "asyncpg with the package's SQL and round trips (C) and raw asyncpg with an "
+        "explicit filter and no transaction (D), in interleaved rounds, reporting the "
+        "ratios A/B and A/C of client CPU, server CPU per request and throughput (JSON: "
+        "baseline.ratios). DATABASE_URL names a superuser of a seeded database on this "
+        "machine.",
     )
     bench.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
     bench.add_argument("--duration", type=int, default=60, help="measured seconds per phase (60)")
@@ -987,6 +1011,46 @@ def _add_bench_commands(sub: Any) -> None:
         help="run the workload twice, primary only and with POSTGRES_REPLICA_URL's standby "
         "serving the dashboard and date-range classes, and report both with the replication "
         "lag during each (no pgbench, no EXPLAIN)",
+    )
+    bench.add_argument(
+        "--baseline",
+        action="store_true",
+        help="run the baseline comparison (A package, B plain SQLAlchemy, C/D raw asyncpg); "
+        "it runs by default, this flag only says so",
+    )
+    bench.add_argument("--no-baseline", action="store_true", help="skip the baseline comparison")
+    bench.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="run only the baseline comparison (and EXPLAIN): no main workload, no pgbench",
+    )
+    bench.add_argument(
+        "--baseline-rounds", type=int, default=5, help="interleaved baseline rounds (5)"
+    )
+    bench.add_argument(
+        "--baseline-duration",
+        type=float,
+        default=10.0,
+        help="measured seconds of each variant on the mixed workload per round (10)",
+    )
+    bench.add_argument(
+        "--baseline-class-duration",
+        type=float,
+        default=4.0,
+        help="measured seconds of each variant on each class alone per round (4)",
+    )
+    bench.add_argument(
+        "--baseline-warmup", type=float, default=2.0, help="warm-up seconds per baseline phase (2)"
+    )
+    bench.add_argument(
+        "--baseline-variants",
+        default="A,B,C,D",
+        help="which variants run (A and at least one other; default A,B,C,D)",
+    )
+    bench.add_argument(
+        "--no-baseline-classes",
+        action="store_true",
+        help="baseline on the mixed workload only (no per-class ratios)",
     )
     bench.add_argument("--label", help="a name for this run in the report")
     bench.add_argument("--out", help="also write the JSON report to this file")

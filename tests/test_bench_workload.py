@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from platform_db.bench import pgbench as pgb
+from platform_db.bench.baseline import BaselineConfig
 from platform_db.bench.report import render_html, render_text
 from platform_db.bench.runner import BenchConfig, BenchError, require_loopback, run_bench
 from platform_db.bench.seed import SeedConfig, conninfo, run_seed
@@ -243,6 +244,11 @@ def test_bench_end_to_end_report_shape(bench_db: URL) -> None:
         pgbench_scale=1,
         label="smoke",
         seed=2,
+        # The baseline runs by default; one short round of the mix here
+        # (tests/test_bench_baseline.py covers it in full).
+        baseline_config=BaselineConfig(
+            rounds=1, duration_s=1, class_duration_s=1, warmup_s=0, classes=False
+        ),
     )
     report = run_bench(bench_db, config)
     json.dumps(report, default=str)  # JSON-ready
@@ -257,6 +263,11 @@ def test_bench_end_to_end_report_shape(bench_db: URL) -> None:
     assert "main" in w["acquire"]
     assert w["server"]["index_scans"] > 0
     assert 0 < w["server"]["cache_hit_ratio"] <= 1
+    assert set(report["baseline"]["ratios"]) >= {
+        "client_cpu_a_over_b",
+        "throughput_a_over_b",
+        "server_cpu_a_over_c",
+    }
     assert report["targets"][0]["target"] == "95% of queries under 100 ms"
     assert len(report["targets"]) == 8
     assert set(report["plans"]) <= set(CLASSES)
@@ -292,6 +303,7 @@ def test_open_loop_run_keeps_its_rate_and_passes_it_to_pgbench(bench_db: URL) ->
         pgbench_scale=1,
         rate=40.0,
         explain=False,
+        baseline=False,
         label="open loop",
         seed=5,
     )

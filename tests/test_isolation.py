@@ -221,6 +221,32 @@ UPDATE_COLUMN = {
 }
 
 
+SEARCH_CALL = text(
+    "SELECT id FROM platform.search_pages(websearch_to_tsquery('english', :q), 1000, false)"
+)
+
+
+def test_search_function_finds_only_own_pages(
+    engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant
+) -> None:
+    # Both tenants' pages say 'secret body'; the function runs without RLS (it must, to
+    # use the GIN index), so it is the function that keeps B's pages out.
+    with engine.connect() as conn:
+        everyone = conn.execute(
+            text("SELECT tenant_id FROM pages WHERE search_vector @@ to_tsquery('secret')")
+        ).scalars()
+        assert {a.tenant_id, b.tenant_id} <= set(everyone), "positive control"
+    with tenant_connection(app_engine, a.tenant_id) as conn:
+        found = set(conn.execute(SEARCH_CALL, {"q": "secret"}).scalars())
+        assert found == set(a.ids["pages"])
+        assert not found & set(b.ids["pages"])
+        # A query of every word, including B's own label: still only A's pages.
+        found = set(conn.execute(SEARCH_CALL, {"q": "secret or page or b or a"}).scalars())
+        assert found == set(a.ids["pages"])
+    with tenant_connection(app_engine, None) as conn:
+        assert conn.execute(SEARCH_CALL, {"q": "secret"}).all() == []
+
+
 def _insert_params(target: SeededTenant) -> dict[str, Any]:
     """Parameters that make the insert valid in every respect but the tenant."""
     uid = _uid()
@@ -695,6 +721,16 @@ DENIED_STATEMENTS: dict[str, tuple[str, str]] = {
         "CREATE TRIGGER iso_evil BEFORE INSERT ON leads "
         "FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
         "permission denied for table leads",
+    ),
+    "replace-search-function": (
+        "CREATE OR REPLACE FUNCTION platform.search_pages(query tsquery, max_rows integer "
+        "DEFAULT 20, published_only boolean DEFAULT true) RETURNS TABLE (id uuid, rank real) "
+        "LANGUAGE sql AS $$ SELECT id, 1::real FROM public.pages $$",
+        "permission denied for schema platform",
+    ),
+    "search-function-as-invoker": (
+        "ALTER FUNCTION platform.search_pages(tsquery, integer, boolean) SECURITY INVOKER",
+        "must be owner of function platform.search_pages",
     ),
     "set-role-owner": ("SET ROLE platform_owner", "permission denied to set role"),
     "set-role-admin": ("SET ROLE platform_admin", "permission denied to set role"),

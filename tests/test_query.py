@@ -298,3 +298,34 @@ def test_operators_the_column_cannot_take_are_a_query_error(
 ) -> None:
     with pytest.raises(QueryError, match=message):
         find_many(db, Lead, filters=filters)
+
+
+def test_one_prepared_statement_per_shape_and_values_never_stick(
+    db: TenantSession, tenant_with_leads: uuid.UUID
+) -> None:
+    # find_many builds a statement once per shape and binds each call's values into it:
+    # calls of the same shape with other values, and of shapes that differ only in what
+    # a value makes of the SQL (NULL, an empty list, a direction), must not mix.
+    def ids(**kwargs: object) -> list[uuid.UUID]:
+        filters = {"tenant_id": tenant_with_leads, **kwargs.pop("filters", {})}  # type: ignore[dict-item]
+        page = find_many(db, Lead, filters=filters, limit=1000, **kwargs)  # type: ignore[arg-type]
+        return [lead.id for lead in page.items]
+
+    everyone = ids()
+    assert len(everyone) == 237
+    by_status = {s: ids(filters={"status": s}) for s in ("new", "lost", "contacted")}
+    assert all(by_status.values())
+    assert not set(by_status["new"]) & set(by_status["lost"])
+    assert ids(filters={"status__in": []}) == []
+    assert sorted(ids(filters={"status__in": ["new"]})) == sorted(by_status["new"])
+    assert set(ids(filters={"status__not_in": []})) == set(everyone)
+    assert ids(filters={"company": None}) != []
+    assert ids(filters={"company": "nobody"}) == []
+    assert set(ids(filters={"company__is_null": True})) == set(everyone)
+    assert ids(filters={"company__is_null": False}) == []
+    up = ids(order_by=["score", "email"])
+    down = ids(order_by=["-score", "email"])
+    assert up != down
+    assert set(up) == set(down)
+    assert ids(filters={"score__gte": 99}) != ids(filters={"score__gte": 1})
+    assert ids(offset=10, order_by=["email"]) == ids(order_by=["email"])[10:]

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from platform_db.models import Lead, LeadStatus, Page, PageStatus, User, UserRole
 from platform_db.models.lead import InvalidTransitionError
-from platform_db.session.search import search_pages
+from platform_db.session.search import search_pages, search_pages_direct_query
 from platform_db.session.tenancy import TenantSession
 from tests.factories import new_form, new_tenant
 
@@ -262,13 +262,16 @@ def test_full_text_search_ranks_title_matches_first(db: TenantSession) -> None:
             )
         )
     db.flush()
-    # The superuser sees every tenant; as a tenant session the query is scoped by RLS
-    # (tests/test_isolation.py). Here: the ranking, with an explicit tenant filter.
-    hits = [
-        (p.slug, rank) for p, rank in search_pages(db, "tomato", limit=10) if p.tenant_id == tenant
-    ]
+    # The ranking, with an explicit tenant filter (RLS does not filter the superuser) ...
+    direct = search_pages_direct_query("tomato", limit=10).where(Page.tenant_id == tenant)
+    hits = [(p.slug, rank) for p, rank in db.execute(direct)]
     assert [slug for slug, _ in hits] == ["b", "a"]
     assert hits[0][1] > hits[1][1]
+    # ... and through the search function, which finds the current tenant's pages only,
+    # none without a tenant, whoever calls it (tests/test_search.py: as the app login).
+    assert search_pages(db, "tomato", limit=10) == []
+    db.execute(text("SELECT set_config('app.current_tenant_id', :t, true)"), {"t": str(tenant)})
+    assert [(p.slug, rank) for p, rank in search_pages(db, "tomato", limit=10)] == hits
     assert search_pages(db, '"growing tomatoes" -gardening', limit=10)[0][0].slug == "b"
 
 

@@ -275,15 +275,36 @@ def build_report(
     machine: Mapping[str, Any],
     server: Mapping[str, str],
     data: Mapping[str, Any],
-    workload: WorkerResult,
-    workload_server: ServerDelta,
+    workload: WorkerResult | None,
+    workload_server: ServerDelta | None,
     workload_load: Mapping[str, Any],
     tenants_sampled: int,
     plans: Mapping[str, Any],
     pgbench: Mapping[str, Any],
     load: Mapping[str, Any],
+    baseline: Mapping[str, Any] | None = None,
+    search: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     window = float(config.duration_s)
+    report = _report_head(
+        label=label,
+        started=started,
+        finished=finished,
+        config=config,
+        database=database,
+        machine=machine,
+        server=server,
+        data=data,
+        tenants_sampled=tenants_sampled,
+        load=load,
+    )
+    report["plans"] = dict(plans)
+    report["search"] = dict(search) if search is not None else None
+    report["baseline"] = dict(baseline) if baseline is not None else {"ran": False}
+    if workload is None or workload_server is None:
+        # --baseline-only: no main workload and no pgbench, so no seed targets either.
+        report.update(workload=None, pgbench=dict(pgbench), comparison={}, targets=[])
+        return report
     w = _per_class(workload.latencies, window)
     setup = [v for c in CLASSES for v in workload.setup.get(c, [])]
     w.update(
@@ -299,6 +320,30 @@ def build_report(
             "load_average": {k: v for k, v in workload_load.items() if k != "cpu"},
         }
     )
+    report["workload"] = w
+    report["pgbench"] = _pgbench_section(pgbench, window)
+    cpu = dict(workload_load.get("cpu") or {})
+    if cpu:
+        cpu["window_s"] = window
+    report["workload"]["cpu"] = _cpu_per(cpu, w["overall"]["throughput_per_s"])
+    report["comparison"] = _comparison(report["workload"], report["pgbench"])
+    report["targets"] = _targets(report)
+    return report
+
+
+def _report_head(
+    *,
+    label: str | None,
+    started: dt.datetime,
+    finished: dt.datetime,
+    config: BenchConfig,
+    database: str,
+    machine: Mapping[str, Any],
+    server: Mapping[str, str],
+    data: Mapping[str, Any],
+    tenants_sampled: int,
+    load: Mapping[str, Any],
+) -> dict[str, Any]:
     from platform_db.session.settings import Settings  # noqa: PLC0415
 
     pools: dict[str, int] = {}
@@ -310,7 +355,7 @@ def build_report(
         }
     except ValueError:
         pools = {}
-    report: dict[str, Any] = {
+    return {
         "version": REPORT_VERSION,
         "label": label,
         "started_at": started.isoformat(timespec="seconds"),
@@ -329,21 +374,13 @@ def build_report(
             "first_tenants": config.first_tenants,
             "rate": config.rate,
             "mix": dict(config.mix),
+            "baseline": config.baseline,
+            "baseline_only": config.baseline_only,
             **pools,
         },
         "data": dict(data),
         "tenants_sampled": tenants_sampled,
-        "workload": w,
-        "pgbench": _pgbench_section(pgbench, window),
-        "plans": dict(plans),
     }
-    cpu = dict(workload_load.get("cpu") or {})
-    if cpu:
-        cpu["window_s"] = window
-    report["workload"]["cpu"] = _cpu_per(cpu, w["overall"]["throughput_per_s"])
-    report["comparison"] = _comparison(report["workload"], report["pgbench"])
-    report["targets"] = _targets(report)
-    return report
 
 
 def _env() -> dict[str, str]:
@@ -387,12 +424,22 @@ def render_text(report: Mapping[str, Any]) -> str:
             if c.get("rate")
             else "closed loop, "
         )
-        + f"{c['warmup_s']} s warm-up + {c['duration_s']} s, gc.freeze "
+        + (
+            f"{c['warmup_s']} s warm-up + {c['duration_s']} s, "
+            if report.get("workload") is not None
+            else "baseline only, "
+        )
+        + "gc.freeze "
         f"{'on' if c.get('gc_freeze') else 'off'}; load average "
         f"{_load(report['load_average'].get('before'))} -> "
         f"{_load(report['load_average'].get('after'))}\n\n"
     )
     w = report["workload"]
+    if w is None:
+        out.write("(--baseline-only: no main workload, no pgbench, no seed targets)\n")
+        _render_search(out, report.get("search"))
+        _render_baseline(out, report.get("baseline") or {})
+        return out.getvalue()
     out.write("Workload through the package (tenant sessions, platform_app login, RLS)\n")
     header = ["class", "requests", "per s", "p50 ms", "p95 ms", "p99 ms", "max ms"]
     rows = [
@@ -522,7 +569,138 @@ def render_text(report: Mapping[str, Any]) -> str:
             for t in report["targets"]
         ],
     )
+    _render_search(out, report.get("search"))
+    _render_baseline(out, report.get("baseline") or {})
     return out.getvalue()
+
+
+def _render_search(out: io.StringIO, search: Mapping[str, Any] | None) -> None:
+    if not search:
+        return
+    out.write(
+        f"\nFull-text search, the tenant with the most published pages "
+        f"({search['published_pages']:,}), limit {search['limit']}: median ms of "
+        f"{search['repeats']} interleaved runs (server ms from EXPLAIN ANALYZE)\n"
+    )
+    rows = []
+    for text, t in search["terms"].items():
+        v = t["variants"]
+
+        def cell(name: str, v: Mapping[str, Any] = v) -> str:
+            if name not in v:
+                return "-"
+            share = v[name].get("share_of_right_results")
+            same = (
+                ""
+                if v[name]["same_results_as_superuser"]
+                else f" (other results: {share:.0%} of the right ones)"
+                if share is not None
+                else " (other results)"
+            )
+            return f"{_fmt(v[name]['median_ms'])} ({_fmt(v[name]['server_ms'])}){same}"
+
+        rows.append(
+            [
+                f"{text} ({t['kind']})",
+                _fmt(t["matches"]),
+                cell("package"),
+                cell("rls_plain"),
+                cell("superuser"),
+                cell("top_candidates"),
+                _fmt(t["package_over_superuser"]),
+            ]
+        )
+    write_table(
+        out,
+        [
+            "term",
+            "matches",
+            "package",
+            "one statement, RLS",
+            "superuser, tenant written out",
+            "rank top 100 only",
+            "package/superuser",
+        ],
+        rows,
+    )
+
+
+_RATIO_COLUMNS = (
+    ("client_cpu_a_over_b", "client CPU A/B"),
+    ("throughput_a_over_b", "req/s A/B"),
+    ("server_cpu_a_over_b", "server CPU A/B"),
+    ("client_cpu_a_over_c", "client CPU A/C"),
+    ("throughput_a_over_c", "req/s A/C"),
+    ("server_cpu_a_over_c", "server CPU A/C"),
+)
+
+
+def _ratio_cell(spread: Mapping[str, Any] | None) -> str:
+    if not spread or spread.get("median") is None:
+        return "-"
+    return f"{spread['median']:.3f} ({spread['min']:.2f}-{spread['max']:.2f})"
+
+
+def _render_baseline(out: io.StringIO, b: Mapping[str, Any]) -> None:
+    if not b.get("rounds"):
+        return
+    c = b["config"]
+    out.write(
+        f"\nBaseline: the same drawn requests four ways, {c['rounds']} interleaved rounds "
+        f"({c['warmup_s']:g} s warm-up + {c['duration_s']:g} s for the mix, "
+        f"{c['class_duration_s']:g} s per class), {c['clients']} clients in "
+        f"{c['processes']} process(es)\n"
+    )
+    for v, desc in b["variants"].items():
+        out.write(f"  {v}: {desc['description']} (login {desc['login']})\n")
+    out.write("Ratios, median over the rounds (min-max):\n")
+    rows = []
+    for name, w in [("overall", b["overall"]), *b["classes"].items()]:
+        if w:
+            rows.append([name, *(_ratio_cell(w["spread"].get(k)) for k, _ in _RATIO_COLUMNS)])
+    write_table(out, ["workload", *(label for _, label in _RATIO_COLUMNS)], rows)
+    out.write(
+        "Per variant, median over the rounds: req/s / client CPU ms / server CPU ms per request\n"
+    )
+    rows = []
+    for name, w in [("overall", b["overall"]), *b["classes"].items()]:
+        if not w:
+            continue
+        cells = []
+        for v in ("A", "B", "C", "D"):
+            m = w["medians"].get(v)
+            if m is None:
+                cells.append("-")
+                continue
+            cells.append(
+                f"{_fmt(m.get('throughput_per_s'))} / {_fmt(m.get('client_cpu_ms_per_request'))}"
+                f" / {_fmt(m.get('server_cpu_ms_per_request'))}"
+            )
+        rows.append([name, *cells])
+    write_table(out, ["workload", "A", "B", "C", "D"], rows)
+    out.write("Targets (overall medians)\n")
+    write_table(
+        out,
+        ["ratio", "target", "median", "met"],
+        [
+            [
+                t["ratio"],
+                t["target"],
+                _fmt(t["median"]),
+                {True: "yes", False: "NO", None: "n/a"}[t["met"]],
+            ]
+            for t in b["targets"]
+        ],
+    )
+    errors = {
+        f"round {r['round']} {w} {v}": p["errors"]
+        for r in b["rounds"]
+        for w, phases in r["phases"].items()
+        for v, p in phases.items()
+        if p.get("errors")
+    }
+    if errors:
+        out.write(f"Errors: {errors}\n")
 
 
 def _pct(v: float | None) -> str:
@@ -670,8 +848,7 @@ def bar_chart(
     return "".join(parts)
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """A self-contained page: charts (inline SVG), the text report, the targets."""
+def _workload_charts(report: Mapping[str, Any]) -> list[str]:
     w = report["workload"]
     classes = list(w["classes"])
     charts = [
@@ -718,6 +895,58 @@ def render_html(report: Mapping[str, Any]) -> str:
                 log=False,
             )
         )
+    return charts
+
+
+def baseline_charts(b: Mapping[str, Any]) -> list[str]:
+    """The baseline's ratios per workload (medians) and per round (the mix)."""
+    if not b.get("rounds"):
+        return []
+    names = ["overall", *b["classes"]]
+    spreads = {n: (b["overall"] if n == "overall" else b["classes"][n])["spread"] for n in names}
+    main = ("client_cpu_a_over_b", "throughput_a_over_b", "server_cpu_a_over_c")
+    charts = [
+        bar_chart(
+            "Baseline: A/B client CPU, A/B throughput, A/C server CPU per workload (median of rounds)",
+            names,
+            [(k, [spreads[n][k]["median"] for n in names]) for k in main],
+            unit="ratio",
+            log=False,
+            reference=(1.0, "1.0 = same as the baseline"),
+        ),
+        bar_chart(
+            "Baseline, the mix: each round's ratios (the spread)",
+            [f"round {r['round']}" for r in b["rounds"]],
+            [(k, list(b["spread"][k]["values"])) for k in main],
+            unit="ratio",
+            log=False,
+            reference=(1.0, "1.0"),
+        ),
+    ]
+    overall = b["overall"]["medians"]
+    variants = [v for v in ("A", "B", "C", "D") if v in overall]
+    charts.append(
+        bar_chart(
+            "Baseline, the mix: CPU per request of each variant (median of rounds)",
+            variants,
+            [
+                (label, [overall[v][metric] for v in variants])
+                for label, metric in (
+                    ("client CPU ms", "client_cpu_ms_per_request"),
+                    ("server CPU ms", "server_cpu_ms_per_request"),
+                )
+            ],
+            unit="ms per request",
+            log=False,
+        )
+    )
+    return charts
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """A self-contained page: charts (inline SVG), the text report, the targets."""
+    charts = _workload_charts(report) if report.get("workload") else []
+    charts += baseline_charts(report.get("baseline") or {})
     title = f"platform-db bench: {report['database']} {report['started_at']}"
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

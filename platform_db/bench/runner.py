@@ -7,9 +7,15 @@ Order of a run (all against the same server, one after the other, within minutes
    request a tenant session of the package's own `Database` pools, logged in as a
    platform_app login (RLS applies); `warmup` seconds, then `duration` measured seconds;
    pg_stat_* counters read at the start and end of the measured window;
-3. EXPLAIN (ANALYZE, BUFFERS) of every class for the largest tenant;
+3. EXPLAIN (ANALYZE, BUFFERS) of every class for the largest tenant (and, for the search,
+   the plan inside the search function, as the platform_app login);
 4. pgbench: built-in select-only on its own database, then the workload's SQL in three
-   variants (see platform_db.bench.pgbench), each with the same clients and duration.
+   variants (see platform_db.bench.pgbench), each with the same clients and duration;
+5. the baseline comparison (platform_db.bench.baseline): the same drawn requests through
+   the package (A), plain SQLAlchemy with explicit tenant filters (B) and raw asyncpg (C:
+   the package's SQL and round trips; D: explicit filter, no transaction), in
+   interleaved rounds, with the ratios A/B and A/C of CPU per request and throughput.
+   On by default (`--no-baseline` skips it, `--baseline-only` runs only it and EXPLAIN).
 
 Loopback only: the harness refuses a server that is not on this machine, and every loop
 is bounded by the run's deadline and a request cap.
@@ -41,7 +47,9 @@ from sqlalchemy.pool import NullPool
 
 from platform_db.bench import pgbench as pgb
 from platform_db.bench import stats
+from platform_db.bench.baseline import BaselineConfig, Logins, run_baseline
 from platform_db.bench.report import build_report
+from platform_db.bench.search import search_comparison
 from platform_db.bench.seed import conninfo
 from platform_db.bench.workload import (
     ANALYTICS_CLASSES,
@@ -54,7 +62,7 @@ from platform_db.bench.workload import (
     pick_class,
     run_request,
 )
-from platform_db.ddl.security import APP_ROLE, scram_sha_256
+from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, scram_sha_256
 from platform_db.session.database import Database
 from platform_db.session.settings import SYNC_DRIVER, with_driver
 from platform_db.session.tenancy import scope_sql
@@ -62,6 +70,8 @@ from platform_db.session.tenancy import scope_sql
 Progress = Callable[[str], None]
 
 BENCH_LOGIN = "platform_bench_app"
+# The baseline's login that bypasses RLS (what a team without RLS would connect as).
+PLAIN_LOGIN = "platform_bench_plain"
 MAX_CLIENTS = 1000
 MAX_DURATION_S = 3600
 MAX_REQUESTS_PER_CLIENT = 5_000_000
@@ -90,6 +100,9 @@ class BenchConfig:
     label: str | None = None
     first_tenants: int | None = None
     rate: float | None = None
+    baseline: bool = True
+    baseline_only: bool = False
+    baseline_config: BaselineConfig = field(default_factory=BaselineConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.clients <= MAX_CLIENTS:
@@ -106,6 +119,8 @@ class BenchConfig:
             raise BenchError("first tenants must be at least 1")
         if self.rate is not None and not 0 < self.rate <= 1_000_000:
             raise BenchError("rate must be above 0 and at most 1,000,000 requests per second")
+        if self.baseline_only and not self.baseline:
+            raise BenchError("--baseline-only and --no-baseline contradict each other")
 
 
 def require_loopback(url: URL) -> None:
@@ -151,6 +166,28 @@ def ensure_app_login(admin: psycopg.Connection[Any], url: URL) -> tuple[URL, str
     else:
         admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(ident, sql.Literal(verifier)))
     return url.set(username=BENCH_LOGIN, password=password), password
+
+
+def ensure_plain_login(admin: psycopg.Connection[Any], url: URL) -> URL:
+    """The baseline's login that RLS does not filter: BYPASSRLS, a member of platform_admin
+    (which holds the row privileges), a fresh password sent as its SCRAM verifier."""
+    password = secrets.token_urlsafe(24)
+    verifier = scram_sha_256(password)
+    ident = sql.Identifier(PLAIN_LOGIN)
+    exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PLAIN_LOGIN,)).fetchone()
+    if not exists:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN BYPASSRLS PASSWORD {} IN ROLE {}").format(
+                ident, sql.Literal(verifier), sql.Identifier(ADMIN_ROLE)
+            )
+        )
+    else:
+        admin.execute(
+            sql.SQL("ALTER ROLE {} LOGIN BYPASSRLS PASSWORD {}").format(
+                ident, sql.Literal(verifier)
+            )
+        )
+    return url.set(username=PLAIN_LOGIN, password=password)
 
 
 # --- The workload, in worker processes ---------------------------------------------------
@@ -222,7 +259,7 @@ def worker_main(task: WorkerTask) -> WorkerResult:
         return WorkerResult(fatal=traceback.format_exc(limit=5))
 
 
-async def _worker(task: WorkerTask) -> WorkerResult:
+def _worker_env(task: WorkerTask) -> dict[str, str]:
     # The operator's POSTGRES_REPLICA_URL is not the measured login's: a replica is used
     # only when `bench --replica` hands one over.
     env = {k: v for k, v in os.environ.items() if k != "POSTGRES_REPLICA_URL"}
@@ -230,7 +267,11 @@ async def _worker(task: WorkerTask) -> WorkerResult:
     if task.replica_url:
         env["POSTGRES_REPLICA_URL"] = task.replica_url
         env.update(task.replica_env)
-    db = Database.from_env(env)
+    return env
+
+
+async def _worker(task: WorkerTask) -> WorkerResult:
+    db = Database.from_env(_worker_env(task))
     result = WorkerResult(latencies={c: [] for c in CLASSES}, setup={c: [] for c in CLASSES})
     try:
         await db.warm_up_async("main", "analytics")
@@ -282,6 +323,9 @@ async def _worker(task: WorkerTask) -> WorkerResult:
         result.acquire = db.acquire_times_ms()
         if db.router is not None:
             result.routes = dict(db.router.routes)
+        # Keep the connections open until the parent has read the backends' CPU at
+        # t_end: a backend that exits first takes its CPU time with it.
+        await asyncio.sleep(max(0.0, task.t_end + 1.0 - time.time()))
     finally:
         await db.dispose_async()
     return result
@@ -380,7 +424,9 @@ def run_workload(
 
 def explain_plans(
     super_engine: Engine,
+    super_url: URL,
     app_url: URL,
+    *,
     catalog: Catalog,
     mix: Mapping[str, int],
     seed: int,
@@ -426,7 +472,48 @@ def explain_plans(
                     "after": bool(req.after),
                 },
             }
+            if cls == "page_search" and app_url.username:
+                inner = nested_plans(super_url, app_url.username, statement, largest.id)
+                out[cls]["function_plans"] = inner
+                if inner:
+                    out[cls]["plan"] = [
+                        *plan,
+                        f"-- inside the search function, as {app_url.username} (auto_explain):",
+                        *(line for p in inner for line in p.splitlines()),
+                    ]
     return out
+
+
+_AUTO_EXPLAIN = (
+    "LOAD 'auto_explain'",
+    "SET auto_explain.log_min_duration = 0",
+    "SET auto_explain.log_nested_statements = on",
+    "SET auto_explain.log_level = notice",
+    "SET auto_explain.log_analyze = on",
+    "SET auto_explain.log_buffers = on",
+    "SET auto_explain.log_timing = off",
+)
+
+
+def nested_plans(super_url: URL, login: str, statement: str, tenant: uuid.UUID) -> list[str]:
+    """The plans of the statements run *inside* `statement` (a function's own queries),
+    as `login` runs them: auto_explain is loaded by the superuser, which then becomes
+    the login for the rest of the session. Empty where auto_explain is not installed."""
+    notices: list[str] = []
+    with psycopg.connect(conninfo(super_url), autocommit=True) as conn:
+        try:
+            for setting in _AUTO_EXPLAIN:
+                conn.execute(setting)
+        except psycopg.Error:
+            return []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        conn.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(sql.Identifier(login)))
+        with conn.transaction(force_rollback=True):
+            conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant),))
+            conn.execute(statement).fetchall()
+    plans = [n.split("plan:", 1)[-1].strip() for n in notices if "plan:" in n]
+    # The statement itself is the EXPLAIN above; keep the nested ones.
+    return [p for p in plans if "set_config(" not in p and "Function Scan" not in p]
 
 
 # --- The whole run ------------------------------------------------------------------------
@@ -467,27 +554,53 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
         server = stats.server_settings(admin)
         load_before = stats.load_average()
 
-        merged, server_delta, load = run_workload(app_url, catalog, config, admin, say)
-        say(f"  {merged.requests:,} requests measured, {sum(merged.errors.values())} errors")
+        merged: WorkerResult | None = None
+        server_delta: stats.ServerDelta | None = None
+        load: dict[str, Any] = {}
+        if not config.baseline_only:
+            merged, server_delta, load = run_workload(app_url, catalog, config, admin, say)
+            say(f"  {merged.requests:,} requests measured, {sum(merged.errors.values())} errors")
 
         super_engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=NullPool)
         plans: dict[str, dict[str, Any]] = {}
+        search: dict[str, Any] | None = None
+        pg: dict[str, Any] = {"available": False, "reason": "skipped (--baseline-only)"}
         try:
             if config.explain:
                 say("EXPLAIN (ANALYZE, BUFFERS) of each class for the largest tenant ...")
-                plans = explain_plans(super_engine, app_url, catalog, config.mix, config.seed)
-            pg = _run_pgbench_phases(
-                url=url,
-                app_url=app_url,
-                app_password=app_password,
-                catalog=catalog,
-                config=config,
-                admin=admin,
-                super_engine=super_engine,
-                say=say,
-            )
+                plans = explain_plans(
+                    super_engine, url, app_url, catalog=catalog, mix=config.mix, seed=config.seed
+                )
+                if config.mix.get("page_search"):
+                    say("full-text search on the largest tenant: the package against the plans ...")
+                    search = search_comparison(super_engine, url, app_url)
+            if not config.baseline_only:
+                pg = _run_pgbench_phases(
+                    url=url,
+                    app_url=app_url,
+                    app_password=app_password,
+                    catalog=catalog,
+                    config=config,
+                    admin=admin,
+                    super_engine=super_engine,
+                    say=say,
+                )
         finally:
             super_engine.dispose()
+        baseline: dict[str, Any] | None = None
+        if config.baseline:
+            baseline = run_baseline(
+                logins=Logins(app_url=app_url, plain_url=ensure_plain_login(admin, url)),
+                catalog=catalog,
+                mix=config.mix,
+                clients=config.clients,
+                processes=config.processes,
+                seed=config.seed,
+                gc_freeze=config.gc_freeze,
+                config=config.baseline_config,
+                admin=admin,
+                say=say,
+            )
         load_after = stats.load_average()
 
     return build_report(
@@ -506,6 +619,8 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
         plans=plans,
         pgbench=pg,
         load={"before": load_before, "after": load_after},
+        baseline=baseline,
+        search=search,
     )
 
 

@@ -685,10 +685,12 @@ SELECT n.nspname || '.' || p.proname AS name,
                                                  pg_catalog.acldefault('f', p.proowner))) a
              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> p.proowner
              ORDER BY 1) AS execute,
-       pg_catalog.obj_description(p.oid, 'pg_proc') AS comment
+       pg_catalog.obj_description(p.oid, 'pg_proc') AS comment,
+       pg_catalog.pg_get_userbyid(p.proowner)::text AS owner
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-WHERE n.nspname = ANY(:schemas) AND p.prokind = 'f'
+WHERE (n.nspname = ANY(:schemas) OR n.nspname || '.' || p.proname = ANY(:names))
+  AND p.prokind = 'f'
 ORDER BY p.oid
 """
 
@@ -700,6 +702,20 @@ class Function(Entity):
     One function per name in its schema (no overloads). EXECUTE is revoked from PUBLIC
     and granted to `execute` only. Replaced in place when the argument list is unchanged,
     else dropped and created (which PostgreSQL refuses while a view or policy uses it).
+
+    `owner`: None leaves the function to the migration run's owner hand-over (every
+    function of schema `platform` ends up owned by platform_owner); a role here is set
+    with `ALTER FUNCTION ... OWNER TO` and compared. A SECURITY DEFINER function that
+    must not run under row-level security (the tenant search functions,
+    platform_db.ddl.search) is owned by platform_admin, the NOLOGIN BYPASSRLS role; a
+    function that does not say so and is found owned by platform_admin is drift.
+
+    `on`: the table a function belongs to (a tenant table's search function), created
+    with the table's other objects; None for the package's own functions.
+
+    Read from the catalog: when the package's own functions are wanted, every function of
+    schema `platform` (an unknown one there is drift); otherwise (a tenant table's
+    objects only, a service's) only the functions defined, by name.
     """
 
     kind: ClassVar[str] = "function"
@@ -709,11 +725,21 @@ class Function(Entity):
     definition: str
     execute: tuple[str, ...] = ()
     comment: str | None = None
+    owner: str | None = None
+    on: str | None = None
 
     def __post_init__(self) -> None:
         qualified(self.name)
         for role in self.execute:
             role_name(role)
+        if self.owner is not None:
+            role_name(self.owner)
+        if self.on is not None:
+            qualified(self.on)
+
+    @property
+    def table(self) -> str | None:
+        return self.on
 
     @property
     def identity(self) -> str:
@@ -734,6 +760,8 @@ class Function(Entity):
             )
         if self.comment is not None:
             statements.append(f"COMMENT ON FUNCTION {self.signature} IS {literal(self.comment)}")
+        if self.owner is not None:
+            statements.append(f"ALTER FUNCTION {self.signature} OWNER TO {self.owner}")
         return statements
 
     def drop_sql(self) -> list[str]:
@@ -749,11 +777,13 @@ class Function(Entity):
             if set(previous.execute) - set(self.execute) - {"PUBLIC"}:
                 gone = sorted(set(previous.execute) - set(self.execute))
                 statements.append(f"REVOKE ALL ON FUNCTION {self.signature} FROM {', '.join(gone)}")
+            if self.owner is None and previous.owner not in (None, OWNER_ROLE):
+                statements.append(f"ALTER FUNCTION {self.signature} OWNER TO {OWNER_ROLE}")
             return statements
         return [*previous.drop_sql(), *self.create_sql()]
 
     @classmethod
-    def _from_row(cls, r: Any) -> Self:
+    def _from_row(cls, r: Any, on: str | None = None) -> Self:
         header = f"CREATE OR REPLACE FUNCTION {r.name}({r.arguments})"
         definition = str(r.functiondef)
         if definition.startswith(header):
@@ -764,14 +794,21 @@ class Function(Entity):
             definition.strip(),
             execute=tuple(r.execute),
             comment=r.comment,
+            # The usual owner (every function of `platform` is handed to it) reads as
+            # None, like a definition that leaves ownership to the hand-over.
+            owner=None if r.owner == OWNER_ROLE else r.owner,
+            on=on,
         )
 
     @classmethod
     def read(cls, conn: Connection, wanted: Sequence[Self]) -> dict[str, Self]:
-        schemas = sorted({w.name.split(".")[0] for w in wanted})
+        package = any(w.on is None and w.name.split(".")[0] == PLATFORM_SCHEMA for w in wanted)
+        schemas = [PLATFORM_SCHEMA] if package else []
+        tables = {w.name: w.on for w in wanted}
         found: dict[str, Self] = {}
-        for r in conn.execute(text(_FUNCTIONS_SQL), {"schemas": schemas}):
-            fn = cls._from_row(r)
+        params = {"schemas": schemas, "names": sorted(tables)}
+        for r in conn.execute(text(_FUNCTIONS_SQL), params):
+            fn = cls._from_row(r, tables.get(r.name))
             # An overload of a name already seen is a function of its own (to drop).
             key = fn.identity if fn.identity not in found else f"{fn.name}({r.arguments})"
             found[key] = fn
@@ -784,7 +821,7 @@ class Function(Entity):
                 conn.execute(text(statement))
             rows = conn.execute(
                 text(_FUNCTIONS_SQL.replace("ORDER BY p.oid", "")),
-                {"schemas": [self.name.split(".")[0]]},
+                {"schemas": [], "names": [self.name]},
             ).all()
         except DBAPIError as exc:
             return f"{CANNOT_REPLACE_IN_PLACE}: {str(exc.orig).splitlines()[0]}"
@@ -793,8 +830,8 @@ class Function(Entity):
         sig = _normalise_space(_without_defaults(self.arguments))
         for r in rows:
             if r.name == self.name and _normalise_space(_without_defaults(r.arguments)) == sig:
-                return self._from_row(r)
-        return self._from_row(rows[-1])
+                return self._from_row(r, self.on)
+        return self._from_row(rows[-1], self.on)
 
     def differences(self, conn: Connection, live: Self) -> list[str]:
         want = self._catalog_form(conn)
@@ -814,6 +851,11 @@ class Function(Entity):
             )
         if self.comment != live.comment:
             reasons.append("its comment differs")
+        if self.owner is not None and live.owner != self.owner:
+            reasons.append(f"owned by {live.owner or OWNER_ROLE}, should be {self.owner}")
+        elif self.owner is None and live.owner == ADMIN_ROLE:
+            # platform_admin bypasses row-level security: only a definition may choose it.
+            reasons.append(f"owned by {ADMIN_ROLE}, which bypasses row-level security")
         return reasons
 
 

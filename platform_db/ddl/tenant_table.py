@@ -7,7 +7,9 @@ Every model with `TenantMixin` (platform_db.models.base) is, in the database:
 2. granted to `platform_app` and `platform_admin` for row work only (SELECT, INSERT,
    UPDATE, DELETE unless the model says less), with nothing for PUBLIC;
 3. audited: the `audit_row_change` trigger (platform_db.ddl.audit) records every row
-   change in `audit_log`, except the columns the model excludes and generated columns.
+   change in `audit_log`, except the columns the model excludes and generated columns;
+4. searchable through its index, when its model declares `__tenant_search__ =
+   TenantSearch(...)`: a SECURITY DEFINER search function (platform_db.ddl.search).
 
 A model changes this only through `__tenant_protection__ = TenantProtection(...)`, and
 turning RLS or auditing off requires a reason: an unprotected tenant table is a decision
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Computed, Table
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from platform_db.ddl import audit
 from platform_db.ddl.entities import (
@@ -37,11 +41,13 @@ from platform_db.ddl.entities import (
     RowLevelSecurity,
     TableGrants,
 )
+from platform_db.ddl.search import TenantSearch
 from platform_db.ddl.security import ROW_PRIVILEGES, TENANT_POLICY, Policy, ident
 
 # Table -> its model's protection, filled by TenantMixin. Not Table.info: Alembic renders
 # a table's info into the create_table of a revision.
 _PROTECTIONS: weakref.WeakKeyDictionary[Table, TenantProtection] = weakref.WeakKeyDictionary()
+_SEARCHES: weakref.WeakKeyDictionary[Table, TenantSearch] = weakref.WeakKeyDictionary()
 _KNOWN_PRIVILEGES = frozenset(TABLE_PRIVILEGES)
 
 
@@ -104,6 +110,8 @@ class TenantTable:
     protection: TenantProtection = FULL_PROTECTION
     schema: str = "public"
     partitioned: bool = False
+    search: TenantSearch | None = None
+    key_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         ident(self.name)
@@ -139,6 +147,8 @@ class TenantTable:
             found.append(audit.audit_trigger(self.name, self.key, self.audited_exclude))
         if self.partitioned:
             found.append(PartitionProtection(t, rls=p.rls))
+        if self.search is not None:
+            found.append(self.search.entity(t, list(zip(self.key, self.key_types, strict=True))))
         return found
 
 
@@ -153,9 +163,32 @@ def protection_of(cls: type[Any]) -> TenantProtection:
     return protection
 
 
-def register_tenant_table(table: Table, protection: TenantProtection) -> None:
-    """Record that `table` is tenant-owned, protected as `protection` (TenantMixin does)."""
+def search_of(cls: type[Any]) -> TenantSearch | None:
+    """The search a model class declares (`__tenant_search__`), validated."""
+    search = getattr(cls, "__tenant_search__", None)
+    if search is not None and not isinstance(search, TenantSearch):
+        raise TypeError(
+            f"{cls.__name__}.__tenant_search__ must be a TenantSearch, not {type(search).__name__}"
+        )
+    return search
+
+
+def register_tenant_table(
+    table: Table, protection: TenantProtection, search: TenantSearch | None = None
+) -> None:
+    """Record that `table` is tenant-owned, protected as `protection` (TenantMixin does),
+    and searched through `search`'s function if given."""
     _PROTECTIONS[table] = protection
+    if search is None:
+        _SEARCHES.pop(table, None)
+        return
+    column = table.columns.get(search.vector)
+    if column is None or not isinstance(column.type, TSVECTOR):
+        raise ValueError(
+            f"{table.name}: __tenant_search__ names {search.vector!r}, which is not a "
+            "tsvector column of the table"
+        )
+    _SEARCHES[table] = search
 
 
 def tenant_table_of(table: Table) -> TenantTable | None:
@@ -163,15 +196,18 @@ def tenant_table_of(table: Table) -> TenantTable | None:
     protection = _PROTECTIONS.get(table)
     if protection is None:
         return None
-    key = tuple(c.name for c in table.primary_key.columns if c.name != "tenant_id")
+    key_columns = [c for c in table.primary_key.columns if c.name != "tenant_id"]
     generated = tuple(c.name for c in table.columns if isinstance(c.computed, Computed))
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
     return TenantTable(
         name=table.name,
-        key=key,
+        key=tuple(c.name for c in key_columns),
         audit_exclude=generated,
         protection=protection,
         schema=table.schema or "public",
         partitioned=bool(table.dialect_options["postgresql"].get("partition_by")),
+        search=_SEARCHES.get(table),
+        key_types=tuple(c.type.compile(dialect=dialect).lower() for c in key_columns),
     )
 
 
@@ -199,6 +235,7 @@ __all__ = [
     "is_tenant_table",
     "protection_of",
     "register_tenant_table",
+    "search_of",
     "tenant_table_of",
     "tenant_tables",
 ]

@@ -18,6 +18,7 @@ from platform_db.ddl.tenant_table import (
     is_tenant_table,
     protection_of,
     register_tenant_table,
+    search_of,
 )
 
 NAMING_CONVENTION = {
@@ -95,6 +96,10 @@ class TenantMixin:
     auditing is turned off::
 
         __tenant_protection__ = TenantProtection(audit=False, reason="...")
+
+    A table with a tsvector column is searched through its GIN index, under RLS, only by
+    a search function (platform_db.ddl.search); declare it with
+    `__tenant_search__ = TenantSearch(function=..., vector=...)`.
     """
 
     __tenant_protection__: ClassVar[TenantProtection] = FULL_PROTECTION
@@ -105,7 +110,7 @@ class TenantMixin:
         super().__init_subclass__(**kw)
         table = cls.__dict__.get("__table__")
         if table is not None:
-            register_tenant_table(table, protection_of(cls))
+            register_tenant_table(table, protection_of(cls), search_of(cls))
 
     @declared_attr
     @classmethod

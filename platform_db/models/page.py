@@ -20,6 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from platform_db.ddl.search import TenantSearch
 from platform_db.models.base import (
     Base,
     TenantMixin,
@@ -52,12 +53,19 @@ class Page(TenantMixin, TimestampMixin, Base):
     """A CMS page. Tenant-owned (RLS).
 
     Primary key `(tenant_id, id)`; the slug is unique per tenant. `search_vector` is a
-    stored generated column over title (weight A) and content (weight B) with a GIN index:
-    search with `Page.search_vector.bool_op("@@")(func.websearch_to_tsquery(...))` or the
-    helper `platform_db.session.search.search_pages`. A published page has a publication time.
+    stored generated column over title (weight A) and content (weight B) with a GIN index.
+    Search through `platform.search_pages(...)` (the helper
+    `platform_db.session.search.search_pages`): under RLS a plain `search_vector @@ ...`
+    never uses that index (platform_db.ddl.search says why). A published page has a
+    publication time.
     """
 
     __tablename__ = "pages"
+    __tenant_search__ = TenantSearch(
+        function="platform.search_pages",
+        vector="search_vector",
+        subset=("published_only", "status = 'published'"),
+    )
 
     id: Mapped[uuid_pk]
     slug: Mapped[str] = mapped_column(String(200))

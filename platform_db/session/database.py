@@ -101,6 +101,9 @@ class Database:
         )
 
     def engine(self, pool: str = "main") -> Engine:
+        engine = self._engines.get(pool)
+        if engine is not None:
+            return engine
         settings = self._pool_settings(pool)
         with self._lock:
             if pool not in self._engines:
@@ -111,6 +114,9 @@ class Database:
             return self._engines[pool]
 
     def async_engine(self, pool: str = "main") -> AsyncEngine:
+        engine = self._async_engines.get(pool)
+        if engine is not None:  # every session after the first: no lock, no lookup
+            return engine
         settings = self._pool_settings(pool)
         with self._lock:
             if pool not in self._async_engines:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, String, and_, false, or_, select
+from sqlalchemy import ColumnElement, Integer, Select, String, and_, bindparam, false, or_, select
 from sqlalchemy import Enum as SAEnum
 from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -153,36 +153,64 @@ def _field_and_operator(
     return name, op
 
 
-def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value: Any) -> Any:
-    name, op = _field_and_operator(model, columns, key)
-    attr = _attr(model, name)
+# A filter as the statement holds it: (field, operator, variant), where the variant is
+# what of the value changes the SQL itself (NULL, an empty list, which way is_null goes);
+# everything else about the value is a bound parameter.
+_FilterShape = tuple[str, str, str]
+
+
+def _filter_binding(
+    columns: dict[str, Column[Any]], name: str, op: str, key: str, value: Any
+) -> tuple[str, Any]:
+    """Check and coerce one filter's value: (variant, the value to bind or None)."""
     column = columns[name]
     if isinstance(column.type, JSONB) and op == "contains":
         if not isinstance(value, dict | list):
             raise QueryError(
                 f"{key}: expected an object or array (JSONB containment, @>), got {value!r}"
             )
-        return attr.contains(value)
+        return "", value
     if op == "is_null":
         if not isinstance(value, bool):
             raise QueryError(f"{key}: expected true or false")
-        return attr.is_(None) if value else attr.is_not(None)
+        return ("null" if value else "not null"), None
     if op in ("in", "not_in"):
         if isinstance(value, str | bytes) or not isinstance(value, Sequence | set | frozenset):
             raise QueryError(f"{key}: expected a list of values")
         values = [_coerce(column, v, name) for v in value]
-        if not values:
-            return false() if op == "in" else None
-        return attr.in_(values) if op == "in" else attr.not_in(values)
+        return ("", values) if values else ("empty", None)
     if op in ("contains", "startswith"):
         if not isinstance(value, str):
             raise QueryError(f"{key}: expected a string")
         pattern = _escape_like(value)
-        pattern = f"%{pattern}%" if op == "contains" else f"{pattern}%"
-        return attr.ilike(pattern, escape="\\")
+        return "", (f"%{pattern}%" if op == "contains" else f"{pattern}%")
     coerced = _coerce(column, value, name)
     if coerced is None and op in ("eq", "ne"):
+        return "null", None
+    return "", coerced
+
+
+def _filter_clause(
+    model: type[Base], columns: dict[str, Column[Any]], shape: _FilterShape, param: str
+) -> Any:
+    """The WHERE clause of one filter, its value bound as `param` (None: no clause)."""
+    name, op, variant = shape
+    attr = _attr(model, name)
+    column = columns[name]
+    if isinstance(column.type, JSONB) and op == "contains":
+        return attr.contains(bindparam(param, type_=column.type))
+    if op == "is_null":
+        return attr.is_(None) if variant == "null" else attr.is_not(None)
+    if op in ("in", "not_in"):
+        if variant == "empty":
+            return false() if op == "in" else None
+        values = bindparam(param, type_=column.type, expanding=True)
+        return attr.in_(values) if op == "in" else attr.not_in(values)
+    if op in ("contains", "startswith"):
+        return attr.ilike(bindparam(param, type_=String), escape="\\")
+    if variant == "null":
         return attr.is_(None) if op == "eq" else attr.is_not(None)
+    bound = bindparam(param, type_=column.type)
     return {
         "eq": attr.__eq__,
         "ne": attr.__ne__,
@@ -190,7 +218,7 @@ def _filter(model: type[Base], columns: dict[str, Column[Any]], key: str, value:
         "lte": attr.__le__,
         "gt": attr.__gt__,
         "gte": attr.__ge__,
-    }[op](coerced)
+    }[op](bound)
 
 
 def _sort_keys(
@@ -274,6 +302,7 @@ def _after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
     # without it an index on (..., a) is read from the first row and the OR filters
     # away every row of the earlier pages, so page n cost n pages (docs/PERFORMANCE.md).
     # With NULLs "=" is IS NULL and ">" follows PostgreSQL's default NULL placement.
+    # `values` are bound parameters (None where the cursor holds NULL).
     clauses = []
     for i, key in enumerate(keys):
         equal = [_equal(keys[j], values[j]) for j in range(i)]
@@ -286,6 +315,111 @@ def _after(keys: list[_SortKey], values: list[Any]) -> ColumnElement[bool]:
     return and_(bound, or_(*clauses))
 
 
+# The statements find_many runs, built once per shape (model, filters with their
+# variants, sort, cursor with its NULLs, offset or not) with every value bound: a call
+# checks and binds its values and reuses the statement, whose SQLAlchemy cache key is
+# then already known. Shapes are bounded by the models' fields and operators; the cache
+# is emptied should it ever hold more than _PREPARED_MAX of them.
+_PREPARED_MAX = 1024
+_PREPARED: dict[tuple[Any, ...], Select[Any]] = {}
+_COLUMNS: dict[type[Base], dict[str, Column[Any]]] = {}
+_SORT_KEYS: dict[tuple[type[Base], tuple[str, ...]], list[_SortKey]] = {}
+
+
+def _columns_of(model: type[Base]) -> dict[str, Column[Any]]:
+    found = _COLUMNS.get(model)
+    if found is None:
+        found = _COLUMNS[model] = _columns(model)
+    return found
+
+
+def _sort_keys_of(
+    model: type[Base], columns: dict[str, Column[Any]], order_by: Sequence[str]
+) -> list[_SortKey]:
+    spec = (order_by,) if isinstance(order_by, str) else tuple(order_by)
+    found = _SORT_KEYS.get((model, spec))
+    if found is None:
+        found = _sort_keys(model, columns, spec)
+        if len(_SORT_KEYS) >= _PREPARED_MAX:
+            _SORT_KEYS.clear()
+        _SORT_KEYS[(model, spec)] = found
+    return found
+
+
+def _build(
+    model: type[Base],
+    columns: dict[str, Column[Any]],
+    *,
+    filters: tuple[_FilterShape, ...],
+    keys: list[_SortKey],
+    cursor: tuple[bool, ...] | None,
+    offset: bool,
+) -> Select[Any]:
+    stmt = select(model)
+    for i, shape in enumerate(filters):
+        clause = _filter_clause(model, columns, shape, f"f{i}")
+        if clause is not None:
+            stmt = stmt.where(clause)
+    if cursor is not None:
+        values = [
+            None if null else bindparam(f"c{i}", type_=columns[k.name].type)
+            for i, (k, null) in enumerate(zip(keys, cursor, strict=True))
+        ]
+        stmt = stmt.where(_after(keys, values))
+    # ASC is NULLS LAST and DESC NULLS FIRST by default; _step relies on that.
+    stmt = stmt.order_by(*(k.column.desc() if k.descending else k.column.asc() for k in keys))
+    if offset:
+        stmt = stmt.offset(bindparam("offset", type_=Integer))
+    return stmt.limit(bindparam("limit", type_=Integer))
+
+
+def _prepare(
+    model: type[T],
+    *,
+    filters: Mapping[str, Any] | None,
+    order_by: Sequence[str],
+    limit: int,
+    offset: int,
+    after: str | None,
+) -> tuple[Select[Any], dict[str, Any], list[_SortKey]]:
+    """The statement of this shape, the values to bind into it, and the sort keys."""
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
+    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise QueryError(
+            f"offset must be between 0 and {MAX_OFFSET}, got {offset!r}; use the cursor for deep pages"
+        )
+    if after is not None and offset:
+        raise QueryError("use either offset or a cursor, not both")
+    columns = _columns_of(model)
+    params: dict[str, Any] = {"limit": limit + 1}
+    shapes: list[_FilterShape] = []
+    for i, (key, value) in enumerate((filters or {}).items()):
+        name, op = _field_and_operator(model, columns, key)
+        variant, bound = _filter_binding(columns, name, op, key, value)
+        shapes.append((name, op, variant))
+        params[f"f{i}"] = bound
+    keys = _sort_keys_of(model, columns, order_by)
+    cursor: tuple[bool, ...] | None = None
+    if after is not None:
+        values = _decode_cursor(after, keys, columns)
+        cursor = tuple(v is None for v in values)
+        params.update({f"c{i}": v for i, v in enumerate(values) if v is not None})
+    if offset:
+        params["offset"] = offset
+    sort = tuple((k.name, k.descending) for k in keys)
+    shape = (model, tuple(shapes), sort, cursor, bool(offset))
+    stmt = _PREPARED.get(shape)
+    if stmt is None:
+        stmt = _build(
+            model, columns, filters=tuple(shapes), keys=keys, cursor=cursor, offset=bool(offset)
+        )
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[shape] = stmt
+    return stmt, params, keys
+
+
 def build_find_many(
     model: type[T],
     *,
@@ -295,27 +429,12 @@ def build_find_many(
     offset: int = 0,
     after: str | None = None,
 ) -> tuple[Select[Any], list[_SortKey]]:
-    """The SELECT that find_many runs (one row more than `limit`, to know if more follow)."""
-    if not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
-    if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
-        raise QueryError(
-            f"offset must be between 0 and {MAX_OFFSET}, got {offset!r}; use the cursor for deep pages"
-        )
-    if after is not None and offset:
-        raise QueryError("use either offset or a cursor, not both")
-    columns = _columns(model)
-    stmt = select(model)
-    for key, value in (filters or {}).items():
-        clause = _filter(model, columns, key, value)
-        if clause is not None:
-            stmt = stmt.where(clause)
-    keys = _sort_keys(model, columns, order_by)
-    if after is not None:
-        stmt = stmt.where(_after(keys, _decode_cursor(after, keys, columns)))
-    # ASC is NULLS LAST and DESC NULLS FIRST by default; _step relies on that.
-    stmt = stmt.order_by(*(k.column.desc() if k.descending else k.column.asc() for k in keys))
-    return stmt.offset(offset or None).limit(limit + 1), keys
+    """The SELECT that find_many runs (one row more than `limit`, to know if more follow),
+    with this call's values in it."""
+    stmt, params, keys = _prepare(
+        model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
+    )
+    return stmt.params(params), keys
 
 
 def _page(rows: list[T], keys: list[_SortKey], limit: int) -> PageResult[T]:
@@ -345,10 +464,10 @@ def find_many(
     to a value; `order_by` lists fields, `-field` for
     descending. Returns the items and, when more follow, `next_cursor` for `after=`.
     """
-    stmt, keys = build_find_many(
+    stmt, params, keys = _prepare(
         model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
     )
-    rows: list[T] = list(session.scalars(stmt))
+    rows: list[T] = list(session.scalars(stmt, params))
     return _page(rows, keys, limit)
 
 
@@ -363,8 +482,8 @@ async def find_many_async(
     after: str | None = None,
 ) -> PageResult[T]:
     """find_many for an AsyncSession."""
-    stmt, keys = build_find_many(
+    stmt, params, keys = _prepare(
         model, filters=filters, order_by=order_by, limit=limit, offset=offset, after=after
     )
-    rows: list[T] = list(await session.scalars(stmt))
+    rows: list[T] = list(await session.scalars(stmt, params))
     return _page(rows, keys, limit)

@@ -1,15 +1,53 @@
-"""Full-text search over pages (the stored `search_vector` and its GIN index)."""
+"""Full-text search over pages (the stored `search_vector` and its GIN index).
+
+Every search goes through `platform.search_pages(query, max_rows, published_only)`
+(platform_db.ddl.search): beneath the tenant policy a plain `search_vector @@ query`
+never uses the GIN index, so the function finds and ranks the current tenant's matches
+with the index and returns their ids and ranks; the statement here reads those pages
+back by key, under RLS like every other read. No tenant set: no rows.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import REAL, Boolean, Integer, Select, String, Uuid, bindparam, column, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from platform_db.models import Page, PageStatus
 from platform_db.models.page import SEARCH_CONFIG
+
+MAX_LIMIT = 100
+
+
+def _check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
+
+
+def _search_statement(text: Any, limit: Any, published_only: Any) -> Select[tuple[Page, Any]]:
+    query = func.websearch_to_tsquery(SEARCH_CONFIG, text)
+    hits = (
+        func.platform.search_pages(query, limit, published_only)
+        .table_valued(column("id", Uuid), column("rank", REAL))
+        .alias("hits")
+    )
+    rank = hits.c.rank.label("rank")
+    return (
+        select(Page, rank)
+        .join_from(hits, Page, Page.id == hits.c.id)
+        .order_by(hits.c.rank.desc(), Page.id)
+    )
+
+
+# Built once: what changes per call is bound, so a search builds no statement and
+# SQLAlchemy finds its compiled form in the cache straight away.
+_SEARCH = _search_statement(
+    bindparam("text", type_=String),
+    bindparam("limit", type_=Integer),
+    bindparam("published_only", type_=Boolean),
+)
 
 
 def search_pages_query(
@@ -18,10 +56,24 @@ def search_pages_query(
     """Pages matching a web-style query (`"exact phrase" -excluded or`), best first.
 
     `websearch_to_tsquery` never raises on user input, so the text can come straight
-    from a search box. Ranked by ts_rank_cd over title (weight A) and content (B).
+    from a search box. Ranked by ts_rank_cd over title (weight A) and content (B), ties by
+    id. The matching runs in `platform.search_pages`, which uses the GIN index for the
+    current tenant; the pages are then read under RLS.
     """
-    if not 1 <= limit <= 100:
-        raise ValueError(f"limit must be between 1 and 100, got {limit}")
+    _check_limit(limit)
+    return _search_statement(text, limit, bool(published_only))
+
+
+def search_pages_direct_query(
+    text: str, *, limit: int = 20, published_only: bool = True
+) -> Select[tuple[Page, Any]]:
+    """The same search as one plain statement over `pages`, without the function.
+
+    Same rows in the same order, but beneath RLS the `@@` cannot use the GIN index: for
+    a login that RLS does not filter, with an explicit `Page.tenant_id == ...` added
+    (platform-wide work, the benchmark's plain-SQLAlchemy baseline), or for comparison.
+    """
+    _check_limit(limit)
     query = func.websearch_to_tsquery(SEARCH_CONFIG, text)
     rank = func.ts_rank_cd(Page.search_vector, query).label("rank")
     stmt = (
@@ -35,14 +87,31 @@ def search_pages_query(
     return stmt
 
 
-def search_pages(session: Session, text: str, **kwargs: Any) -> list[tuple[Page, float]]:
-    return [
-        (page, float(rank)) for page, rank in session.execute(search_pages_query(text, **kwargs))
-    ]
+def _params(text: str, limit: int, published_only: bool) -> dict[str, Any]:
+    _check_limit(limit)
+    return {"text": text, "limit": limit, "published_only": bool(published_only)}
+
+
+def search_pages(
+    session: Session, text: str, *, limit: int = 20, published_only: bool = True
+) -> list[tuple[Page, float]]:
+    """`search_pages_query` run in `session`: (page, rank) pairs, best first."""
+    rows = session.execute(_SEARCH, _params(text, limit, published_only))
+    return [(page, float(rank)) for page, rank in rows]
 
 
 async def search_pages_async(
-    session: AsyncSession, text: str, **kwargs: Any
+    session: AsyncSession, text: str, *, limit: int = 20, published_only: bool = True
 ) -> list[tuple[Page, float]]:
-    result = await session.execute(search_pages_query(text, **kwargs))
+    """`search_pages` for an AsyncSession."""
+    result = await session.execute(_SEARCH, _params(text, limit, published_only))
     return [(page, float(rank)) for page, rank in result]
+
+
+__all__ = [
+    "MAX_LIMIT",
+    "search_pages",
+    "search_pages_async",
+    "search_pages_direct_query",
+    "search_pages_query",
+]

@@ -21,6 +21,13 @@ whose model has `TenantMixin`:
   on it (the package's engine, one connection): a temporary view shadowing the table is
   refused, and after A commits a session-level `app.current_tenant_id`, B's request on
   the same backend sees only B's rows and a request without a tenant sees none.
+- a table that declares a search function (`__tenant_search__`, platform_db.ddl.search):
+  the function runs as a NOLOGIN role that bypasses RLS (so its GIN index is usable),
+  is SECURITY DEFINER with a pinned search_path, is executable by platform_app and not
+  by PUBLIC, the tsvector column has a GIN index, and as tenant A a query that matches
+  rows of both tenants returns exactly A's matching rows; with no tenant, none. A
+  tenant table with a tsvector column and no search function gets a
+  `SearchWithoutIndexWarning`: searched under RLS, that column's GIN index is never used.
 
 Settings (pytest ini options, in pytest.ini, pyproject's [tool.pytest.ini_options], ...):
 
@@ -60,6 +67,7 @@ import contextlib
 import os
 import secrets
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +80,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.entities import ident
+from platform_db.ddl.search import MAX_SEARCH_ROWS
 from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.migration import runner as migrations
@@ -160,6 +169,14 @@ def _sqlstate(exc: BaseException) -> str | None:
     orig: Any = getattr(exc, "orig", exc)
     state = getattr(orig, "sqlstate", None)
     return state if isinstance(state, str) else None
+
+
+class SearchWithoutIndexWarning(UserWarning):
+    """A tenant table has a tsvector column but no search function (`__tenant_search__`).
+
+    Beneath the table's policy, `@@` is not leakproof and so never an index condition:
+    a full-text search of it reads every row of the tenant (platform_db.ddl.search).
+    """
 
 
 @dataclass(slots=True)
@@ -258,6 +275,10 @@ class IsolationChecker:
 
         self._check_leftovers(spec, count_b)
         report.checked.append("leftover session state: none reaches the next request")
+        if spec.search is not None:
+            report.checked += self._check_search(spec)
+        else:
+            self._warn_unsearchable(spec, report)
 
         with self.admin_engine.connect() as conn:
             after = conn.scalar(text(f"SELECT count(*) FROM {t} WHERE tenant_id = :t"), {"t": b})
@@ -302,6 +323,94 @@ class IsolationChecker:
         finally:
             pooled.dispose()
 
+    # -- its search function -----------------------------------------------------------
+
+    def _check_search(self, spec: TenantTable) -> list[str]:
+        search = spec.search
+        assert search is not None
+        a, b = self.tenants.a, self.tenants.b
+        t, vector, fn = spec.qualified, ident(search.vector), search.function
+        key = ", ".join(ident(k) for k in spec.key)
+        with self.admin_engine.connect() as conn:
+            found = conn.execute(
+                text(_SEARCH_FUNCTION_SQL),
+                {"name": fn, "table": t, "vector": vector, "app": APP_ROLE},
+            ).one_or_none()
+            assert found is not None, f"search function {fn} does not exist"
+            assert found.prosecdef, f"{fn} is not SECURITY DEFINER: it runs under RLS"
+            assert found.rolbypassrls, (
+                f"{fn} is owned by {found.owner}, which does not bypass RLS: beneath the "
+                "policy its @@ cannot use the GIN index"
+            )
+            assert not found.rolcanlogin, f"{fn} is owned by a LOGIN role ({found.owner})"
+            assert any(c.startswith("search_path=") for c in found.proconfig or ()), (
+                f"{fn} has no pinned search_path (SET search_path = pg_catalog, pg_temp)"
+            )
+            assert found.app_may, f"{APP_ROLE} may not execute {fn}"
+            assert not found.public_may, f"PUBLIC may execute {fn}"
+            assert found.gin, f"{t}.{vector} has no GIN index for {fn} to use"
+            # A query that matches rows of both tenants, made of their own lexemes.
+            lexemes = conn.scalars(
+                text(
+                    "SELECT DISTINCT l FROM (SELECT l, row_number() OVER (PARTITION BY tenant_id "
+                    "ORDER BY l) AS n FROM (SELECT DISTINCT tenant_id, l "
+                    f"FROM {t}, unnest(tsvector_to_array({vector})) AS l "
+                    "WHERE tenant_id IN (:a, :b)) d) x WHERE n <= 50 ORDER BY l"
+                ),
+                {"a": a, "b": b},
+            ).all()
+            assert lexemes, f"no lexemes in {t}.{vector} of tenants A and B to search for"
+            query = " | ".join(
+                "'" + str(x).replace("\\", "\\\\").replace("'", "''") + "'" for x in lexemes
+            )
+            rows = conn.execute(
+                text(
+                    f"SELECT tenant_id, {key} FROM {t} "
+                    f"WHERE tenant_id IN (:a, :b) AND {vector} @@ CAST(:q AS tsquery)"
+                ),
+                {"a": a, "b": b, "q": query},
+            ).all()
+        mine = {tuple(r[1:]) for r in rows if r[0] == a}
+        theirs = {tuple(r[1:]) for r in rows if r[0] == b}
+        assert mine, "the probe query matches no row of tenant A"
+        assert theirs, "the probe query matches no row of tenant B"
+        call = f"SELECT {key} FROM {fn}(CAST(:q AS tsquery), {MAX_SEARCH_ROWS}"
+        call += ", false)" if search.subset is not None else ")"
+        with self._as_tenant(a) as conn:
+            seen = {tuple(r) for r in conn.execute(text(call), {"q": query})}
+        assert not seen & theirs, f"{fn} as tenant A returns {len(seen & theirs)} rows of B"
+        assert seen == mine or len(seen) == MAX_SEARCH_ROWS, (
+            f"{fn} as tenant A should return A's {len(mine)} matching rows, returned {len(seen)}"
+        )
+        with self._as_tenant(None) as conn:
+            none = conn.execute(text(call), {"q": query}).all()
+        assert not none, f"{fn} without a tenant returns {len(none)} rows"
+        return [
+            f"search {fn}: SECURITY DEFINER as {found.owner} (NOLOGIN, BYPASSRLS), "
+            "search_path pinned, EXECUTE for platform_app and not PUBLIC, GIN index",
+            "search: own rows only; no tenant: no rows",
+        ]
+
+    def _warn_unsearchable(self, spec: TenantTable, report: TableReport) -> None:
+        with self.admin_engine.connect() as conn:
+            columns = conn.scalars(
+                text(
+                    "SELECT attname FROM pg_catalog.pg_attribute "
+                    "WHERE attrelid = CAST(:t AS regclass) AND atttypid = 'tsvector'::regtype "
+                    "AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
+                ),
+                {"t": spec.qualified},
+            ).all()
+        for column in columns:
+            warnings.warn(
+                f"{spec.qualified}.{column} is a tsvector column but its model declares no "
+                "__tenant_search__: searched under RLS, its GIN index is never used "
+                "(platform_db.ddl.search, docs/SERVICES.md)",
+                SearchWithoutIndexWarning,
+                stacklevel=4,
+            )
+            report.checked.append(f"search: none declared for tsvector column {column}")
+
     def _as_tenant(self, tenant: uuid.UUID | None) -> Any:
         return _TenantTransaction(self.app_engine, tenant)
 
@@ -316,6 +425,25 @@ class IsolationChecker:
                     return "refused"
                 return f"failed with SQLSTATE {state}: {str(exc.orig).strip()}"
         return f"{len(rows)} rows" if rows else "0 rows"
+
+
+_SEARCH_FUNCTION_SQL = """
+SELECT p.prosecdef, p.proconfig, r.rolname AS owner, r.rolbypassrls, r.rolcanlogin,
+       pg_catalog.has_function_privilege(:app, p.oid, 'EXECUTE') AS app_may,
+       EXISTS (SELECT FROM pg_catalog.aclexplode(
+                   coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) x
+               WHERE x.grantee = 0 AND x.privilege_type = 'EXECUTE') AS public_may,
+       EXISTS (SELECT FROM pg_catalog.pg_index i
+               JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+               JOIN pg_catalog.pg_am am ON am.oid = c.relam
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid
+                    AND a.attnum = ANY(i.indkey) AND a.attname = :vector
+               WHERE i.indrelid = CAST(:table AS regclass) AND am.amname = 'gin') AS gin
+FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+WHERE n.nspname || '.' || p.proname = :name
+"""
 
 
 class _TenantTransaction:
@@ -474,6 +602,7 @@ def tenant_isolation(
 __all__ = [
     "IsolationChecker",
     "RowFactory",
+    "SearchWithoutIndexWarning",
     "TableReport",
     "TwoTenants",
     "default_row_factories",
