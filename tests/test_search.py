@@ -328,10 +328,10 @@ def _nested_plans(
         ).fetchone()
         assert row == (False, False)
         with conn.transaction():
-            conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant),))
+            conn.execute(f"SET LOCAL app.current_tenant_id = '{tenant}'")
             notices.clear()
             conn.execute(statement, params).fetchall()
-    return [n for n in notices if "Query Text: SELECT set_config(" not in n]
+    return [n for n in notices if "Query Text: SET LOCAL" not in n]
 
 
 def _compiled(engine: Engine, stmt: Any) -> tuple[str, dict[str, Any]]:

@@ -509,11 +509,11 @@ def nested_plans(super_url: URL, login: str, statement: str, tenant: uuid.UUID) 
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         conn.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(sql.Identifier(login)))
         with conn.transaction(force_rollback=True):
-            conn.execute("SELECT set_config('app.current_tenant_id', %s, true)", (str(tenant),))
+            conn.execute(scope_sql(str(tenant), ""))
             conn.execute(statement).fetchall()
     plans = [n.split("plan:", 1)[-1].strip() for n in notices if "plan:" in n]
     # The statement itself is the EXPLAIN above; keep the nested ones.
-    return [p for p in plans if "set_config(" not in p and "Function Scan" not in p]
+    return [p for p in plans if "Function Scan" not in p]
 
 
 # --- The whole run ------------------------------------------------------------------------

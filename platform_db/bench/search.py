@@ -131,7 +131,7 @@ def search_comparison(
         psycopg.connect(conninfo(super_url)) as sup,
         psycopg.connect(conninfo(app_url)) as app,
     ):
-        app.execute("SELECT set_config('app.current_tenant_id', %s, false)", (str(tenant),))
+        app.execute(f"SET app.current_tenant_id = '{uuid.UUID(str(tenant))}'")
         for kind, words in terms.items():
             for text in words:
                 statements = {

@@ -81,6 +81,7 @@ from platform_db.session import search as search_module
 from platform_db.session.database import Database
 from platform_db.session.query import build_find_many
 from platform_db.session.settings import ASYNC_DRIVER, PoolSettings, Settings, with_driver
+from platform_db.session.tenant_filter import TENANT_CRITERIA, TENANT_PARAMETER
 
 VARIANTS: tuple[str, ...] = ("A", "B", "C", "D")
 DESCRIPTIONS: dict[str, str] = {
@@ -384,7 +385,12 @@ def package_statements() -> dict[str, Compiled]:
     sample = TenantSample(tenant, 1, "software", now, (), (), (), ())
 
     def read(cls: str, **kw: Any) -> Compiled:
-        return Compiled.of(select_statement(Request(cls, sample, **kw), explicit_tenant=False))
+        stmt = select_statement(Request(cls, sample, **kw), explicit_tenant=False)
+        return filtered(stmt)
+
+    def filtered(stmt: Any) -> Compiled:
+        # What a tenant session adds to every ORM statement (platform_db.session.tenant_filter).
+        return Compiled.of(stmt.options(TENANT_CRITERIA))
 
     lead = LeadRef(tenant, "new", now)
     first, _ = build_find_many(
@@ -400,19 +406,38 @@ def package_statements() -> dict[str, Compiled]:
     return {
         "user_by_email": read("user_by_email", text="x"),
         "page_by_slug": read("page_by_slug", text="x"),
-        "page_search": Compiled.of(search_module._SEARCH),
-        "lead_list": Compiled.of(first),
-        "lead_list_after": Compiled.of(later),
-        "dashboard_read": Compiled.of(
+        "page_search": filtered(search_module._SEARCH),
+        "lead_list": filtered(first),
+        "lead_list_after": filtered(later),
+        "dashboard_read": filtered(
             select(TenantDashboard).where(TenantDashboard.tenant_id == bindparam("t"))
         ),
         "submissions_range": read("submissions_range", since=now, until=now),
         **write_statements(),
+        "lead_get": filtered(
+            select(Lead).where(Lead.tenant_id == bindparam("t"), Lead.id == bindparam("i"))
+        ),
     }
 
 
 def package_args(c: Compiled, req: Request) -> list[Any]:
     """A read request's values, in the order the package's statement binds them."""
+    return (
+        _package_args(c, req)
+        if TENANT_PARAMETER not in c.names
+        else [
+            req.tenant.id if n == TENANT_PARAMETER else v
+            for n, v in zip(c.names, _package_args(_without_tenant(c), req), strict=True)
+        ]
+    )
+
+
+def _without_tenant(c: Compiled) -> Compiled:
+    # The same positions, with the tenant parameter standing in as a constant.
+    return Compiled(c.sql, c.names, {**c.defaults, TENANT_PARAMETER: None})
+
+
+def _package_args(c: Compiled, req: Request) -> list[Any]:
     if req.cls in ("user_by_email", "page_by_slug"):
         return c.args({c.names[0]: req.text})
     if req.cls == "page_search":
@@ -587,7 +612,9 @@ class RawRunner:
         if req.cls == "lead_update":
             assert req.lead is not None
             get = s["lead_get"]
-            rows = await conn.fetch(get.sql, *get.args({"t": tid, "i": req.lead.id}))
+            rows = await conn.fetch(
+                get.sql, *get.args({"t": tid, "i": req.lead.id, TENANT_PARAMETER: tid})
+            )
             if not rows:
                 return 0
             changes = advance(rows[0]["status"], rows[0]["score"], rng)
