@@ -152,8 +152,10 @@ def _install() -> None:
     """Route op.create_table through _create_table (it falls back to Alembic's own)."""
     try:
         Operations.implementation_for(ops.CreateTableOp, replace=True)(_create_table)  # type: ignore[call-arg,unused-ignore]
-    except TypeError:  # Alembic before 1.17.2 replaces without being asked
-        Operations.implementation_for(ops.CreateTableOp)(_create_table)
+    except TypeError:
+        # Alembic before 1.17.2 has no replace= and refuses a second implementation
+        # (an assertion): put ours in its dispatcher's registry in place of the built-in.
+        Operations._to_impl._registry[(ops.CreateTableOp, "default")] = _create_table
 
 
 _install()
