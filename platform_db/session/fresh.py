@@ -41,7 +41,9 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from platform_db.session.asyncpg_connection import as_tenant_connection, quote_literal
@@ -170,7 +172,14 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
         # On the connection, not the statement's cursor (which may be a server-side one).
         pending = conn.info.pop(_PENDING, None)
         if pending is not None:
-            run_simple(conn, pending)
+            try:
+                run_simple(conn, pending)
+            except psycopg.Error as exc:
+                # As SQLAlchemy raises the driver's errors (2.0 would let this one through
+                # unwrapped from an event listener).
+                raise sa_exc.DBAPIError.instance(
+                    pending, None, exc, psycopg.Error, dialect=conn.dialect
+                ) from exc
 
     def _forget(conn: Connection) -> None:
         # A connection lost inside the transaction is invalidated: its `info` would try to
