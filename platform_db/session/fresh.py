@@ -91,7 +91,25 @@ def _asyncpg_on_connect(dbapi_connection: Any, record: Any) -> None:
 
 
 def _for_connection(conn: Connection, prologue: str) -> str:
-    return for_citus(prologue) if conn.connection.info.get(_CITUS_KEY) else prologue
+    return for_citus(prologue) if on_citus(conn) else prologue
+
+
+def on_citus(conn: Connection) -> bool:
+    """Whether `conn` is a connection of the package's engines to a Citus coordinator that
+    passes SET LOCAL on to its workers (asked once per connection, when it opens)."""
+    return bool(conn.connection.info.get(_CITUS_KEY))
+
+
+def citus_known(conn: Connection) -> bool | None:
+    """`on_citus(conn)`, or None on a connection that was never asked (an engine the
+    package did not make): the caller asks with CITUS_SQL and calls `remember_citus`."""
+    known = conn.connection.info.get(_CITUS_KEY)
+    return None if known is None else bool(known)
+
+
+def remember_citus(conn: Connection, answer: bool) -> bool:
+    conn.connection.info[_CITUS_KEY] = answer
+    return answer
 
 
 def prologue_sql(*, read_only: bool, settings: Mapping[str, str] | None = None) -> str:
@@ -203,11 +221,15 @@ def take_pending(conn: Connection) -> str | None:
 
 
 __all__ = [
+    "CITUS_SQL",
     "RESET_SESSION",
+    "citus_known",
     "for_citus",
     "install",
     "installed",
+    "on_citus",
     "prologue_sql",
+    "remember_citus",
     "run_simple",
     "take_pending",
 ]

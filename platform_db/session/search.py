@@ -5,18 +5,40 @@ Every search goes through `platform.search_pages(query, max_rows, published_only
 never uses the GIN index, so the function finds and ranks the current tenant's matches
 with the index and returns their ids and ranks; the statement here reads those pages
 back by key, under RLS like every other read. No tenant set: no rows.
+
+On a Citus coordinator (docs/SCALING.md) the one statement cannot run: its join with
+`pages` is routed to the tenant's shard, and the function, run there, would start a
+distributed query from inside a shard's query, which Citus refuses. There
+`search_pages`/`search_pages_async` run the function on its own first (on the
+coordinator, its query routed to the tenant's shard), then read the pages by key (one
+shard again): two statements, the same rows in the same order. `search_pages_query` is
+the one statement, for a single server.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import REAL, Boolean, Integer, Select, String, Uuid, bindparam, column, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    REAL,
+    Boolean,
+    Connection,
+    Integer,
+    Select,
+    String,
+    Uuid,
+    bindparam,
+    column,
+    func,
+    select,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session
 
 from platform_db.models import Page, PageStatus
 from platform_db.models.page import SEARCH_CONFIG
+from platform_db.session import fresh
 
 MAX_LIMIT = 100
 
@@ -26,13 +48,17 @@ def _check_limit(limit: int) -> None:
         raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
 
 
-def _search_statement(text: Any, limit: Any, published_only: Any) -> Select[tuple[Page, Any]]:
+def _hits(text: Any, limit: Any, published_only: Any) -> Any:
     query = func.websearch_to_tsquery(SEARCH_CONFIG, text)
-    hits = (
+    return (
         func.platform.search_pages(query, limit, published_only)
         .table_valued(column("id", Uuid), column("rank", REAL))
         .alias("hits")
     )
+
+
+def _search_statement(text: Any, limit: Any, published_only: Any) -> Select[tuple[Page, Any]]:
+    hits = _hits(text, limit, published_only)
     rank = hits.c.rank.label("rank")
     return (
         select(Page, rank)
@@ -48,6 +74,14 @@ _SEARCH = _search_statement(
     bindparam("limit", type_=Integer),
     bindparam("published_only", type_=Boolean),
 )
+# On Citus: the function's hits, best first (it orders them), then their pages by key.
+_CITUS_HITS_FROM = _hits(
+    bindparam("text", type_=String),
+    bindparam("limit", type_=Integer),
+    bindparam("published_only", type_=Boolean),
+)
+_CITUS_HITS = select(_CITUS_HITS_FROM.c.id, _CITUS_HITS_FROM.c.rank)
+_CITUS_PAGES = select(Page).where(Page.id.in_(bindparam("ids", expanding=True)))
 
 
 def search_pages_query(
@@ -92,11 +126,40 @@ def _params(text: str, limit: int, published_only: bool) -> dict[str, Any]:
     return {"text": text, "limit": limit, "published_only": bool(published_only)}
 
 
+def _on_citus(conn: Connection) -> bool:
+    known = fresh.citus_known(conn)
+    if known is None:
+        known = fresh.remember_citus(
+            conn, conn.exec_driver_sql(fresh.CITUS_SQL).first() is not None
+        )
+    return known
+
+
+async def _on_citus_async(conn: AsyncConnection) -> bool:
+    known = fresh.citus_known(conn.sync_connection)  # type: ignore[arg-type]
+    if known is None:
+        answer = (await conn.exec_driver_sql(fresh.CITUS_SQL)).first() is not None
+        known = fresh.remember_citus(conn.sync_connection, answer)  # type: ignore[arg-type]
+    return known
+
+
+def _in_hits_order(hits: Sequence[Any], pages: Iterable[Page]) -> list[tuple[Page, float]]:
+    by_id = {page.id: page for page in pages}
+    return [(by_id[hit.id], float(hit.rank)) for hit in hits if hit.id in by_id]
+
+
 def search_pages(
     session: Session, text: str, *, limit: int = 20, published_only: bool = True
 ) -> list[tuple[Page, float]]:
     """`search_pages_query` run in `session`: (page, rank) pairs, best first."""
-    rows = session.execute(_SEARCH, _params(text, limit, published_only))
+    params = _params(text, limit, published_only)
+    if _on_citus(session.connection()):
+        hits = session.execute(_CITUS_HITS, params).all()
+        if not hits:
+            return []
+        pages = session.scalars(_CITUS_PAGES, {"ids": [hit.id for hit in hits]})
+        return _in_hits_order(hits, pages)
+    rows = session.execute(_SEARCH, params)
     return [(page, float(rank)) for page, rank in rows]
 
 
@@ -104,7 +167,14 @@ async def search_pages_async(
     session: AsyncSession, text: str, *, limit: int = 20, published_only: bool = True
 ) -> list[tuple[Page, float]]:
     """`search_pages` for an AsyncSession."""
-    result = await session.execute(_SEARCH, _params(text, limit, published_only))
+    params = _params(text, limit, published_only)
+    if await _on_citus_async(await session.connection()):
+        hits = (await session.execute(_CITUS_HITS, params)).all()
+        if not hits:
+            return []
+        pages = await session.scalars(_CITUS_PAGES, {"ids": [hit.id for hit in hits]})
+        return _in_hits_order(hits, pages)
+    result = await session.execute(_SEARCH, params)
     return [(page, float(rank)) for page, rank in result]
 
 

@@ -81,7 +81,7 @@ from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.entities import ident
 from platform_db.ddl.search import MAX_SEARCH_ROWS
-from platform_db.ddl.security import APP_ROLE, TENANT_SETTING
+from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.migration import runner as migrations
 from platform_db.migration.autogenerate import drift
@@ -342,7 +342,12 @@ class IsolationChecker:
                 f"{fn} is owned by {found.owner}, which does not bypass RLS: beneath the "
                 "policy its @@ cannot use the GIN index"
             )
-            assert not found.rolcanlogin, f"{fn} is owned by a LOGIN role ({found.owner})"
+            # On a Citus server, `platform-db distribute` lets platform_admin log in (no
+            # password; roles are the server's): its functions' worker connections open
+            # as that role (docs/SCALING.md).
+            assert not found.rolcanlogin or (found.citus and found.owner == ADMIN_ROLE), (
+                f"{fn} is owned by a LOGIN role ({found.owner})"
+            )
             assert any(c.startswith("search_path=") for c in found.proconfig or ()), (
                 f"{fn} has no pinned search_path (SET search_path = pg_catalog, pg_temp)"
             )
@@ -438,7 +443,9 @@ SELECT p.prosecdef, p.proconfig, r.rolname AS owner, r.rolbypassrls, r.rolcanlog
                JOIN pg_catalog.pg_am am ON am.oid = c.relam
                JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid
                     AND a.attnum = ANY(i.indkey) AND a.attname = :vector
-               WHERE i.indrelid = CAST(:table AS regclass) AND am.amname = 'gin') AS gin
+               WHERE i.indrelid = CAST(:table AS regclass) AND am.amname = 'gin') AS gin,
+       'citus' = ANY(pg_catalog.string_to_array(pg_catalog.replace(
+           pg_catalog.current_setting('shared_preload_libraries'), ' ', ''), ',')) AS citus
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
