@@ -22,7 +22,8 @@ whose model has `TenantMixin`:
   refused, and after A commits a session-level `app.current_tenant_id`, B's request on
   the same backend sees only B's rows and a request without a tenant sees none.
 - a table that declares a search function (`__tenant_search__`, platform_db.ddl.search):
-  the function runs as a NOLOGIN role that bypasses RLS (so its GIN index is usable),
+  the function runs as a NOLOGIN role that bypasses RLS (so its GIN index is usable;
+  on a Citus server platform_admin, which `platform-db distribute` lets log in),
   is SECURITY DEFINER with a pinned search_path, is executable by platform_app and not
   by PUBLIC, the tsvector column has a GIN index, and as tenant A a query that matches
   rows of both tenants returns exactly A's matching rows; with no tenant, none. A
