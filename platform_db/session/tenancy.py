@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -135,10 +136,23 @@ class TenantScope:
 
     @classmethod
     def of(cls, tenant_id: object, user_id: object | None = None) -> TenantScope:
+        if isinstance(tenant_id, uuid.UUID | str) and isinstance(user_id, uuid.UUID | str | None):
+            return _scope_of(tenant_id, user_id)
         return cls(
             canonical_uuid(tenant_id),
             None if user_id is None else canonical_uuid(user_id, what="user id"),
         )
+
+
+# A session per request parses its tenant again and again: the scope of each (tenant, user)
+# given is kept, keyed by exactly what was given (typed: a UUID and its text are two
+# keys with the same scope), so one tenant's scope can never answer for another.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _scope_of(tenant_id: uuid.UUID | str, user_id: uuid.UUID | str | None) -> TenantScope:
+    return TenantScope(
+        canonical_uuid(tenant_id),
+        None if user_id is None else canonical_uuid(user_id, what="user id"),
+    )
 
 
 _current_scope: contextvars.ContextVar[TenantScope | None] = contextvars.ContextVar(
@@ -284,6 +298,14 @@ def scope_sql(tenant: str, user: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _scope_statements(scope: TenantScope | None) -> str:
+    """`scope_sql` of a scope, made once per scope (equal scopes: same tenant and user)."""
+    if scope is None:
+        return scope_sql("", "")
+    return scope_sql(str(scope.tenant_id), str(scope.user_id) if scope.user_id else "")
+
+
 class AutocommitTenantSessionError(TenantError):
     """A TenantSession was given a connection in AUTOCOMMIT."""
 
@@ -328,9 +350,7 @@ def _apply_tenant(
     scope = _resolve_scope(session)
     if scope is not None:
         _refuse_rls_bypass(session, connection, scope)
-    tenant = str(scope.tenant_id) if scope else ""
-    user = str(scope.user_id) if scope and scope.user_id else ""
-    statements = scope_sql(tenant, user)
+    statements = _scope_statements(scope)
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that
