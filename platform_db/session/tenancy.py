@@ -385,14 +385,28 @@ def _guard_statements(session: Session, connection: Connection) -> None:
     engine = connection.engine
     if engine not in _guarded_engines:
         _guarded_engines.add(engine)
-        event.listen(engine, "before_cursor_execute", _check_owner)
+        # The dialect's execute events, not the engine's before_cursor_execute: a
+        # listener on the engine makes every Connection look up the engine's events
+        # again (platform_db.session.fresh._install_async).
+        event.listen(engine, "do_execute", _check_owner_of)
+        event.listen(engine, "do_executemany", _check_owner_of)
+        event.listen(engine, "do_execute_no_params", _check_owner_no_params)
     info = connection.info  # the pooled connection's: it outlives this Connection object
     info[_OWNER_KEY] = weakref.ref(session)
     session.info.setdefault(_CONNECTIONS_KEY, []).append(info)
 
 
-def _check_owner(conn: Connection, *_: Any) -> None:
-    ref = conn.info.get(_OWNER_KEY)
+def _check_owner_of(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+    _check_owner(context.root_connection)
+
+
+def _check_owner_no_params(cursor: Any, statement: str, context: Any) -> None:
+    _check_owner(context.root_connection)
+
+
+def _check_owner(conn: Connection) -> None:
+    info = fresh.pooled_info(conn)
+    ref = info.get(_OWNER_KEY) if info is not None else None
     owner = ref() if ref is not None else None
     if owner is not None:
         _check_unchanged(owner)
