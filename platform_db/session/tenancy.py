@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
@@ -71,7 +71,7 @@ _CONNECTIONS_KEY = "platform_db.connections"
 # In a connection's info: the session whose transaction it serves (a weak reference).
 _OWNER_KEY = "platform_db.tenant_session"
 _UNSET = object()
-_guarded_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_guarded_dialects: weakref.WeakSet[Dialect] = weakref.WeakSet()
 
 
 class TenantError(RuntimeError):
@@ -382,15 +382,15 @@ def _guard_statements(session: Session, connection: Connection) -> None:
     """Check the tenant before every statement on `connection` while `session`'s
     transaction uses it, including statements run on a Connection the caller took from
     Session.connection() earlier (one dictionary lookup per statement)."""
-    engine = connection.engine
-    if engine not in _guarded_engines:
-        _guarded_engines.add(engine)
+    dialect = connection.dialect
+    if dialect not in _guarded_dialects:
+        _guarded_dialects.add(dialect)
         # The dialect's execute events, not the engine's before_cursor_execute: a
         # listener on the engine makes every Connection look up the engine's events
         # again (platform_db.session.fresh._install_async).
-        event.listen(engine, "do_execute", _check_owner_of)
-        event.listen(engine, "do_executemany", _check_owner_of)
-        event.listen(engine, "do_execute_no_params", _check_owner_no_params)
+        event.listen(dialect, "do_execute", _check_owner_of)
+        event.listen(dialect, "do_executemany", _check_owner_of)
+        event.listen(dialect, "do_execute_no_params", _check_owner_no_params)
     info = connection.info  # the pooled connection's: it outlives this Connection object
     info[_OWNER_KEY] = weakref.ref(session)
     session.info.setdefault(_CONNECTIONS_KEY, []).append(info)
