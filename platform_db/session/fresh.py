@@ -27,8 +27,8 @@ the next request. What each kind of state gets:
 The prologue costs no round trip: with asyncpg it travels in the BEGIN message
 (platform_db.session.asyncpg_connection); with psycopg it is sent with the tenant setting,
 or before the first statement of a transaction without one. A connection in AUTOCOMMIT
-has no transaction to start: its session is reset (`RESET ALL`) when it begins, at the
-cost of one round trip.
+has no transaction to start: its session is reset (`RESET ALL`) when it begins (with
+asyncpg: before its first statement after each checkout), at the cost of one round trip.
 
 A service's own session-level settings therefore belong in the connection's startup
 options (the engines' `connect_args`), in `SET LOCAL` inside a transaction, or on the
@@ -45,10 +45,15 @@ import psycopg
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from platform_db.session.asyncpg_connection import as_tenant_connection, quote_literal
 
 _PENDING = "platform_db.prologue"
+# In a pooled asyncpg connection's info: its prologue (set when it opens), and that it
+# was reset in AUTOCOMMIT since it was checked out.
+_PROLOGUE_KEY = "platform_db.connection_prologue"
+_RESET_KEY = "platform_db.reset_in_autocommit"
 _installed: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 # Statements with literals from code only: setting names and numbers (a simple-query
@@ -162,11 +167,10 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
     """Start every transaction of `engine` with `prologue` (see the module docstring)."""
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     _installed.add(sync_engine)
-    event.listen(
-        sync_engine,
-        "connect",
-        _asyncpg_on_connect if isinstance(engine, AsyncEngine) else _psycopg_on_connect,
-    )
+    if isinstance(engine, AsyncEngine):
+        _install_async(sync_engine, prologue)
+        return
+    event.listen(sync_engine, "connect", _psycopg_on_connect)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -174,16 +178,7 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
             conn.info.pop(_PENDING, None)
             run_simple(conn, RESET_SESSION)
             return
-        driver = as_tenant_connection(conn.connection.driver_connection)
-        if driver is not None:
-            if not driver.is_in_transaction():
-                driver.discard_pending()
-                driver.send_with_next_begin(_for_connection(conn, prologue))
-            return
         conn.info[_PENDING] = _for_connection(conn, prologue)
-
-    if isinstance(engine, AsyncEngine):
-        return
 
     @event.listens_for(sync_engine, "before_cursor_execute")
     def _flush(conn: Connection, *_: Any) -> None:
@@ -209,14 +204,74 @@ def install(engine: Engine | AsyncEngine, prologue: str) -> None:
     event.listen(sync_engine, "rollback", _forget)
 
 
+def _install_async(sync_engine: Engine, prologue: str) -> None:
+    """The prologue of an asyncpg engine, with no listener on the engine itself.
+
+    Any engine-level listener makes SQLAlchemy join the engine's events to every
+    Connection and look each event up again per connection: measured at 7% of the
+    client's instructions per request of the benchmark (docs/PERFORMANCE.md). So each
+    connection learns its prologue once, when the pool opens it, and its BEGIN carries
+    it from then on (TenantConnection.prologue); a connection in AUTOCOMMIT, which sends
+    no BEGIN, is reset before its first statement after each checkout, through the
+    dialect's execute events (which cost no such lookup).
+    """
+
+    def _on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        _asyncpg_on_connect(dbapi_connection, record)
+        own = for_citus(prologue) if record.info.get(_CITUS_KEY) else prologue
+        record.info[_PROLOGUE_KEY] = own
+        driver = as_tenant_connection(record.driver_connection)
+        if driver is not None:
+            driver.prologue = own
+
+    event.listen(sync_engine, "connect", _on_connect)
+    event.listen(sync_engine, "do_execute", _reset_autocommit)
+    event.listen(sync_engine, "do_executemany", _reset_autocommit)
+    event.listen(sync_engine, "do_execute_no_params", _reset_autocommit_no_params)
+    event.listen(sync_engine.pool, "checkin", _forget_reset)
+
+
+def _reset_autocommit(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+    _reset_autocommit_no_params(cursor, statement, context)
+
+
+def _reset_autocommit_no_params(cursor: Any, statement: str, context: Any) -> None:
+    conn: Connection = context.root_connection
+    if not _driver_autocommit(conn):
+        return
+    info = pooled_info(conn)
+    if info is None or _RESET_KEY in info:
+        return
+    info[_RESET_KEY] = True
+    run_simple(conn, RESET_SESSION)
+
+
+def pooled_info(conn: Connection) -> dict[Any, Any] | None:
+    """The pooled connection's `info` of `conn`; None for the connection SQLAlchemy
+    makes to read the server's version when its engine first connects (it has none,
+    and nothing of a request runs on it)."""
+    try:
+        return conn.info
+    except NotImplementedError:
+        return None
+
+
+def _forget_reset(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    record.info.pop(_RESET_KEY, None)
+
+
 def installed(conn: Connection) -> bool:
     """Whether `conn`'s engine starts its transactions with a prologue."""
     return conn.engine in _installed
 
 
 def take_pending(conn: Connection) -> str | None:
-    """The prologue a psycopg transaction has not sent yet (the caller sends it now)."""
+    """The prologue a transaction has not sent yet (the caller sends it now): psycopg's,
+    or that of an asyncpg connection that cannot carry it with BEGIN (not a
+    TenantConnection)."""
     pending: str | None = conn.info.pop(_PENDING, None)
+    if pending is None and as_tenant_connection(conn.connection.driver_connection) is None:
+        pending = conn.info.get(_PROLOGUE_KEY)
     return pending
 
 
@@ -228,6 +283,7 @@ __all__ = [
     "install",
     "installed",
     "on_citus",
+    "pooled_info",
     "prologue_sql",
     "remember_citus",
     "run_simple",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
@@ -70,7 +71,7 @@ _CONNECTIONS_KEY = "platform_db.connections"
 # In a connection's info: the session whose transaction it serves (a weak reference).
 _OWNER_KEY = "platform_db.tenant_session"
 _UNSET = object()
-_guarded_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_guarded_dialects: weakref.WeakSet[Dialect] = weakref.WeakSet()
 
 
 class TenantError(RuntimeError):
@@ -135,10 +136,23 @@ class TenantScope:
 
     @classmethod
     def of(cls, tenant_id: object, user_id: object | None = None) -> TenantScope:
+        if isinstance(tenant_id, uuid.UUID | str) and isinstance(user_id, uuid.UUID | str | None):
+            return _scope_of(tenant_id, user_id)
         return cls(
             canonical_uuid(tenant_id),
             None if user_id is None else canonical_uuid(user_id, what="user id"),
         )
+
+
+# A session per request parses its tenant again and again: the scope of each (tenant, user)
+# given is kept, keyed by exactly what was given (typed: a UUID and its text are two
+# keys with the same scope), so one tenant's scope can never answer for another.
+@functools.lru_cache(maxsize=4096, typed=True)
+def _scope_of(tenant_id: uuid.UUID | str, user_id: uuid.UUID | str | None) -> TenantScope:
+    return TenantScope(
+        canonical_uuid(tenant_id),
+        None if user_id is None else canonical_uuid(user_id, what="user id"),
+    )
 
 
 _current_scope: contextvars.ContextVar[TenantScope | None] = contextvars.ContextVar(
@@ -284,6 +298,14 @@ def scope_sql(tenant: str, user: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _scope_statements(scope: TenantScope | None) -> str:
+    """`scope_sql` of a scope, made once per scope (equal scopes: same tenant and user)."""
+    if scope is None:
+        return scope_sql("", "")
+    return scope_sql(str(scope.tenant_id), str(scope.user_id) if scope.user_id else "")
+
+
 class AutocommitTenantSessionError(TenantError):
     """A TenantSession was given a connection in AUTOCOMMIT."""
 
@@ -328,9 +350,7 @@ def _apply_tenant(
     scope = _resolve_scope(session)
     if scope is not None:
         _refuse_rls_bypass(session, connection, scope)
-    tenant = str(scope.tenant_id) if scope else ""
-    user = str(scope.user_id) if scope and scope.user_id else ""
-    statements = scope_sql(tenant, user)
+    statements = _scope_statements(scope)
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that
@@ -362,17 +382,31 @@ def _guard_statements(session: Session, connection: Connection) -> None:
     """Check the tenant before every statement on `connection` while `session`'s
     transaction uses it, including statements run on a Connection the caller took from
     Session.connection() earlier (one dictionary lookup per statement)."""
-    engine = connection.engine
-    if engine not in _guarded_engines:
-        _guarded_engines.add(engine)
-        event.listen(engine, "before_cursor_execute", _check_owner)
+    dialect = connection.dialect
+    if dialect not in _guarded_dialects:
+        _guarded_dialects.add(dialect)
+        # The dialect's execute events, not the engine's before_cursor_execute: a
+        # listener on the engine makes every Connection look up the engine's events
+        # again (platform_db.session.fresh._install_async).
+        event.listen(dialect, "do_execute", _check_owner_of)
+        event.listen(dialect, "do_executemany", _check_owner_of)
+        event.listen(dialect, "do_execute_no_params", _check_owner_no_params)
     info = connection.info  # the pooled connection's: it outlives this Connection object
     info[_OWNER_KEY] = weakref.ref(session)
     session.info.setdefault(_CONNECTIONS_KEY, []).append(info)
 
 
-def _check_owner(conn: Connection, *_: Any) -> None:
-    ref = conn.info.get(_OWNER_KEY)
+def _check_owner_of(cursor: Any, statement: str, parameters: Any, context: Any) -> None:
+    _check_owner(context.root_connection)
+
+
+def _check_owner_no_params(cursor: Any, statement: str, context: Any) -> None:
+    _check_owner(context.root_connection)
+
+
+def _check_owner(conn: Connection) -> None:
+    info = fresh.pooled_info(conn)
+    ref = info.get(_OWNER_KEY) if info is not None else None
     owner = ref() if ref is not None else None
     if owner is not None:
         _check_unchanged(owner)
