@@ -8,11 +8,13 @@ LOWEST ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST)/.installed-lowest
 # The tests that prove the floors: the revisions, autogenerate, check and drift, then the
 # ORM, async, pool and driver-error paths over the migrated schema, and the analytics
-# pool's routing on a standby (Session.get_bind, handle_error). About three minutes.
+# pool's routing on a standby (Session.get_bind, handle_error), and the tenant filter
+# (do_orm_execute behaves differently in SQLAlchemy 2.0). About three minutes.
 LOWEST_TESTS ?= tests/test_migrations.py tests/test_autogenerate.py tests/test_drift.py \
 	tests/test_migration_safety.py tests/test_schema.py tests/test_query.py \
 	tests/test_tenancy_hook.py tests/test_pools.py tests/test_revision_history.py \
-	tests/test_runtime_faults.py tests/test_rls_bypass.py tests/test_replica.py
+	tests/test_runtime_faults.py tests/test_rls_bypass.py tests/test_replica.py \
+	tests/test_tenant_filter.py
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo test test-lowest lint format migrate check clean
