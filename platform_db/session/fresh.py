@@ -100,14 +100,18 @@ def _for_connection(conn: Connection, prologue: str) -> str:
 
 
 def on_citus(conn: Connection) -> bool:
-    """Whether `conn` is a connection of the package's engines to a Citus coordinator that
-    passes SET LOCAL on to its workers (asked once per connection, when it opens)."""
-    return bool(conn.connection.info.get(_CITUS_KEY))
+    """Whether `conn` is a connection to a Citus coordinator that passes SET LOCAL on to
+    its workers: asked once per connection, when it opens (the package's engines) or
+    here, the first time (an engine the package did not make)."""
+    known = citus_known(conn)
+    if known is None:
+        known = remember_citus(conn, conn.exec_driver_sql(CITUS_SQL).first() is not None)
+    return known
 
 
 def citus_known(conn: Connection) -> bool | None:
-    """`on_citus(conn)`, or None on a connection that was never asked (an engine the
-    package did not make): the caller asks with CITUS_SQL and calls `remember_citus`."""
+    """`on_citus(conn)` without asking: None on a connection never asked (an async caller
+    asks with CITUS_SQL itself and calls `remember_citus`)."""
     known = conn.connection.info.get(_CITUS_KEY)
     return None if known is None else bool(known)
 

@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import (
     REAL,
     Boolean,
-    Connection,
     Integer,
     Select,
     String,
@@ -57,8 +56,7 @@ def _hits(text: Any, limit: Any, published_only: Any) -> Any:
     )
 
 
-def _search_statement(text: Any, limit: Any, published_only: Any) -> Select[tuple[Page, Any]]:
-    hits = _hits(text, limit, published_only)
+def _search_statement(hits: Any) -> Select[tuple[Page, Any]]:
     rank = hits.c.rank.label("rank")
     return (
         select(Page, rank)
@@ -69,18 +67,14 @@ def _search_statement(text: Any, limit: Any, published_only: Any) -> Select[tupl
 
 # Built once: what changes per call is bound, so a search builds no statement and
 # SQLAlchemy finds its compiled form in the cache straight away.
-_SEARCH = _search_statement(
+_BOUND_HITS = _hits(
     bindparam("text", type_=String),
     bindparam("limit", type_=Integer),
     bindparam("published_only", type_=Boolean),
 )
+_SEARCH = _search_statement(_BOUND_HITS)
 # On Citus: the function's hits, best first (it orders them), then their pages by key.
-_CITUS_HITS_FROM = _hits(
-    bindparam("text", type_=String),
-    bindparam("limit", type_=Integer),
-    bindparam("published_only", type_=Boolean),
-)
-_CITUS_HITS = select(_CITUS_HITS_FROM.c.id, _CITUS_HITS_FROM.c.rank)
+_CITUS_HITS = select(_BOUND_HITS.c.id, _BOUND_HITS.c.rank)
 _CITUS_PAGES = select(Page).where(Page.id.in_(bindparam("ids", expanding=True)))
 
 
@@ -95,7 +89,7 @@ def search_pages_query(
     current tenant; the pages are then read under RLS.
     """
     _check_limit(limit)
-    return _search_statement(text, limit, bool(published_only))
+    return _search_statement(_hits(text, limit, bool(published_only)))
 
 
 def search_pages_direct_query(
@@ -126,15 +120,6 @@ def _params(text: str, limit: int, published_only: bool) -> dict[str, Any]:
     return {"text": text, "limit": limit, "published_only": bool(published_only)}
 
 
-def _on_citus(conn: Connection) -> bool:
-    known = fresh.citus_known(conn)
-    if known is None:
-        known = fresh.remember_citus(
-            conn, conn.exec_driver_sql(fresh.CITUS_SQL).first() is not None
-        )
-    return known
-
-
 async def _on_citus_async(conn: AsyncConnection) -> bool:
     known = fresh.citus_known(conn.sync_connection)  # type: ignore[arg-type]
     if known is None:
@@ -153,7 +138,7 @@ def search_pages(
 ) -> list[tuple[Page, float]]:
     """`search_pages_query` run in `session`: (page, rank) pairs, best first."""
     params = _params(text, limit, published_only)
-    if _on_citus(session.connection()):
+    if fresh.on_citus(session.connection()):
         hits = session.execute(_CITUS_HITS, params).all()
         if not hits:
             return []
