@@ -565,6 +565,23 @@ def _cmd_distribute(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_tenant_key(args: argparse.Namespace) -> int:
+    from platform_db.maintenance.tenant_keys import run  # noqa: PLC0415
+    from platform_db.session.seal import TenantKeyError  # noqa: PLC0415
+
+    engine = _admin_engine()
+    try:
+        lines = run(engine, args.action, key_id=args.key_id, off=args.off, grace=args.grace)
+    except TenantKeyError as exc:
+        print(f"platform-db: tenant-key {args.action}: {exc}", file=sys.stderr)  # noqa: T201
+        return EXIT_UNHEALTHY
+    finally:
+        engine.dispose()
+    for line in lines:
+        print(line)  # noqa: T201
+    return EXIT_OK
+
+
 def _cmd_bench_audit(args: argparse.Namespace) -> int:
     from platform_db.bench.audit import markdown, run  # noqa: PLC0415
 
@@ -1155,6 +1172,29 @@ def build_parser() -> argparse.ArgumentParser:
     distribute.add_argument("--json", action="store_true", help="print the result as JSON")
     distribute.add_argument("--quiet", action="store_true", help="no progress on stderr")
     distribute.set_defaults(func=_cmd_distribute)
+
+    tenant_key = sub.add_parser(
+        "tenant-key",
+        help="the keys of the tenant seal: create, list, fingerprint, rotate, retire, enforce",
+        description="The tenant policies take a tenant only with a seal made with a key "
+        "the database holds (docs/SECURITY.md). create: a new key, stored and printed once "
+        "as PLATFORM_DB_TENANT_KEY=... for the services; add: store the key in "
+        "PLATFORM_DB_TENANT_KEY; list; fingerprint: of PLATFORM_DB_TENANT_KEY, and whether "
+        "the database knows it; rotate: a new key, the others valid for --grace more; "
+        "retire KEY_ID; enforce [--off]: refuse (take) unsealed tenants; unbound [--off]: "
+        "take (refuse) seals not bound to a server process (PgBouncer in transaction mode). "
+        "Needs DATABASE_URL of the database's owner or a superuser.",
+    )
+    tenant_key.add_argument(
+        "action",
+        choices=("create", "add", "list", "fingerprint", "rotate", "retire", "enforce", "unbound"),
+    )
+    tenant_key.add_argument("key_id", nargs="?", help="the key's id (create, rotate, retire)")
+    tenant_key.add_argument("--off", action="store_true", help="enforce/unbound: turn it off")
+    tenant_key.add_argument(
+        "--grace", default="24h", help="rotate: how long the other keys stay valid (24h)"
+    )
+    tenant_key.set_defaults(func=_cmd_tenant_key)
 
     for name, helptext, default in (
         ("upgrade", "apply the packaged revisions up to REVISION (head)", "head"),

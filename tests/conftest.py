@@ -22,9 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from platform_db.session.engines import make_async_engine, make_engine
 from platform_db.session.tenancy import TenantSession
 from platform_db.testing import scratch
-from platform_db.testing.plugin import two_tenants
+from platform_db.testing.plugin import ensure_test_tenant_key, two_tenants
 from platform_db.testing.scratch import temporary_app_login
 from tests.isolation_helpers import SeededTenant, seed_rows
+
+# Every engine of the package made in this run seals its tenants with this key, and every
+# database the fixtures migrate stores it (platform_db.testing.scratch).
+ensure_test_tenant_key()
 
 
 def _docker_available() -> bool:

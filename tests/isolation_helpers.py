@@ -23,11 +23,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.tenant_table import tenant_tables
 from platform_db.models import metadata
+from platform_db.session import seal
+from platform_db.session.settings import SYNC_DRIVER, with_driver
 from platform_db.session.tenancy import TenantSession
 
 # Every tenant-owned table of the schema, as the registry knows them (sorted by name).
@@ -317,3 +321,29 @@ def tenant_connection(
 def visible_tenant_ids(conn: Connection, table: str) -> list[uuid.UUID]:
     """tenant_id of every row of `table` the connection can see (an unfiltered scan)."""
     return [r[0] for r in conn.execute(text(f"SELECT tenant_id FROM {table}"))]
+
+
+@contextlib.contextmanager
+def unbound_seals(database_url: URL) -> Iterator[None]:
+    """The database takes seals not bound to a backend (PgBouncer) inside the block."""
+    admin = create_engine(with_driver(database_url, SYNC_DRIVER), poolclass=NullPool)
+    try:
+        with admin.begin() as conn:
+            before = conn.scalar(text("SELECT unbound_seals FROM platform.tenant_seal_settings"))
+            conn.execute(text("UPDATE platform.tenant_seal_settings SET unbound_seals = true"))
+        yield
+        with admin.begin() as conn:
+            conn.execute(
+                text("UPDATE platform.tenant_seal_settings SET unbound_seals = :b"), {"b": before}
+            )
+    finally:
+        admin.dispose()
+
+
+def sealed_tenant_sql(tenant_id: uuid.UUID | str, *, pid: int = 0, user_id: str = "") -> str:
+    """What the tenant hook sends for `tenant_id`, sealed with the run's key for backend
+    `pid` (0: any backend, as behind PgBouncer): for raw driver connections in tests."""
+    key = seal.key_from_env()
+    assert key is not None, "tests/conftest.py sets PLATFORM_DB_TENANT_KEY"
+    tenant = str(tenant_id)
+    return seal.enter_sql(tenant, user_id, key.seal(tenant, user_id, pid))

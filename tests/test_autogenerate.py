@@ -24,6 +24,7 @@ from sqlalchemy.pool import NullPool
 from platform_db.ddl.tenant_table import TenantProtection
 from platform_db.migration import runner as migrations
 from platform_db.models import TenantMixin
+from platform_db.session.tenancy import scope_statements
 from tests.conftest import temporary_database
 from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, expect_db_error
 
@@ -181,10 +182,10 @@ def test_new_tenant_model_gets_rls_policy_grants_and_audit_from_autogenerate(
             poolclass=NullPool,
         )
         with app.begin() as conn:
-            conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a}'"))
+            conn.exec_driver_sql(scope_statements(conn, str(a), ""))
             conn.execute(text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'mine')"), {"t": a})
         with app.begin() as conn:
-            conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a}'"))
+            conn.exec_driver_sql(scope_statements(conn, str(a), ""))
             with expect_db_error(INSUFFICIENT_PRIVILEGE, "row-level security"):
                 conn.execute(
                     text("INSERT INTO notes (tenant_id, body) VALUES (:t, 'theirs')"), {"t": b}

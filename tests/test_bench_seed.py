@@ -24,6 +24,7 @@ from platform_db.bench.seed import (
     run_seed,
 )
 from tests.conftest import temporary_database
+from tests.isolation_helpers import sealed_tenant_sql
 
 CONFIG = SeedConfig(tenants=12, rows_per_tenant=400, months=6, seed=7, as_of=dt.date(2026, 6, 15))
 TABLES = ("tenants", "users", "forms", "pages", "leads", "form_submissions")
@@ -133,7 +134,7 @@ def test_rows_belong_to_their_tenant_under_rls(
         )
     tenant = max(counts, key=lambda t: counts[t])
     with psycopg.connect(conninfo(app)) as conn:
-        conn.execute(f"SET LOCAL app.current_tenant_id = '{tenant}'")
+        conn.execute(sealed_tenant_sql(tenant, pid=conn.info.backend_pid))
         seen = conn.execute("SELECT DISTINCT tenant_id, count(*) OVER () FROM leads").fetchall()
         assert seen == [(tenant, counts[tenant])]
 

@@ -220,6 +220,13 @@ def test_pgbench_scripts_hold_the_workload_sql(catalog: Catalog, super_engine: E
     for s in scripts["sql_tx_rls"]:
         assert s.body.startswith("BEGIN;\nSET LOCAL app.current_tenant_id = '")
         assert s.body.endswith("COMMIT;\n")
+    # With a tenant key (the test run has one), sealed for any backend at a given time.
+    sealed = pgb.build_scripts(
+        super_engine, catalog, DEFAULT_MIX, seed=1, per_class=2, sealed_at=time.time()
+    )
+    for s in sealed["sql_tx_rls"]:
+        assert s.body.startswith("BEGIN;\nSELECT platform.set_tenant('")
+        assert ".0." in s.body.split("\n")[1]
     plain = {s.cls: s.body for s in scripts["sql"]}
     assert "tenant_id = '" in plain["user_by_email"]
     assert "websearch_to_tsquery" in plain["page_search"]

@@ -42,7 +42,11 @@ from platform_db.models.lead import OPEN_STATUSES
 from platform_db.session.search import search_pages
 from platform_db.session.settings import SYNC_DRIVER, with_driver
 from platform_db.session.tenancy import TenantSession
-from platform_db.testing.scratch import temporary_app_login, temporary_database
+from platform_db.testing.scratch import (
+    provision_tenant_key,
+    temporary_app_login,
+    temporary_database,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CITUS_URL = os.environ.get("PLATFORM_DB_CITUS_URL", "").strip()
@@ -149,6 +153,7 @@ def distributed(coordinator: URL, workers: list[tuple[str, int]]) -> Iterator[di
         try:
             steps: list[str] = []
             report = distribute(engine, shard_count=SHARDS, progress=steps.append)
+            provision_tenant_key(engine)  # the run's key, on every node
             yield {"url": url, "engine": engine, "report": report, "progress": steps}
         finally:
             engine.dispose()

@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 from platform_db import demo
 from platform_db.migration import runner as migrations
 from platform_db.session.engines import make_engine
+from platform_db.testing.scratch import provision_tenant_key
 from tests.conftest import temporary_database
 
 
@@ -72,6 +73,7 @@ def test_demo_partition_lines_agree_with_its_table(scratch_url: URL) -> None:
     engine = make_engine(scratch_url, application_name="platform-db-tests-demo")
     with engine.begin() as conn:
         password = demo._ensure_demo_login(conn)
+    provision_tenant_key(engine)  # as run_demo does: the database knows the seal's key
     app_engine = make_engine(
         scratch_url.set(username=demo.DEMO_LOGIN, password=password),
         application_name="platform-db-tests-demo-app",

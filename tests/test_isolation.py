@@ -34,7 +34,7 @@ from sqlalchemy.pool import NullPool
 from platform_db.models import Lead, Page
 from platform_db.session.engines import make_engine
 from platform_db.session.settings import SYNC_DRIVER, with_driver
-from platform_db.session.tenancy import TenantError, TenantSession
+from platform_db.session.tenancy import TenantError, TenantSession, scope_statements
 from tests.isolation_helpers import (
     FAR_PAST,
     FEATURE_NOT_SUPPORTED,
@@ -826,14 +826,14 @@ def test_leaky_function_in_where_sees_only_own_rows(
             conn.execute(text(f"DROP SCHEMA {probe} CASCADE"))
 
 
-def test_set_config_is_refused_set_local_still_switches_the_tenant(
+def test_set_config_is_refused_and_set_local_no_longer_switches_the_tenant(
     app_engine: Engine, a: SeededTenant, b: SeededTenant
 ) -> None:
     # set_config() is revoked from PUBLIC, so SQL injected into an expression (a WHERE
     # clause, a LATERAL subquery) cannot change the tenant in the middle of a statement.
-    # A whole statement can: `SET LOCAL app.current_tenant_id` has no privilege to revoke.
-    # That is level (c) of docs/SECURITY.md, open until the tenant is sealed; this test
-    # documents it and fails when it changes.
+    # A whole statement, `SET LOCAL app.current_tenant_id`, has no privilege to revoke:
+    # it changes the setting, but without the seal of that tenant (platform_db.ddl.seal)
+    # the policies see no tenant at all: level (c) of docs/SECURITY.md.
     with tenant_connection(app_engine, a.tenant_id) as conn:
         conn.execute(text("SAVEPOINT s"))
         with expect_db_error(INSUFFICIENT_PRIVILEGE, "permission denied for function set_config"):
@@ -844,7 +844,7 @@ def test_set_config_is_refused_set_local_still_switches_the_tenant(
         conn.execute(text("ROLLBACK TO SAVEPOINT s"))
         assert set(visible_tenant_ids(conn, "leads")) == {a.tenant_id}
         conn.execute(text(f"SET LOCAL app.current_tenant_id = '{b.tenant_id}'"))
-        assert set(visible_tenant_ids(conn, "leads")) == {b.tenant_id}
+        assert visible_tenant_ids(conn, "leads") == []
 
 
 # ---------------------------------------------------------------------------------------
@@ -884,7 +884,7 @@ def test_fresh_connection_without_tenant_sees_nothing_and_writes_nothing(
             conn.rollback()
 
             with conn.begin():
-                conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a.tenant_id}'"))
+                conn.exec_driver_sql(scope_statements(conn, str(a.tenant_id), ""))
                 assert _counts(conn) == {t: a.count(t) for t in TENANT_TABLES}
 
             # Next transaction, same server session: the setting was transaction-local.
@@ -897,7 +897,7 @@ def test_fresh_connection_without_tenant_sees_nothing_and_writes_nothing(
 
             # Same after a transaction that set a tenant and rolled back.
             with conn.begin() as trans:
-                conn.execute(text(f"SET LOCAL app.current_tenant_id = '{a.tenant_id}'"))
+                conn.exec_driver_sql(scope_statements(conn, str(a.tenant_id), ""))
                 trans.rollback()
             assert conn.scalar(text("SELECT pg_backend_pid()")) == pid
             assert _counts(conn) == ZERO
@@ -1079,10 +1079,9 @@ def test_explain_user_by_email_uses_tenant_email_index(
         idx = _index_nodes(nodes)
         assert [n["Index Name"] for n in idx] == ["uq_users_tenant_email"], nodes
         cond = idx[0]["Index Cond"]
-        # The policy's tenant predicate is an index condition, with the body of
-        # platform.current_tenant_id() inlined into it.
-        assert "tenant_id" in cond
-        assert "current_setting" in cond, cond
+        # The policy's tenant predicate is an index condition: the verifying function
+        # (platform_db.ddl.seal), evaluated once for the scan.
+        assert "tenant_id = platform.current_tenant_id()" in cond, cond
         # And the query really returns the one row.
         assert conn.execute(
             text("SELECT tenant_id FROM users WHERE email = :e"), {"e": "user7@bulk.example.com"}
@@ -1103,7 +1102,7 @@ def test_explain_leads_by_status_uses_tenant_status_index(
         idx = _index_nodes(nodes)
         assert [n["Index Name"] for n in idx] == ["ix_leads_tenant_status"], nodes
         assert "tenant_id" in idx[0]["Index Cond"]
-        assert "current_setting" in idx[0]["Index Cond"]
+        assert "tenant_id = platform.current_tenant_id()" in idx[0]["Index Cond"]
         n = conn.scalar(text("SELECT count(*) FROM leads WHERE status = 'new'"))
         assert n == BULK_ROWS // 4
 

@@ -38,6 +38,8 @@ from tests.isolation_helpers import (
     INSUFFICIENT_PRIVILEGE,
     SeededTenant,
     expect_db_error,
+    sealed_tenant_sql,
+    unbound_seals,
 )
 
 pytestmark = pytest.mark.pgbouncer
@@ -95,6 +97,9 @@ def bouncer(
         except RuntimeError as exc:
             pytest.fail(str(exc))
         through = app_login.set(host=started.host, port=started.port, query={})
+        # Behind PgBouncer a seal cannot name the server process: the database must take
+        # unbound seals (platform-db tenant-key unbound) while the module runs.
+        stack.enter_context(unbound_seals(database_url))
         yield Bouncer(url=through, single_url=through.set(database=f"{dbname}_one"), log=log)
 
 
@@ -155,7 +160,7 @@ def test_nothing_a_client_leaves_reaches_the_next_client(
 
         # What the hook does: transaction-local, gone when the transaction ends.
         with x.transaction():
-            x.execute(f"SET LOCAL app.current_tenant_id = '{a.tenant_id}'")
+            x.execute(sealed_tenant_sql(a.tenant_id))
             row = x.execute("SELECT count(*) FROM leads").fetchone()
             assert row is not None
             assert row[0] == a.count("leads")

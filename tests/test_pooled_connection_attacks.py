@@ -550,7 +550,7 @@ async def test_the_prologue_travels_with_begin(database: Database, b: SeededTena
     assert begins, sent
     assert (
         "SET TRANSACTION READ WRITE, NOT DEFERRABLE; RESET ALL; RESET ROLE; CLOSE ALL; "
-        "SET LOCAL app.current_tenant_id" in begins[-1]
+        "SELECT platform.set_tenant(" in begins[-1]
     )
 
 

@@ -35,7 +35,12 @@ from platform_db.session.search import (
     search_pages_query,
 )
 from platform_db.session.tenancy import TenantSession, tenant_async_sessionmaker
-from tests.isolation_helpers import INSUFFICIENT_PRIVILEGE, delete_tenants, expect_db_error
+from tests.isolation_helpers import (
+    INSUFFICIENT_PRIVILEGE,
+    delete_tenants,
+    expect_db_error,
+    sealed_tenant_sql,
+)
 
 TENANTS = 24
 PAGES = 40
@@ -328,10 +333,11 @@ def _nested_plans(
         ).fetchone()
         assert row == (False, False)
         with conn.transaction():
-            conn.execute(f"SET LOCAL app.current_tenant_id = '{tenant}'")
+            conn.execute(sealed_tenant_sql(tenant, pid=conn.info.backend_pid))
             notices.clear()
             conn.execute(statement, params).fetchall()
-    return [n for n in notices if "Query Text: SET LOCAL" not in n]
+    # Not the seal's own lookup inside platform.current_tenant_id() (platform_db.ddl.seal).
+    return [n for n in notices if "tenant_seal_settings" not in n]
 
 
 def _compiled(engine: Engine, stmt: Any) -> tuple[str, dict[str, Any]]:
@@ -363,7 +369,7 @@ def test_explain_as_the_app_login_shows_the_gin_index_for_the_current_tenant(
     # The statement itself reads the found pages back by key, under the policy.
     assert "Function Scan on search_pages" in outer[0], outer[0]
     assert "Index Scan using pk_pages on pages" in outer[0], outer[0]
-    assert "current_setting('app.current_tenant_id'" in outer[0], outer[0]
+    assert "platform.current_tenant_id()" in outer[0], outer[0]
 
 
 def test_beneath_the_policy_the_plain_statement_cannot_use_the_gin_index(

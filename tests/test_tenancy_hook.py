@@ -405,7 +405,7 @@ async def test_async_setting_travels_in_the_begin_message(
     # logged): BEGIN carrying the setting, then COMMIT. No message of its own for it.
     assert len(sent) == 2, sent
     assert sent[0].startswith("BEGIN")
-    assert "SET LOCAL app.current_tenant_id = " in sent[0]
+    assert "SELECT platform.set_tenant(" in sent[0]  # the sealed tenant (platform_db.session.seal)
     assert str(a.tenant_id) in sent[0]
     assert sent[1].startswith("COMMIT")
 

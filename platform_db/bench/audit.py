@@ -25,7 +25,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from platform_db.session.tenancy import scope_sql
+from platform_db.session import seal
 from platform_db.testing.scratch import temporary_app_login, temporary_database
 
 
@@ -71,7 +71,7 @@ Workload = Callable[[psycopg.Connection[Any], uuid.UUID, int], None]
 
 
 def _begin(cur: psycopg.Cursor[Any], tenant: uuid.UUID, user: uuid.UUID) -> None:
-    cur.execute(scope_sql(str(tenant), str(user)))
+    cur.execute(seal.tenant_sql_for(cur.connection.info.backend_pid, str(tenant), str(user)))
 
 
 def _insert_one_per_transaction(conn: psycopg.Connection[Any], tenant: uuid.UUID, n: int) -> None:

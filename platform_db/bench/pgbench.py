@@ -7,9 +7,13 @@
   compile to, values inlined), in three variants:
 
   `sql`         a superuser (no RLS), explicit `tenant_id = ...`, no transaction block;
-  `sql_tx`      the same inside BEGIN; set_config(tenant); ...; COMMIT (the hook's round trips);
-  `sql_tx_rls`  a platform_app login, BEGIN; set_config; the query without a tenant filter
-                (RLS filters); COMMIT: exactly what the package sends, minus its own costs.
+  `sql_tx`      the same inside BEGIN; <the tenant hook's statement>; ...; COMMIT (the
+                hook's round trips);
+  `sql_tx_rls`  a platform_app login, BEGIN; <the hook's statement>; the query without a
+                tenant filter (RLS filters); COMMIT: what the package sends, minus its own
+                costs. With a tenant key the hook's statement is the sealed one, for any
+                backend (pgbench's are not known when the scripts are written): the
+                database takes such seals while the scripts run (`unbound_seals`).
 
   so `sql_tx - sql` is the cost of the tenant transaction, `sql_tx_rls - sql_tx` the cost
   of RLS over an explicit filter, and `package - sql_tx_rls` the cost of the package
@@ -46,11 +50,25 @@ from platform_db.bench.workload import (
     select_statement,
     submission_values,
 )
+from platform_db.session import seal
 
 VARIANTS = ("sql", "sql_tx", "sql_tx_rls")
 MAX_SCRIPTS = 128  # pgbench's limit on -f scripts
-# As the tenant hook sends it (platform_db.session.tenancy.scope_sql).
+# As the tenant hook sends it without a key (platform_db.session.tenancy.scope_sql).
 SET_TENANT_SQL = "SET LOCAL app.current_tenant_id = %(tenant)s; SET LOCAL app.current_user_id = ''"
+# A sealed script names no backend (pgbench's connections are not known when it is
+# written) and the 60-second step of the middle of its run; a seal verifies within one
+# step of it, so a run may last at most this long.
+MAX_SEALED_RUN_S = 120
+
+
+def tenant_statement(raw: psycopg.Connection[Any], tenant: str, *, sealed_at: float | None) -> str:
+    """The tenant hook's statement for a script: sealed with PLATFORM_DB_TENANT_KEY (for
+    any backend, the step of `sealed_at`) when there is a key, else SET_TENANT_SQL."""
+    key = seal.key_from_env()
+    if key is None or sealed_at is None:
+        return _mogrify(raw, SET_TENANT_SQL, {"tenant": tenant})
+    return seal.enter_sql(tenant, "", key.seal(tenant, "", 0, now=sealed_at))
 
 
 def find_pgbench() -> str | None:
@@ -122,8 +140,10 @@ def build_scripts(
     *,
     seed: int,
     per_class: int | None = None,
+    sealed_at: float | None = None,
 ) -> dict[str, list[Script]]:
-    """Scripts of every variant for requests drawn like the workload's."""
+    """Scripts of every variant for requests drawn like the workload's (tenants sealed
+    for the time `sealed_at` when there is a tenant key: `tenant_statement`)."""
     import random  # noqa: PLC0415
 
     classes = [c for c in CLASSES if mix.get(c, 0) > 0]
@@ -138,7 +158,7 @@ def build_scripts(
             for _ in range(per_class):
                 req = draw_request(cls, catalog, rng)
                 tenant = {"tenant": str(req.tenant.id)}
-                set_tenant = _mogrify(raw, SET_TENANT_SQL, tenant)
+                set_tenant = tenant_statement(raw, tenant["tenant"], sealed_at=sealed_at)
                 if cls == "lead_update":
                     assert req.lead is not None
                     get = render_select(engine, last, req, explicit_tenant=True)

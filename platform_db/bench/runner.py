@@ -63,9 +63,10 @@ from platform_db.bench.workload import (
     run_request,
 )
 from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, scram_sha_256
+from platform_db.session import seal
 from platform_db.session.database import Database
+from platform_db.session.seal import TenantKey
 from platform_db.session.settings import SYNC_DRIVER, with_driver
-from platform_db.session.tenancy import scope_sql
 
 Progress = Callable[[str], None]
 
@@ -257,6 +258,27 @@ def worker_main(task: WorkerTask) -> WorkerResult:
         return asyncio.run(_worker(task))
     except Exception:
         return WorkerResult(fatal=traceback.format_exc(limit=5))
+
+
+def ensure_tenant_key(url: URL) -> TenantKey:
+    """A tenant key the database knows, in PLATFORM_DB_TENANT_KEY of this process (the
+    workers and the baseline's variants inherit it): the one set there, stored if the
+    database does not have it yet, else a new one (`bench-<hex>`). The package's sessions
+    are measured as a service runs them, sealed (platform_db.session.seal)."""
+    key = seal.key_from_env()
+    if key is None:
+        key = TenantKey.generate(f"bench-{secrets.token_hex(3)}")
+        os.environ[seal.ENV_VAR] = key.encode()
+    engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            if seal.read_state(conn) is not None:
+                seal.add_key(conn, key)
+        with engine.begin() as conn:
+            seal.sync_workers(conn)
+    finally:
+        engine.dispose()
+    return key
 
 
 def _worker_env(task: WorkerTask) -> dict[str, str]:
@@ -454,7 +476,7 @@ def explain_plans(
             if cls in ("submission_insert",):
                 continue
             statement = pgb.render_select(super_engine, last, req, explicit_tenant=False)
-            app.execute(scope_sql(str(largest.id), ""))
+            app.execute(seal.tenant_sql_for(app.info.backend_pid, str(largest.id)))
             plan = [
                 r[0]
                 for r in app.execute(
@@ -509,11 +531,19 @@ def nested_plans(super_url: URL, login: str, statement: str, tenant: uuid.UUID) 
         conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         conn.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(sql.Identifier(login)))
         with conn.transaction(force_rollback=True):
-            conn.execute(scope_sql(str(tenant), ""))
+            conn.execute(seal.tenant_sql_for(conn.info.backend_pid, str(tenant)))
             conn.execute(statement).fetchall()
     plans = [n.split("plan:", 1)[-1].strip() for n in notices if "plan:" in n]
     # The statement itself is the EXPLAIN above; keep the nested ones.
-    return [p for p in plans if "Function Scan" not in p]
+    # (nor the tenant hook's set_tenant and the seal's lookup: platform_db.ddl.seal)
+    return [
+        p
+        for p in plans
+        if "Function Scan" not in p
+        and "set_config(" not in p
+        and "tenant_seal_" not in p
+        and "platform.set_tenant(" not in p
+    ]
 
 
 # --- The whole run ------------------------------------------------------------------------
@@ -547,6 +577,7 @@ def run_bench(url: URL, config: BenchConfig, *, progress: Progress | None = None
             app_url, app_password = config.app_url, config.app_url.password
         else:
             app_url, app_password = ensure_app_login(admin, url)
+        ensure_tenant_key(url)
         say("sampling the tenants' keys ...")
         with psycopg.connect(conninfo(url)) as c:
             catalog = load_catalog(c, first_tenants=config.first_tenants)
@@ -721,8 +752,91 @@ def _run_pgbench_phases(
     out["scripts_per_variant"] = len(scripts["sql"])
     out["sample_scripts"] = {v: {s.cls: s.body for s in reversed(scripts[v])} for v in pgb.VARIANTS}
     servers: dict[str, Any] = {}
+    if (
+        seal.key_from_env() is not None
+        and config.warmup_s + config.duration_s > pgb.MAX_SEALED_RUN_S
+    ):
+        raise BenchError(
+            f"pgbench runs with sealed tenants last at most {pgb.MAX_SEALED_RUN_S} s "
+            "(warm-up + duration): a seal verifies within a minute of its time"
+        )
+
+    def sealed_scripts() -> dict[str, list[pgb.Script]]:
+        middle = time.time() + (config.warmup_s + config.duration_s) / 2
+        return pgb.build_scripts(
+            super_engine, catalog, config.mix, seed=config.seed, sealed_at=middle
+        )
+
+    with _unbound_seals(url):
+        _pgbench_variants(
+            binary,
+            admin,
+            runs,
+            servers,
+            sealed_scripts=sealed_scripts,
+            config=config,
+            conn=conn,
+            app_conn=app_conn,
+            app_password=app_password,
+            url=url,
+            threads=threads,
+            timeout=timeout,
+            say=say,
+        )
+    out["server"] = servers
+    if config.pgbouncer_clients:
+        with _unbound_seals(url):
+            _run_through_pgbouncer(
+                binary=binary,
+                app_conn=app_conn,
+                app_password=app_password,
+                scripts=sealed_scripts()["sql_tx_rls"],
+                config=config,
+                admin=admin,
+                out=out,
+                say=say,
+            )
+    return out
+
+
+@contextlib.contextmanager
+def _unbound_seals(url: URL) -> Iterator[None]:
+    """The database takes seals not bound to a backend inside the block (pgbench's)."""
+    engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=NullPool)
+    try:
+        with engine.begin() as c:
+            state = seal.read_state(c)
+            if state is not None and not state.unbound_seals:
+                seal.set_enforced(c, state.enforced, unbound_seals=True)
+        try:
+            yield
+        finally:
+            if state is not None and not state.unbound_seals:
+                with engine.begin() as c:
+                    seal.set_enforced(c, state.enforced, unbound_seals=False)
+    finally:
+        engine.dispose()
+
+
+def _pgbench_variants(
+    binary: str,
+    admin: Any,
+    runs: dict[str, Any],
+    servers: dict[str, Any],
+    *,
+    sealed_scripts: Callable[[], dict[str, list[pgb.Script]]],
+    config: BenchConfig,
+    conn: Any,
+    app_conn: Any,
+    app_password: str | None,
+    url: URL,
+    threads: int,
+    timeout: float,
+    say: Progress,
+) -> None:
     for variant in pgb.VARIANTS:
         as_app = variant == "sql_tx_rls"
+        scripts = sealed_scripts()  # sealed for this run's time
         say(f"pgbench {variant} ({'platform_app login' if as_app else 'superuser'}) ...")
         before = stats.snapshot(admin)
         runs[variant] = pgb.run_pgbench(
@@ -744,19 +858,6 @@ def _run_pgbench_phases(
         )
         time.sleep(1.5)
         servers[variant] = stats.delta(before, stats.snapshot(admin))
-    out["server"] = servers
-    if config.pgbouncer_clients:
-        _run_through_pgbouncer(
-            binary=binary,
-            app_conn=app_conn,
-            app_password=app_password,
-            scripts=scripts["sql_tx_rls"],
-            config=config,
-            admin=admin,
-            out=out,
-            say=say,
-        )
-    return out
 
 
 def _run_through_pgbouncer(

@@ -35,6 +35,7 @@ from sqlalchemy.engine import URL
 
 from platform_db.bench.seed import conninfo
 from platform_db.models import Page
+from platform_db.session import seal
 from platform_db.session.search import search_pages_direct_query, search_pages_query
 
 LIMIT = 20
@@ -131,7 +132,9 @@ def search_comparison(
         psycopg.connect(conninfo(super_url)) as sup,
         psycopg.connect(conninfo(app_url)) as app,
     ):
-        app.execute(f"SET app.current_tenant_id = '{uuid.UUID(str(tenant))}'")
+        # One transaction for all of it (rolled back at the end): the tenant as the hook
+        # sets it, sealed for this connection (platform_db.session.seal).
+        app.execute(seal.tenant_sql_for(app.info.backend_pid, str(uuid.UUID(str(tenant)))))
         for kind, words in terms.items():
             for text in words:
                 statements = {

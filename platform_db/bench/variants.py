@@ -30,6 +30,7 @@ import enum
 import ipaddress
 import json
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -77,6 +78,7 @@ from platform_db.models import (
 from platform_db.models import Page as PageModel
 from platform_db.models.lead import OPEN_STATUSES
 from platform_db.models.page import SEARCH_CONFIG
+from platform_db.session import seal
 from platform_db.session import search as search_module
 from platform_db.session.database import Database
 from platform_db.session.query import build_find_many
@@ -100,6 +102,9 @@ APPLICATION_NAMES: dict[str, str] = {
 }
 WRITE_CLASSES = frozenset({"lead_update", "submission_insert"})
 TENANT_MARK = "{tenant}"
+SEAL_MARK = "{seal}"
+# The seal in the package's first message (platform_db.session.seal.enter_sql).
+_SEAL_LITERAL = re.compile(r"(platform\.set_tenant\('[^']*', '[^']*', ')([^']*)('\))")
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
 
 
@@ -126,8 +131,15 @@ class PackageMessages:
     read_end: str = "ROLLBACK;"
     write_end: str = "COMMIT;"
 
-    def begin_for(self, pool: str, tenant: uuid.UUID) -> str:
-        return self.begin[pool].replace(TENANT_MARK, str(tenant))
+    def begin_for(self, pool: str, tenant: uuid.UUID, pid: int = 0) -> str:
+        """The pool's first message for `tenant`, on a connection to backend `pid`: with
+        a seal of its own when the package's carried one (PLATFORM_DB_TENANT_KEY)."""
+        message = self.begin[pool].replace(TENANT_MARK, str(tenant))
+        if SEAL_MARK in message:
+            key = seal.key_from_env()
+            assert key is not None, "the package sealed: PLATFORM_DB_TENANT_KEY is set"
+            message = message.replace(SEAL_MARK, key.seal(str(tenant), "", pid))
+        return message
 
 
 class CaptureError(RuntimeError):
@@ -173,7 +185,9 @@ async def capture_package_messages(app_url: URL, env: dict[str, str]) -> Package
                     raise CaptureError(
                         f"the package's first message does not carry the tenant once: {first!r}"
                     )
-                template = first.replace(str(tenant), TENANT_MARK)
+                template = _SEAL_LITERAL.sub(
+                    lambda m: m.group(1) + SEAL_MARK + m.group(3), first
+                ).replace(str(tenant), TENANT_MARK)
                 if begin.setdefault(pool, template) != template:
                     raise CaptureError(
                         f"the {pool} pool begins two ways: {begin[pool]!r}, {template!r}"
@@ -598,7 +612,7 @@ class RawRunner:
     ) -> int:
         m = self.messages
         assert m is not None
-        await conn.execute(m.begin_for(pool, req.tenant.id))
+        await conn.execute(m.begin_for(pool, req.tenant.id, conn.get_server_pid()))
         try:
             n = await self._statements(conn, req, rng)
         except BaseException:

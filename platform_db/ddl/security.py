@@ -26,12 +26,18 @@ from platform_db.ddl.entities import (
     TableGrants,
     ident,
 )
+from platform_db.ddl.seal import (
+    CURRENT_TENANT_ID,
+    CURRENT_USER_ID,
+    SEAL_FUNCTIONS,
+    SEAL_SETTING,
+    TENANT_SETTING,
+    USER_SETTING,
+)
 
 ROLES = (OWNER_ROLE, APP_ROLE, ADMIN_ROLE)
 ROLE_COMMENT = "created by platform-db"
 
-TENANT_SETTING = "app.current_tenant_id"
-USER_SETTING = "app.current_user_id"
 POLICY_NAME = "tenant_isolation"
 
 
@@ -57,32 +63,14 @@ def scram_sha_256(password: str, *, iterations: int = 4096, salt: bytes | None =
     return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-# Small STABLE SQL functions: the planner inlines them into the policy, so a policy reads
-# `tenant_id = <value>` and `(tenant_id, ...)` indexes are used. `missing_ok` makes a
-# never-set setting NULL and nullif() turns the empty string an ended transaction leaves
-# behind into NULL: either way `tenant_id = NULL` matches no row and fails WITH CHECK.
-# Every role that can query a tenant table must be able to execute them.
-CURRENT_TENANT_ID = Function(
-    name=f"{PLATFORM_SCHEMA}.current_tenant_id",
-    arguments="",
-    definition=f"""RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN nullif(pg_catalog.current_setting('{TENANT_SETTING}', true), '')::uuid""",
-    execute=(APP_ROLE, ADMIN_ROLE),
-    comment=f"The tenant of the current transaction ({TENANT_SETTING}), NULL when none is set.",
-)
-
-CURRENT_USER_ID = Function(
-    name=f"{PLATFORM_SCHEMA}.current_user_id",
-    arguments="",
-    definition=f"""RETURNS uuid
-    LANGUAGE sql STABLE PARALLEL SAFE
-    RETURN nullif(pg_catalog.current_setting('{USER_SETTING}', true), '')::uuid""",
-    execute=(APP_ROLE, ADMIN_ROLE),
-    comment=f"The acting user of the current transaction ({USER_SETTING}), NULL when none is set.",
-)
-
-SETTING_FUNCTIONS: tuple[Function, ...] = (CURRENT_TENANT_ID, CURRENT_USER_ID)
+# The tenant and user functions verify the seal (platform_db.ddl.seal). A NULL tenant
+# (none set, or not sealed) matches no row and fails WITH CHECK. The package's statements
+# also say `tenant_id = :tenant` (platform_db.session.tenant_filter): the planner then
+# turns the policy's comparison into a one-time filter, `current_tenant_id() = :tenant`,
+# one verification per statement; without it (SQL written by hand) the function is an
+# index condition of the `(tenant_id, ...)` indexes, evaluated once per index scan.
+# Not a scalar subquery: Citus refuses subqueries in policies of distributed tables.
+SETTING_FUNCTIONS: tuple[Function, ...] = SEAL_FUNCTIONS
 
 TENANT_PREDICATE = f"tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
 
@@ -261,8 +249,11 @@ __all__ = [
     "PLATFORM_SCHEMA",
     "PUBLIC_REVOCATIONS",
     "ROW_PRIVILEGES",
+    "SEAL_SETTING",
     "TABLE_PRIVILEGES",
     "TENANT_POLICY",
+    "TENANT_SETTING",
+    "USER_SETTING",
     "Policy",
     "claim_ownership_sql",
     "ident",

@@ -20,6 +20,7 @@ from platform_db.ddl.security import APP_ROLE, scram_sha_256
 from platform_db.demo.sample import SAMPLE_TENANTS, ensure_tenant, fill_tenant
 from platform_db.migration import runner as migrations
 from platform_db.models import TENANT_OWNED_TABLES, Tenant, TenantDashboard
+from platform_db.session import seal
 from platform_db.session.engines import make_engine
 from platform_db.session.search import search_pages
 from platform_db.session.settings import SYNC_DRIVER, database_url_from_env, redact, with_driver
@@ -171,16 +172,39 @@ def _as_tenant(app_engine: Engine, tenant: Tenant) -> dict[str, Any]:
     return {"seen": seen, "hits": hits, "dashboard": dashboard, "unseen": unseen}
 
 
+def _demo_key(data_dir: Path) -> seal.TenantKey:
+    """The tenant key of the demo: PLATFORM_DB_TENANT_KEY if set, else the one kept in
+    a file beside the demo's data directory (`.pgdata-tenant-key`, made on the first run,
+    readable by its owner only)."""
+    key = seal.key_from_env()
+    if key is not None:
+        return key
+    path = data_dir.parent / f"{data_dir.name}-tenant-key"
+    if path.exists():
+        return seal.TenantKey.parse(path.read_text(), source=str(path))
+    key = seal.TenantKey.generate("demo")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(key.encode() + "\n")
+    return key
+
+
 def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
     with demo_database(data_dir) as (url, origin):
-        engine = make_engine(url, application_name="platform-db-demo")
+        key = _demo_key(data_dir)
+        engine = make_engine(url, application_name="platform-db-demo", tenant_key=key)
         with engine.begin() as conn:
             migrations.upgrade(conn)
             password = _ensure_demo_login(conn)
+            seal.add_key(conn, key)
+            sealing = seal.read_state(conn)
+        with engine.begin() as conn:
+            seal.sync_workers(conn)
         app_engine = make_engine(
             url.set(username=DEMO_LOGIN, password=password),
             application_name="platform-db-demo-app",
             pool_size=1,
+            tenant_key=key,
         )
         prepared = _prepare(engine, app_engine)
         with engine.begin() as conn:
@@ -198,6 +222,12 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
             first=first,
             view=view,
         )
+        if sealing is not None:
+            state = "enforced" if sealing.enforced else "not enforced (tenants existed before it)"
+            out.write(
+                f"\ntenant seal  {state}; the demo's sessions seal with key {key.key_id} "
+                f"({key.fingerprint}) - platform-db tenant-key list\n"
+            )
     return 0
 
 

@@ -43,6 +43,7 @@ from sqlalchemy import Connection, Engine, text
 from platform_db.ddl.security import ADMIN_ROLE, ident
 from platform_db.maintenance.citus import citus_state, refresh_login_problem
 from platform_db.migration.operations import migration_lock_timeout
+from platform_db.session import seal
 
 Progress = Callable[[str], None]
 
@@ -245,8 +246,13 @@ def distribute(
         _database_settings(conn, step, database)
         _refresh_role(conn, step)
         _partitions(conn, step)
+        _unbound_seals(conn, step)
     if report.changed:
         say("committed")
+    with engine.begin() as conn:
+        workers_synced = seal.sync_workers(conn)
+    if workers_synced:
+        step("tenant seal keys and settings", f"copied to {workers_synced} workers", changed=False)
     with engine.connect() as conn:
         report.refresh_login = refresh_login_problem(conn)
         conn.rollback()
@@ -421,6 +427,19 @@ def _refresh_role(conn: Connection, step: Step) -> None:
     # Propagated to every node by Citus; no password: nobody logs in with one.
     conn.execute(text(f"ALTER ROLE {ADMIN_ROLE} LOGIN"))
     step(f"{ADMIN_ROLE} LOGIN", "granted on every node (no password)", changed=True)
+
+
+def _unbound_seals(conn: Connection, step: Step) -> None:
+    # The policies run on the workers, in backends whose pid no client knows: seals there
+    # cannot be bound to a backend (platform_db.ddl.seal).
+    state = seal.read_state(conn)
+    if state is None:
+        return
+    if state.unbound_seals:
+        step("tenant seals not bound to a backend", "already taken", changed=False)
+        return
+    conn.execute(text("UPDATE platform.tenant_seal_settings SET unbound_seals = true"))
+    step("tenant seals not bound to a backend", "taken (the workers' backends)", changed=True)
 
 
 def _partitions(conn: Connection, step: Step) -> None:

@@ -1,6 +1,6 @@
 """`Database`: the three named pools (main, analytics, background) of one service.
 
-    db = Database.from_env()                      # validates the environment, connects nothing
+    db = Database.from_env()                      # validates the environment, checks the tenant key
     with db.session(tenant_id=t) as s, s.begin():  # main pool, tenant hook
         ...
     async with db.async_session(tenant_id=t) as s: # asyncpg
@@ -25,16 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import threading
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.pool import NullPool
 
-from platform_db.session.engines import async_engine_for, engine_for
+from platform_db.session import seal
+from platform_db.session.engines import KEY_FROM_ENV, KeyFromEnv, async_engine_for, engine_for
 from platform_db.session.pools import AcquireStats, TimedAsyncQueuePool, TimedQueuePool
 from platform_db.session.replica import (
     ROUTER_KEY,
@@ -44,6 +49,7 @@ from platform_db.session.replica import (
     explain_analytics_errors,
     server_of,
 )
+from platform_db.session.seal import TenantKey
 from platform_db.session.settings import POOL_NAMES, PoolSettings, Settings, redact
 from platform_db.session.tenancy import TenantSession, canonical_uuid
 
@@ -56,9 +62,15 @@ class Database:
     """Lazily created sync and async engines for each named pool, and tenant sessions."""
 
     def __init__(
-        self, settings: Settings, *, pgbouncer: bool = False, allow_rls_bypass: bool = False
+        self,
+        settings: Settings,
+        *,
+        pgbouncer: bool = False,
+        allow_rls_bypass: bool = False,
+        tenant_key: TenantKey | KeyFromEnv | None = KEY_FROM_ENV,
     ) -> None:
         self.settings = settings
+        self.tenant_key = seal.key_from_env() if isinstance(tenant_key, KeyFromEnv) else tenant_key
         self.pgbouncer = pgbouncer
         self.allow_rls_bypass = allow_rls_bypass
         self._engines: dict[str, Engine] = {}
@@ -80,8 +92,51 @@ class Database:
         *,
         pgbouncer: bool = False,
         allow_rls_bypass: bool = False,
+        check_tenant_key: bool = True,
     ) -> Self:
-        return cls(Settings.from_env(env), pgbouncer=pgbouncer, allow_rls_bypass=allow_rls_bypass)
+        """The pools of the environment's settings (platform_db.session.settings).
+
+        The tenant key (PLATFORM_DB_TENANT_KEY of `env`, else of os.environ) is checked against the database
+        here, with one connection of the main pool: a missing key where the database
+        enforces seals, a key it does not know or one whose seals do not verify raise
+        TenantKeyError now rather than at the first request. An unreachable database is
+        not an error here (warned; the pools report it when they connect).
+        """
+        # The key from `env`, else from the process environment (a secret is often
+        # injected there while the rest of the settings come from a file).
+        source = env if env is not None and seal.ENV_VAR in env else os.environ
+        db = cls(
+            Settings.from_env(env),
+            pgbouncer=pgbouncer,
+            allow_rls_bypass=allow_rls_bypass,
+            tenant_key=seal.key_from_env(source),
+        )
+        if check_tenant_key:
+            db.check_tenant_key()
+        return db
+
+    def check_tenant_key(self) -> str:
+        """Check the tenant key against the database (see `from_env`); what was found."""
+        # A connection of its own (the main pool's settings, no pool): the pools stay as
+        # they are until the service uses them.
+        engine = engine_for(
+            self._pool_settings("main"),
+            pgbouncer=self.pgbouncer,
+            tenant_key=self.tenant_key,
+            poolclass=NullPool,
+        )
+        try:
+            with engine.connect() as conn:
+                return seal.check_tenant_key(conn, self.tenant_key, bound=not self.pgbouncer)
+        except OperationalError as exc:
+            first = str(exc.orig or exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+            warnings.warn(
+                f"the tenant key was not checked at start-up, the database is unreachable: {first}",
+                stacklevel=2,
+            )
+            return "tenant seal: not checked (database unreachable)"
+        finally:
+            engine.dispose()
 
     def _pool_settings(self, pool: str) -> PoolSettings:
         if pool == ANALYTICS_ON_PRIMARY:
@@ -107,7 +162,7 @@ class Database:
         settings = self._pool_settings(pool)
         with self._lock:
             if pool not in self._engines:
-                engine = engine_for(settings, pgbouncer=self.pgbouncer)
+                engine = engine_for(settings, pgbouncer=self.pgbouncer, tenant_key=self.tenant_key)
                 if settings.read_only:
                     event.listen(engine, "handle_error", self._analytics_errors(pool))
                 self._engines[pool] = engine
@@ -120,7 +175,9 @@ class Database:
         settings = self._pool_settings(pool)
         with self._lock:
             if pool not in self._async_engines:
-                engine = async_engine_for(settings, pgbouncer=self.pgbouncer)
+                engine = async_engine_for(
+                    settings, pgbouncer=self.pgbouncer, tenant_key=self.tenant_key
+                )
                 if settings.read_only:
                     event.listen(engine.sync_engine, "handle_error", self._analytics_errors(pool))
                 self._async_engines[pool] = engine

@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
-from platform_db.session import fresh
+from platform_db.session import fresh, seal
 from platform_db.session.asyncpg_connection import TenantConnection, as_tenant_connection
 from platform_db.session.errors import (
     connect_asyncpg,
@@ -44,6 +44,7 @@ from platform_db.session.errors import (
 from platform_db.session.fresh import prologue_sql
 from platform_db.session.pools import TimedAsyncQueuePool, TimedQueuePool
 from platform_db.session.rls_bypass import note_on_connect
+from platform_db.session.seal import TenantKey
 from platform_db.session.settings import (
     ASYNC_DRIVER,
     SYNC_DRIVER,
@@ -278,6 +279,20 @@ def _escaped(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+class KeyFromEnv:
+    """The default of `tenant_key`: PLATFORM_DB_TENANT_KEY when the engine is made."""
+
+    def __repr__(self) -> str:
+        return "KEY_FROM_ENV"
+
+
+KEY_FROM_ENV = KeyFromEnv()
+
+
+def _tenant_key(value: TenantKey | KeyFromEnv | None) -> TenantKey | None:
+    return seal.key_from_env() if isinstance(value, KeyFromEnv) else value
+
+
 def _merged_connect_args(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
     """The caller's connect arguments win, except that their startup settings (psycopg's
     `options`, asyncpg's `server_settings`) are added to the engine's, not put in place
@@ -307,6 +322,7 @@ def make_engine(
     pool_label: str | None = None,
     ping_after_ms: int = DEFAULT_PING_AFTER_MS,
     connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+    tenant_key: TenantKey | KeyFromEnv | None = KEY_FROM_ENV,
     **engine_kwargs: Any,
 ) -> Engine:
     """A psycopg 3 engine.
@@ -314,6 +330,9 @@ def make_engine(
     `pgbouncer=True` is for PgBouncer in transaction mode: only application_name is sent
     at startup (PgBouncer refuses other startup parameters), and every transaction sets
     the timeouts with SET LOCAL instead.
+
+    `tenant_key`: the key that seals the tenant of every tenant transaction
+    (platform_db.session.seal); by default the one in PLATFORM_DB_TENANT_KEY, if set.
     """
     options = _EngineOptions(
         application_name=application_name,
@@ -339,6 +358,7 @@ def make_engine(
     )
     options.configure_pool(engine.pool, engine.dialect)
     fresh.install(engine, options.prologue())
+    seal.install(engine, _tenant_key(tenant_key), bound=not pgbouncer)
     event.listen(engine, "handle_error", explain_connect_timeout(options.psycopg_connect_timeout_s))
     # Whether the login bypasses RLS, asked once per connection for the tenant hook.
     note_on_connect(engine)
@@ -385,6 +405,7 @@ def make_async_engine(
     pool_label: str | None = None,
     ping_after_ms: int = DEFAULT_PING_AFTER_MS,
     connect_timeout_ms: int = DEFAULT_CONNECT_TIMEOUT_MS,
+    tenant_key: TenantKey | KeyFromEnv | None = KEY_FROM_ENV,
     **engine_kwargs: Any,
 ) -> AsyncEngine:
     """An asyncpg engine.
@@ -394,6 +415,8 @@ def make_async_engine(
     server connection is never looked up on another (SQLAlchemy's documented recipe).
     PgBouncer ignores startup parameters it does not track, so only application_name is
     sent, and every transaction sets the timeouts with SET LOCAL instead.
+
+    `tenant_key`: as for make_engine.
     """
     options = _EngineOptions(
         application_name=application_name,
@@ -419,6 +442,7 @@ def make_async_engine(
     )
     options.configure_pool(engine.sync_engine.pool, engine.dialect)
     fresh.install(engine, options.prologue())
+    seal.install(engine, _tenant_key(tenant_key), bound=not pgbouncer)
     if not pgbouncer:
         note_statement_names(engine)
     event.listen(engine.sync_engine.pool, "checkin", _discard_pending)

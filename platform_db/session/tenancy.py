@@ -50,13 +50,11 @@ from sqlalchemy.engine.interfaces import CoreExecuteOptionsParameter
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
-from platform_db.ddl.security import TENANT_SETTING, USER_SETTING
 from platform_db.models.base import is_tenant_owned
-from platform_db.session import fresh
+from platform_db.session import fresh, seal
 from platform_db.session.asyncpg_connection import (
     TenantConnection,
     as_tenant_connection,
-    quote_literal,
 )
 from platform_db.session.rls_bypass import bypasses_rls, describe_login
 
@@ -286,16 +284,22 @@ def _forget_other_scopes_objects(session: Session) -> None:
 
 
 def scope_sql(tenant: str, user: str) -> str:
-    """The statements that set the tenant and user of the current transaction.
+    """The statements that set the tenant and user of the current transaction, unsealed.
 
     `tenant` and `user` are canonical UUID text or empty (TenantScope makes them): the
     literals can hold neither a quote nor a backslash, whatever standard_conforming_strings
     the session was left with.
     """
-    return (
-        f"SET LOCAL {TENANT_SETTING} = {quote_literal(tenant)}; "
-        f"SET LOCAL {USER_SETTING} = {quote_literal(user)}"
-    )
+    return seal.unsealed_sql(tenant, user)
+
+
+def scope_statements(connection: Connection, tenant: str, user: str) -> str:
+    """What sets the tenant and user of the transaction on `connection`: sealed when its
+    engine has a tenant key (platform_db.session.seal), else `scope_sql`."""
+    sealing = seal.sealing_of(connection.engine)
+    if sealing is None:
+        return scope_sql(tenant, user)
+    return seal.sealed_sql(connection, sealing, tenant, user, citus=fresh.on_citus(connection))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -350,7 +354,12 @@ def _apply_tenant(
     scope = _resolve_scope(session)
     if scope is not None:
         _refuse_rls_bypass(session, connection, scope)
-    statements = _scope_statements(scope)
+    if seal.sealing_of(connection.engine) is None:
+        statements = _scope_statements(scope)  # cached per (tenant, user)
+    else:
+        tenant = str(scope.tenant_id) if scope else ""
+        user = str(scope.user_id) if scope and scope.user_id else ""
+        statements = scope_statements(connection, tenant, user)
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that

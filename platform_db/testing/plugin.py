@@ -86,9 +86,10 @@ from platform_db.ddl.security import ADMIN_ROLE, APP_ROLE, TENANT_SETTING
 from platform_db.ddl.tenant_table import TenantTable, tenant_tables
 from platform_db.migration import runner as migrations
 from platform_db.migration.autogenerate import drift
+from platform_db.session import seal
 from platform_db.session.engines import make_engine
 from platform_db.session.settings import SYNC_DRIVER, with_driver
-from platform_db.session.tenancy import TenantSession, scope_sql
+from platform_db.session.tenancy import TenantSession, scope_statements
 from platform_db.testing.scratch import temporary_app_login, temporary_database
 
 RowFactory = Callable[[Connection, uuid.UUID], None]
@@ -454,6 +455,16 @@ WHERE n.nspname || '.' || p.proname = :name
 """
 
 
+def ensure_test_tenant_key() -> seal.TenantKey:
+    """The tenant key of the test run: PLATFORM_DB_TENANT_KEY if set, else a new one put
+    there (the package's engines read it; the scratch databases store it)."""
+    key = seal.key_from_env()
+    if key is None:
+        key = seal.TenantKey.generate("test")
+        os.environ[seal.ENV_VAR] = key.encode()
+    return key
+
+
 class _TenantTransaction:
     """A transaction of the app login with the tenant set as the session hook sets it."""
 
@@ -462,7 +473,9 @@ class _TenantTransaction:
 
     def __enter__(self) -> Connection:
         self.conn = self.engine.connect()
-        for statement in scope_sql(str(self.tenant) if self.tenant else "", "").split("; "):
+        tenant = str(self.tenant) if self.tenant else ""
+        # Sealed as the tenant hook seals (PLATFORM_DB_TENANT_KEY for an engine of yours).
+        for statement in scope_statements(self.conn, tenant, "").split("; "):
             self.conn.exec_driver_sql(statement)
         return self.conn
 
@@ -539,6 +552,7 @@ def platform_db_url(
     raw = os.environ.get("TEST_DATABASE_URL", "").strip()
     if not raw:
         pytest.skip("TEST_DATABASE_URL is not set (or override the platform_db_url fixture)")
+    ensure_test_tenant_key()
     with temporary_database(
         make_url(raw),
         migrate=True,

@@ -15,6 +15,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from platform_db.ddl.security import APP_ROLE, ident, scram_sha_256
+from platform_db.session import seal
+from platform_db.session.seal import TenantKey
 from platform_db.session.settings import SYNC_DRIVER, with_driver
 
 if TYPE_CHECKING:
@@ -66,8 +68,22 @@ def _migrate(url: URL, config: Config | None) -> None:
         with engine.connect() as conn:
             migrations.upgrade(conn, "heads", config=config)
             conn.commit()
+        provision_tenant_key(engine)
     finally:
         engine.dispose()
+
+
+def provision_tenant_key(engine: Engine, key: TenantKey | None = None) -> TenantKey | None:
+    """Store `key` (by default PLATFORM_DB_TENANT_KEY's, when set) in the database of
+    `engine` (a superuser's), so the package's engines' seals verify there; the key."""
+    key = key if key is not None else seal.key_from_env()
+    if key is None:
+        return None
+    with engine.begin() as conn:
+        if seal.read_state(conn) is not None:
+            seal.add_key(conn, key)
+            seal.sync_workers(conn)
+    return key
 
 
 @contextlib.contextmanager
@@ -93,4 +109,4 @@ def temporary_app_login(admin: Engine, url: URL, *, prefix: str = "pdb_app") -> 
             conn.execute(text(f"DROP ROLE IF EXISTS {name}"))
 
 
-__all__ = ["temporary_app_login", "temporary_database"]
+__all__ = ["provision_tenant_key", "temporary_app_login", "temporary_database"]
