@@ -8,19 +8,24 @@ it sees and the writes for B it gets through: zero each time.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import re
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from platform_db.session import seal
 from platform_db.session.database import Database
-from platform_db.session.engines import make_engine
+from platform_db.session.engines import make_async_engine, make_engine
 from platform_db.session.seal import TenantKey, TenantKeyError
 from platform_db.session.tenancy import TenantSession, tenant_async_sessionmaker
 from platform_db.testing.scratch import temporary_app_login
@@ -402,3 +407,137 @@ def test_seal_text_never_reaches_pg_stat_statements(scratch: tuple[Engine, URL])
         ).all()
     assert not [q for q in texts for mac in macs if mac in q]
     assert any("platform.set_tenant($1, $2, $3)" in q for q in texts), texts
+
+
+# The attacker's harvesters: each reads the query text of every other backend (the same
+# login's: every tenant's) afresh for each row of a series (the statistics snapshot is
+# cleared per row), keeping any text that shows 64 hex digits (an HMAC-SHA256, as in a
+# seal). One SELECT each: the app login may not use plpgsql (no DO block) nor create
+# functions, and an injection is one statement.
+_SOURCES = {
+    "pg_stat_activity": "SELECT s.query FROM pg_stat_activity AS s WHERE s.pid <> pg_backend_pid()",
+    "pg_stat_get_activity": "SELECT s.query FROM pg_stat_get_activity(NULL) AS s "
+    "WHERE s.pid <> pg_backend_pid()",
+    "pg_stat_get_backend_activity": "SELECT pg_stat_get_backend_activity(i) AS query "
+    "FROM pg_stat_get_backend_idset() AS i WHERE pg_stat_get_backend_pid(i) <> pg_backend_pid()",
+}
+_HARVESTER = """
+SELECT DISTINCT x.query
+FROM generate_series(1, :n) AS g
+CROSS JOIN LATERAL (SELECT pg_stat_clear_snapshot(), g.g AS tick OFFSET 0) AS c
+CROSS JOIN LATERAL (SELECT q.query FROM ({source}) AS q
+                    WHERE q.query ~ '[0-9a-f]{{64}}' AND c.tick = g.g OFFSET 0) AS x"""
+
+
+def _harvest_while(
+    conn_of: Callable[[], contextlib.AbstractContextManager[Connection]], busy: Callable[[], None]
+) -> dict[str, set[str]]:
+    """What each harvester, on a connection of `conn_of`, reads while `busy` runs in
+    another thread (a source it may not read: nothing)."""
+    found: dict[str, set[str]] = {name: set() for name in _SOURCES}
+    stop = threading.Event()
+
+    def attacker() -> None:
+        with conn_of() as conn:
+            while not stop.is_set():
+                for name, source in _SOURCES.items():
+                    conn.execute(text("SAVEPOINT h"))
+                    try:
+                        got = conn.scalars(text(_HARVESTER.format(source=source)), {"n": 2000})
+                        found[name].update(got)
+                    except ProgrammingError:  # permission denied
+                        pass
+                    conn.execute(text("ROLLBACK TO SAVEPOINT h"))
+
+    thread = threading.Thread(target=attacker)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        busy()
+    finally:
+        stop.set()
+        thread.join()
+    return found
+
+
+def _b_requests(app_login: URL, b: SeededTenant, seconds: float) -> Callable[[], None]:
+    """Tenant B's sealed transactions, sync and async, over and over for `seconds`."""
+
+    def busy() -> None:
+        sync_victim = make_engine(app_login, pool_size=1)
+        async_victim = make_async_engine(app_login, pool_size=1)
+        stop = time.monotonic() + seconds
+
+        async def async_requests() -> None:
+            factory = tenant_async_sessionmaker(async_victim)
+            while time.monotonic() < stop:
+                async with factory(tenant_id=b.tenant_id) as session:
+                    await session.scalar(text("SELECT count(*) FROM users"))
+            await async_victim.dispose()
+
+        thread = threading.Thread(target=asyncio.run, args=(async_requests(),))
+        thread.start()
+        try:
+            while time.monotonic() < stop:
+                with tenant_connection(sync_victim, b.tenant_id) as conn:
+                    conn.scalar(text("SELECT count(*) FROM users"))
+        finally:
+            thread.join()
+            sync_victim.dispose()
+
+    return busy
+
+
+def test_no_seal_can_be_harvested_from_other_sessions_activity(
+    engine: Engine, app_engine: Engine, app_login: URL, a: SeededTenant, b: SeededTenant
+) -> None:
+    """Tenant B's seals travel as literals in its statements' text (with asyncpg, in the
+    BEGIN message); a seal read there would be replayable on B's backend when a later
+    request of the attacker landed on it. The app login cannot read another backend's
+    query text: every harvester, run in A's sealed transaction while B's requests run,
+    reads nothing. The superuser's harvesters, run the same way, read B's seals: the
+    control that shows they would."""
+    as_superuser = _harvest_while(engine.begin, _b_requests(app_login, b, 1.5))
+    for name, texts in as_superuser.items():
+        assert any(str(b.tenant_id) in q and "set_tenant" in q for q in texts), name
+    as_app = _harvest_while(
+        lambda: tenant_connection(app_engine, a.tenant_id), _b_requests(app_login, b, 1.5)
+    )
+    assert as_app == {name: set() for name in _SOURCES}
+
+
+@pytest.mark.parametrize(
+    "view", ["tenant_dashboard", "tenant_lead_funnel", "tenant_submission_activity"]
+)
+def test_a_leaky_condition_on_a_dashboard_view_sees_only_the_own_tenant(
+    engine: Engine, app_engine: Engine, a: SeededTenant, b: SeededTenant, view: str
+) -> None:
+    """A condition that raises with the row in its message (`row::text::int`) runs only on
+    the current tenant's rows of a tenant view, never on the materialized view's rows of
+    other tenants (found by a review: security_barrier did not hold over UNION ALL)."""
+    with engine.begin() as conn:
+        for (matview,) in conn.execute(
+            text("SELECT matviewname FROM pg_matviews WHERE schemaname = 'platform'")
+        ):
+            conn.execute(text(f"REFRESH MATERIALIZED VIEW platform.{matview}"))
+        assert conn.scalar(
+            text(f"SELECT count(*) FROM platform.{_MATVIEWS[view]} WHERE tenant_id = :b"),
+            {"b": b.tenant_id},
+        )
+    for condition in (
+        "(v.*)::text::int = 1",
+        "v.tenant_id <> :a AND (v.*)::text::int = 1",
+        "v.tenant_id > '00000000-0000-0000-0000-000000000000' AND 1 / (length(v::text) - 1) = 0",
+    ):
+        with tenant_connection(app_engine, a.tenant_id) as conn:
+            try:
+                conn.execute(text(f"SELECT * FROM {view} AS v WHERE {condition}"), {"a": a.tenant_id})
+            except Exception as exc:  # noqa: BLE001 - the message is what leaks
+                assert str(b.tenant_id) not in str(exc), condition
+
+
+_MATVIEWS = {
+    "tenant_dashboard": "tenant_performance_summary",
+    "tenant_lead_funnel": "lead_funnel_monthly",
+    "tenant_submission_activity": "form_submissions_daily",
+}

@@ -42,7 +42,7 @@ BEGIN
     LEFT JOIN platform.tenant_seal_keys AS k
            ON k.key_id = _seal[1]
           AND (k.valid_until IS NULL OR k.valid_until > pg_catalog.now());
-    IF NOT FOUND OR NOT _k.enforced THEN
+    IF FOUND AND NOT _k.enforced THEN  -- no settings row (a Citus worker not synced): closed
         RETURN _tenant::uuid;
     END IF;
     IF _k.inner_pad IS NOT NULL AND pg_catalog.cardinality(_seal) = 4
@@ -94,7 +94,7 @@ BEGIN
     LEFT JOIN platform.tenant_seal_keys AS k
            ON k.key_id = _seal[1]
           AND (k.valid_until IS NULL OR k.valid_until > pg_catalog.now());
-    IF NOT FOUND OR NOT _k.enforced THEN
+    IF FOUND AND NOT _k.enforced THEN  -- no settings row (a Citus worker not synced): closed
         RETURN nullif(_user, '')::uuid;
     END IF;
     IF _k.inner_pad IS NOT NULL AND pg_catalog.cardinality(_seal) = 4

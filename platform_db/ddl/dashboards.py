@@ -49,6 +49,7 @@ TENANT_PERFORMANCE_SUMMARY = MaterializedView(
     unique_columns=("tenant_id",),
     tenant_view="tenant_dashboard",
     tenant_source=TENANT_SOURCE,
+    fenced=True,
     # A tenant created after the last refresh reads zeros, not nothing.
     new_tenant_row="""t.id, t.subdomain::character varying(63), 0::bigint, 0::bigint, 0::bigint,
            0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint,
@@ -109,6 +110,7 @@ LEAD_FUNNEL_MONTHLY = MaterializedView(
     unique_columns=("tenant_id", "month"),
     tenant_view="tenant_lead_funnel",
     tenant_source=TENANT_SOURCE,
+    fenced=True,
     new_tenant_row="""t.id, date_trunc('month', now() AT TIME ZONE 'UTC')::date,
            0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::numeric,
            r.refreshed_at""",
@@ -132,6 +134,7 @@ SUBMISSIONS_DAILY = MaterializedView(
     unique_columns=("tenant_id", "form_id", "day"),
     tenant_view="tenant_submission_activity",
     tenant_source=TENANT_SOURCE,
+    fenced=True,
     new_tenant_row="""t.id, NULL::uuid, (now() AT TIME ZONE 'UTC')::date, 0::bigint, 0::bigint,
            r.refreshed_at""",
     # The last 400 days: enough for a year-over-year chart, and a refresh reads only

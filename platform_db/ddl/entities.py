@@ -1030,6 +1030,13 @@ class MaterializedView(Entity):
     # reference table (tenants) piece by piece, as the caller, who may not read the
     # materialized view: through the function the tenant view reads local relations only.
     tenant_source: str | None = None
+    # True: the tenant view reads its rows through a subquery with OFFSET 0, which the
+    # planner never flattens nor pushes a caller's condition into, so that condition runs
+    # on the current tenant's rows only. False (the definitions before it): the view's
+    # security_barrier alone, which did not hold over the UNION ALL of `new_tenant_row`
+    # (the planner flattened the arms, and a cheap leaky condition such as `col::int = 1`
+    # ran before the plpgsql tenant check on every row: tests/test_sealed_tenant.py).
+    fenced: bool = False
 
     def __post_init__(self) -> None:
         ident(self.name)
@@ -1052,7 +1059,12 @@ class MaterializedView(Entity):
         return f"uq_{self.name}"
 
     def tenant_view_query(self) -> str:
-        """The query of the tenant view in `public`."""
+        """The query of the tenant view in `public` (see `fenced`)."""
+        if not self.fenced:
+            return self._tenant_rows_query()
+        return f"SELECT * FROM (\n    {self._tenant_rows_query()}\n    ) AS tenant_rows OFFSET 0"
+
+    def _tenant_rows_query(self) -> str:
         own = f"SELECT * FROM {self.qualified} WHERE tenant_id = {PLATFORM_SCHEMA}.current_tenant_id()"
         if self.new_tenant_row is None:
             return own
@@ -1100,6 +1112,17 @@ FROM {self.qualified}"""
             f"REVOKE ALL ON public.{self.tenant_view} FROM PUBLIC",
             f"GRANT SELECT ON public.{self.tenant_view} TO {APP_ROLE}, {ADMIN_ROLE}",
         ]
+
+    def replace_sql(self, previous: Self) -> list[str]:
+        """Only the fence changes: the tenant view is replaced in place (same columns,
+        owner and grants), the materialized view and its data stay. Anything else drops
+        and re-creates all three."""
+        if dataclasses.replace(previous, fenced=self.fenced) == self:
+            return [
+                f"""CREATE OR REPLACE VIEW public.{self.tenant_view} WITH (security_barrier) AS
+    {self.tenant_view_query()}"""
+            ]
+        return super().replace_sql(previous)
 
     def drop_sql(self) -> list[str]:
         return [
