@@ -1181,13 +1181,24 @@ def build_parser() -> argparse.ArgumentParser:
         "as PLATFORM_DB_TENANT_KEY=... for the services; add: store the key in "
         "PLATFORM_DB_TENANT_KEY; list; fingerprint: of PLATFORM_DB_TENANT_KEY, and whether "
         "the database knows it; rotate: a new key, the others valid for --grace more; "
-        "retire KEY_ID; enforce [--off]: refuse (take) unsealed tenants; unbound [--off]: "
+        "retire KEY_ID; enforce [--off]: refuse (take) unsealed tenants; sync: copy keys and "
+        "settings to the Citus workers again (after adding one); unbound [--off]: "
         "take (refuse) seals not bound to a server process (PgBouncer in transaction mode). "
         "Needs DATABASE_URL of the database's owner or a superuser.",
     )
     tenant_key.add_argument(
         "action",
-        choices=("create", "add", "list", "fingerprint", "rotate", "retire", "enforce", "unbound"),
+        choices=(
+            "create",
+            "add",
+            "list",
+            "fingerprint",
+            "rotate",
+            "retire",
+            "enforce",
+            "unbound",
+            "sync",
+        ),
     )
     tenant_key.add_argument("key_id", nargs="?", help="the key's id (create, rotate, retire)")
     tenant_key.add_argument("--off", action="store_true", help="enforce/unbound: turn it off")

@@ -26,7 +26,7 @@ from platform_db.bench.report import render_html, render_text
 from platform_db.bench.runner import BenchConfig, ensure_plain_login, run_bench
 from platform_db.bench.seed import SeedConfig, conninfo, run_seed
 from platform_db.bench.variants import (
-    VARIANTS,
+    DEFAULT_VARIANTS,
     PackageMessages,
     RawRunner,
     capture_package_messages,
@@ -325,7 +325,7 @@ def test_baseline_report_has_the_ratios_per_round_and_per_class(bench_db: URL) -
     assert [r["order"] for r in b["rounds"]] == [["A", "B", "C", "D"], ["B", "C", "D", "A"]]
     for r in b["rounds"]:
         for phases in r["phases"].values():
-            assert set(phases) == set(VARIANTS)
+            assert set(phases) == set(DEFAULT_VARIANTS)
             for phase in phases.values():
                 assert phase["requests"] > 0
                 assert not phase["errors"], phase.get("error_samples")
@@ -346,6 +346,41 @@ def test_baseline_report_has_the_ratios_per_round_and_per_class(bench_db: URL) -
     page = render_html(report)
     assert page.count("<svg") == 3
     assert "A/C server CPU per workload" in page
+
+
+def test_u_measures_the_package_unsealed_and_sealing_is_enforced_again_after(
+    bench_db: URL, super_engine: Engine
+) -> None:
+    """U (--baseline-variants A,U): the package without a tenant key, while the database
+    does not enforce seals; its writes get through (under enforcement an unsealed write is
+    refused by WITH CHECK), and enforcement is back on after the run."""
+    config = BenchConfig(
+        clients=2,
+        processes=1,
+        seed=5,
+        pgbench=False,
+        baseline_only=True,
+        baseline_config=BaselineConfig(
+            rounds=2,
+            duration_s=1,
+            class_duration_s=0.5,
+            warmup_s=0,
+            classes=False,
+            variants=("A", "U"),
+        ),
+    )
+    report = run_bench(bench_db, config)
+    b = report["baseline"]
+    for name in ("client_cpu_a_over_u", "throughput_a_over_u", "server_cpu_a_over_u"):
+        assert isinstance(b["ratios"][name], float), (name, b["ratios"])
+    assert b["ratios"]["client_cpu_a_over_b"] is None
+    for r in b["rounds"]:
+        for phase in r["phases"][OVERALL].values():
+            assert phase["requests"] > 0
+            assert not phase["errors"], phase.get("error_samples")
+    with super_engine.connect() as conn:
+        assert conn.scalar(text("SELECT enforced FROM platform.tenant_seal_settings")) is True
+    assert "server CPU A/U" in render_text(report)
 
 
 def test_bench_help_says_the_baseline_runs_by_default(capsys: pytest.CaptureFixture[str]) -> None:
@@ -371,6 +406,7 @@ def test_lead_model_is_what_the_writes_assume() -> None:
 
 def test_the_variants_to_run_are_checked() -> None:
     assert BaselineConfig(variants=("A", "B")).variants == ("A", "B")
+    assert BaselineConfig(variants=("A", "U")).variants == ("A", "U")
     for bad in (("B", "C"), ("A",), ("A", "E"), ("A", "A")):
         with pytest.raises(ValueError, match="baseline variants"):
             BaselineConfig(variants=bad)

@@ -86,7 +86,7 @@ DECLARE
     _k record;
     _step bigint;
 BEGIN
-    IF _tenant IS NULL OR _tenant = '' THEN
+    IF _tenant IS NULL OR _tenant = '' OR _user = '' THEN
         RETURN NULL;
     END IF;
     SELECT s.enforced, s.unbound_seals, k.inner_pad, k.outer_pad INTO _k
@@ -95,7 +95,7 @@ BEGIN
            ON k.key_id = _seal[1]
           AND (k.valid_until IS NULL OR k.valid_until > pg_catalog.now());
     IF FOUND AND NOT _k.enforced THEN  -- no settings row (a Citus worker not synced): closed
-        RETURN nullif(_user, '')::uuid;
+        RETURN _user::uuid;
     END IF;
     IF _k.inner_pad IS NOT NULL AND pg_catalog.cardinality(_seal) = 4
        AND (_seal[2] = pg_catalog.pg_backend_pid()::text OR (_seal[2] = '0' AND _k.unbound_seals))
@@ -108,13 +108,13 @@ BEGIN
                    _tenant || '|' || _user || '|' || _seal[2] || '|' || _seal[3], 'UTF8'))),
                'hex'))
         THEN
-            RETURN nullif(_user, '')::uuid;
+            RETURN _user::uuid;
         END IF;
     END IF;
     -- Unsealed: only a login that reads every tenant's rows anyway keeps its setting.
     IF EXISTS (SELECT FROM pg_catalog.pg_roles AS r
                WHERE r.rolname = SESSION_USER AND (r.rolsuper OR r.rolbypassrls)) THEN
-        RETURN nullif(_user, '')::uuid;
+        RETURN _user::uuid;
     END IF;
     RETURN NULL;
 END

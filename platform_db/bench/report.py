@@ -632,6 +632,9 @@ _RATIO_COLUMNS = (
     ("client_cpu_a_over_c", "client CPU A/C"),
     ("throughput_a_over_c", "req/s A/C"),
     ("server_cpu_a_over_c", "server CPU A/C"),
+    ("client_cpu_a_over_u", "client CPU A/U"),
+    ("throughput_a_over_u", "req/s A/U"),
+    ("server_cpu_a_over_u", "server CPU A/U"),
 )
 
 
@@ -654,11 +657,13 @@ def _render_baseline(out: io.StringIO, b: Mapping[str, Any]) -> None:
     for v, desc in b["variants"].items():
         out.write(f"  {v}: {desc['description']} (login {desc['login']})\n")
     out.write("Ratios, median over the rounds (min-max):\n")
+    ran = list(b["variants"])
+    columns = [(k, label) for k, label in _RATIO_COLUMNS if label[-1] in ran]
     rows = []
     for name, w in [("overall", b["overall"]), *b["classes"].items()]:
         if w:
-            rows.append([name, *(_ratio_cell(w["spread"].get(k)) for k, _ in _RATIO_COLUMNS)])
-    write_table(out, ["workload", *(label for _, label in _RATIO_COLUMNS)], rows)
+            rows.append([name, *(_ratio_cell(w["spread"].get(k)) for k, _ in columns)])
+    write_table(out, ["workload", *(label for _, label in columns)], rows)
     out.write(
         "Per variant, median over the rounds: req/s / client CPU ms / server CPU ms per request\n"
     )
@@ -667,7 +672,7 @@ def _render_baseline(out: io.StringIO, b: Mapping[str, Any]) -> None:
         if not w:
             continue
         cells = []
-        for v in ("A", "B", "C", "D"):
+        for v in ran:
             m = w["medians"].get(v)
             if m is None:
                 cells.append("-")
@@ -677,7 +682,7 @@ def _render_baseline(out: io.StringIO, b: Mapping[str, Any]) -> None:
                 f" / {_fmt(m.get('server_cpu_ms_per_request'))}"
             )
         rows.append([name, *cells])
-    write_table(out, ["workload", "A", "B", "C", "D"], rows)
+    write_table(out, ["workload", *ran], rows)
     out.write("Targets (overall medians)\n")
     write_table(
         out,
@@ -924,7 +929,7 @@ def baseline_charts(b: Mapping[str, Any]) -> list[str]:
         ),
     ]
     overall = b["overall"]["medians"]
-    variants = [v for v in ("A", "B", "C", "D") if v in overall]
+    variants = [v for v in ("A", "B", "C", "D", "U") if v in overall]
     charts.append(
         bar_chart(
             "Baseline, the mix: CPU per request of each variant (median of rounds)",

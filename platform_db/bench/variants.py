@@ -85,13 +85,17 @@ from platform_db.session.query import build_find_many
 from platform_db.session.settings import ASYNC_DRIVER, PoolSettings, Settings, with_driver
 from platform_db.session.tenant_filter import TENANT_CRITERIA, TENANT_PARAMETER
 
-VARIANTS: tuple[str, ...] = ("A", "B", "C", "D")
+VARIANTS: tuple[str, ...] = ("A", "B", "C", "D", "U")
+# What runs unless asked (--baseline-variants): U measures the seal's cost (issue 15).
+DEFAULT_VARIANTS: tuple[str, ...] = ("A", "B", "C", "D")
 DESCRIPTIONS: dict[str, str] = {
     "A": "the package: Database, async_session(tenant_id=...), platform_app login, RLS",
     "B": "plain SQLAlchemy async ORM, explicit tenant filter, no hook, a BYPASSRLS login",
     "C": "raw asyncpg, the package's SQL and round trips (BEGIN + tenant setting in one "
     "message, the query, ROLLBACK/COMMIT), platform_app login, RLS",
     "D": "raw asyncpg, explicit tenant filter, no transaction, a BYPASSRLS login",
+    "U": "the package unsealed: A without a tenant key, the database not enforcing seals "
+    "during U's phases (what sealing costs)",
 }
 # Each variant's backends, for the server-CPU probe: (application_name LIKE, which login).
 APPLICATION_NAMES: dict[str, str] = {
@@ -99,6 +103,7 @@ APPLICATION_NAMES: dict[str, str] = {
     "B": "platform-db-bench:b%",
     "C": "platform-db-bench:c%",
     "D": "platform-db-bench:d%",
+    "U": "platform-db:%",
 }
 WRITE_CLASSES = frozenset({"lead_update", "submission_insert"})
 TENANT_MARK = "{tenant}"
@@ -202,9 +207,11 @@ async def capture_package_messages(app_url: URL, env: dict[str, str]) -> Package
 
 
 class PackageRunner:
-    def __init__(self, app_url: URL, env: dict[str, str]) -> None:
-        self.db = Database.from_env(
-            {**env, "DATABASE_URL": app_url.render_as_string(hide_password=False)}
+    def __init__(self, app_url: URL, env: dict[str, str], *, sealed: bool = True) -> None:
+        env = {**env, "DATABASE_URL": app_url.render_as_string(hide_password=False)}
+        # U: the same pools without a tenant key (the harness stops enforcing for U).
+        self.db = (
+            Database.from_env(env) if sealed else Database(Settings.from_env(env), tenant_key=None)
         )
 
     async def setup(self) -> None:
@@ -670,6 +677,8 @@ def make_runner(
     )
     if variant == "A":
         return PackageRunner(app_url, env)
+    if variant == "U":
+        return PackageRunner(app_url, env, sealed=False)
     if variant == "B":
         return PlainOrmRunner(plain_url, settings.main.max_size + settings.analytics.max_size)
     if variant == "C":
@@ -681,6 +690,7 @@ def make_runner(
 
 __all__ = [
     "APPLICATION_NAMES",
+    "DEFAULT_VARIANTS",
     "DESCRIPTIONS",
     "VARIANTS",
     "CaptureError",

@@ -101,8 +101,9 @@ WORKER_TABLES_SQL = (
 DROP_TABLES_SQL = (f"DROP TABLE {SETTINGS_TABLE}", f"DROP TABLE {KEYS_TABLE}")
 
 
-def _verified(result: str) -> str:
-    """The body of a function that returns `result` when the seal verifies."""
+def _verified(result: str, *, empty: str = "_tenant") -> str:
+    """The body of a function that returns `result` when the seal verifies (NULL, with no
+    work, when the setting named by `empty` is empty)."""
     return f"""RETURNS uuid
 LANGUAGE plpgsql STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path = pg_catalog, pg_temp
@@ -115,7 +116,7 @@ DECLARE
     _k record;
     _step bigint;
 BEGIN
-    IF _tenant IS NULL OR _tenant = '' THEN
+    IF _tenant IS NULL OR _tenant = ''{" OR _user = ''" if empty == "_user" else ""} THEN
         RETURN NULL;
     END IF;
     SELECT s.enforced, s.unbound_seals, k.inner_pad, k.outer_pad INTO _k
@@ -162,7 +163,7 @@ CURRENT_TENANT_ID = Function(
 CURRENT_USER_ID = Function(
     name=f"{S}.current_user_id",
     arguments="",
-    definition=_verified("nullif(_user, '')::uuid"),
+    definition=_verified("_user::uuid", empty="_user"),
     execute=(APP_ROLE, ADMIN_ROLE),
     comment=f"The acting user of the current transaction ({USER_SETTING}) when the tenant's "
     f"seal ({SEAL_SETTING}) verifies or sealing is not enforced; NULL otherwise.",

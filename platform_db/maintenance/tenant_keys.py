@@ -7,7 +7,8 @@
     rotate [ID] --grace D  a new key; every other key stays valid for D (default 24h)
     retire ID              delete a key (its seals stop verifying at once)
     enforce [--off]        refuse (or again take) unsealed tenants
-    unbound [--deny]       take (or refuse) seals not bound to a backend (PgBouncer)
+    unbound [--off]        take (or refuse) seals not bound to a backend (PgBouncer)
+    sync                   copy the keys and settings to the Citus workers again
 
 Every change is one transaction on the database, then the same rows on the Citus
 workers, if any. Rotation without a failed request: `rotate`, deploy the services with
@@ -115,6 +116,8 @@ def _change(
     if action == "unbound":
         seal.set_enforced(conn, state.enforced, unbound_seals=not off)
         return ["seals not bound to a backend are " + ("refused" if off else "taken")]
+    if action == "sync":
+        return []  # run() copies to the workers after every change
     raise TenantKeyError(f"unknown action {action!r}")
 
 

@@ -364,7 +364,7 @@ def check_tenant_key(conn: Connection, key: TenantKey | None, *, bound: bool = T
     if not bound and not state.unbound_seals:
         raise TenantKeyError(
             "behind PgBouncer seals cannot name the server process, and the database takes "
-            "no unbound seals: platform-db tenant-key unbound --allow"
+            "no unbound seals: platform-db tenant-key unbound"
         )
     probe = "00000000-0000-0000-0000-000000000000"
     if conn.in_transaction():
