@@ -1062,7 +1062,8 @@ def _add_bench_commands(sub: Any) -> None:
     bench.add_argument(
         "--baseline-variants",
         default="A,B,C,D",
-        help="which variants run (A and at least one other; default A,B,C,D)",
+        help="which variants run (A and at least one other of B, C, D and U, the package "
+        "unsealed: what sealing costs; default A,B,C,D)",
     )
     bench.add_argument(
         "--no-baseline-classes",

@@ -183,15 +183,15 @@ def test_a_changed_definition_becomes_a_replace_revision_that_points_at_the_old_
         assert ", 2)" in source
         assert (
             "replace_entity(\n        lead_funnel_monthly_materialized_view,\n"
-            '        replaces="2b69193cf04d.lead_funnel_monthly_materialized_view",'
+            '        replaces="aab12d3d3596.lead_funnel_monthly_materialized_view",'
         ) in upgrade or (
             "replace_entity(lead_funnel_monthly_materialized_view, "
-            'replaces="2b69193cf04d.lead_funnel_monthly_materialized_view")'
+            'replaces="aab12d3d3596.lead_funnel_monthly_materialized_view")'
         ) in upgrade
         assert 'replaces="e5f7a9b1d407.leads_tenant_isolation_policy"' in upgrade
         assert 'replace_with="e5f7a9b1d407.leads_tenant_isolation_policy"' in downgrade
-        # The funnel's latest definition before this one is 2b69193cf04d's.
-        assert 'replace_with="2b69193cf04d.lead_funnel_monthly_materialized_view"' in downgrade
+        # The funnel's latest definition before this one is aab12d3d3596's.
+        assert 'replace_with="aab12d3d3596.lead_funnel_monthly_materialized_view"' in downgrade
         assert "previous=" not in source  # the old definitions are history's, not copied
         assert "_as_found" not in source
         assert "as they were found in the" not in source
