@@ -28,11 +28,12 @@ import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 from sqlalchemy.pool import NullPool
 
 from platform_db.bench import workload
 from platform_db.bench.textgen import INDUSTRIES
+from platform_db.ddl.security import ADMIN_ROLE
 from platform_db.maintenance import maintain
 from platform_db.maintenance.distribute import DistributeError, distribute
 from platform_db.maintenance.health import doctor
@@ -150,6 +151,8 @@ def distributed(coordinator: URL, workers: list[tuple[str, int]]) -> Iterator[di
     with citus_database(coordinator, workers) as url:
         _migrate(url)
         engine = create_engine(url, poolclass=NullPool)
+        with engine.begin() as conn:  # as a monitored database has it (closed by distribute)
+            conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_stat_statements"))
         try:
             steps: list[str] = []
             report = distribute(engine, shard_count=SHARDS, progress=steps.append)
@@ -271,6 +274,24 @@ def test_distribute_again_changes_nothing_and_check_agrees(
     with citus_engine.connect() as conn:
         migrations.check(conn)  # raises on any drift
         conn.rollback()
+
+
+def test_distribute_closes_statement_texts_to_the_app(
+    citus_engine: Engine, citus_app: Engine
+) -> None:
+    """On Citus the seal travels as SET LOCAL, which pg_stat_statements keeps with its
+    text: distribute closes the statistics to PUBLIC, platform_admin keeps them."""
+    with citus_engine.connect() as conn:
+        for role, allowed in (("public", False), (ADMIN_ROLE, True)):
+            assert (
+                conn.scalar(
+                    text("SELECT has_table_privilege(:r, 'pg_stat_statements', 'SELECT')"),
+                    {"r": role},
+                )
+                is allowed
+            ), role
+    with citus_app.connect() as conn, pytest.raises(ProgrammingError, match="permission denied"):
+        conn.execute(text("SELECT query FROM pg_stat_statements"))
 
 
 # --- The isolation suite and the plugin, on the distributed database --------------------

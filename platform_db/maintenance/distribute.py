@@ -40,7 +40,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from platform_db.ddl.security import ADMIN_ROLE, ident
+from platform_db.ddl.security import ADMIN_ROLE, OWNER_ROLE, ident
 from platform_db.maintenance.citus import citus_state, refresh_login_problem
 from platform_db.migration.operations import migration_lock_timeout
 from platform_db.session import seal
@@ -247,6 +247,7 @@ def distribute(
         _refresh_role(conn, step)
         _partitions(conn, step)
         _unbound_seals(conn, step)
+        _statement_texts(conn, step)
     if report.changed:
         say("committed")
     with engine.begin() as conn:
@@ -440,6 +441,41 @@ def _unbound_seals(conn: Connection, step: Step) -> None:
         return
     conn.execute(text("UPDATE platform.tenant_seal_settings SET unbound_seals = true"))
     step("tenant seals not bound to a backend", "taken (the workers' backends)", changed=True)
+
+
+def _statement_texts(conn: Connection, step: Step) -> None:
+    # On Citus the seal travels as SET LOCAL, which pg_stat_statements keeps with its text
+    # (track_utility, on by default), readable by the same login; the seal names no
+    # backend, so such a text would let a request seal another tenant for a few minutes.
+    # Close the statistics to PUBLIC (platform_admin and platform_owner keep them). An
+    # extension created after this: run distribute again (docs/SCALING.md).
+    schema = conn.execute(
+        text(
+            "SELECT n.nspname FROM pg_catalog.pg_extension e "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace "
+            "WHERE e.extname = 'pg_stat_statements'"
+        )
+    ).scalar()
+    if schema is None:
+        return
+    s = ident(str(schema))
+    open_to_public = conn.execute(
+        text("SELECT has_table_privilege('public', :v, 'SELECT')"), {"v": f"{s}.pg_stat_statements"}
+    ).scalar()
+    if not open_to_public:
+        step("pg_stat_statements", "closed to PUBLIC already", changed=False)
+        return
+    for statement in (
+        f"REVOKE SELECT ON {s}.pg_stat_statements, {s}.pg_stat_statements_info FROM PUBLIC",
+        f"REVOKE EXECUTE ON FUNCTION {s}.pg_stat_statements(boolean), "
+        f"{s}.pg_stat_statements_info() FROM PUBLIC",
+        f"GRANT SELECT ON {s}.pg_stat_statements, {s}.pg_stat_statements_info "
+        f"TO {ADMIN_ROLE}, {OWNER_ROLE}",
+        f"GRANT EXECUTE ON FUNCTION {s}.pg_stat_statements(boolean), "
+        f"{s}.pg_stat_statements_info() TO {ADMIN_ROLE}, {OWNER_ROLE}",
+    ):
+        conn.execute(text(statement))
+    step("pg_stat_statements", "closed to PUBLIC (seals travel as SET LOCAL)", changed=True)
 
 
 def _partitions(conn: Connection, step: Step) -> None:
