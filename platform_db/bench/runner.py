@@ -265,17 +265,10 @@ def ensure_tenant_key(url: URL) -> TenantKey:
     workers and the baseline's variants inherit it): the one set there, stored if the
     database does not have it yet, else a new one (`bench-<hex>`). The package's sessions
     are measured as a service runs them, sealed (platform_db.session.seal)."""
-    key = seal.key_from_env()
-    if key is None:
-        key = TenantKey.generate(f"bench-{secrets.token_hex(3)}")
-        os.environ[seal.ENV_VAR] = key.encode()
+    key = seal.key_from_env_or_new(f"bench-{secrets.token_hex(3)}")
     engine = create_engine(with_driver(url, SYNC_DRIVER), poolclass=NullPool)
     try:
-        with engine.begin() as conn:
-            if seal.read_state(conn) is not None:
-                seal.add_key(conn, key)
-        with engine.begin() as conn:
-            seal.sync_workers(conn)
+        seal.store_key(engine, key)
     finally:
         engine.dispose()
     return key

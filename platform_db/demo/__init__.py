@@ -196,10 +196,9 @@ def run_demo(data_dir: Path, out: TextIO = sys.stdout) -> int:
         with engine.begin() as conn:
             migrations.upgrade(conn)
             password = _ensure_demo_login(conn)
-            seal.add_key(conn, key)
-            sealing = seal.read_state(conn)
+        seal.store_key(engine, key)
         with engine.begin() as conn:
-            seal.sync_workers(conn)
+            sealing = seal.read_state(conn)
         app_engine = make_engine(
             url.set(username=DEMO_LOGIN, password=password),
             application_name="platform-db-demo-app",

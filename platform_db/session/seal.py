@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -128,6 +129,16 @@ def key_from_env(env: Mapping[str, str] | None = None) -> TenantKey | None:
     return TenantKey.parse(value) if value else None
 
 
+def key_from_env_or_new(key_id: str) -> TenantKey:
+    """PLATFORM_DB_TENANT_KEY's key, else a new one (`key_id`) put there, so that this
+    process's engines and its children seal with it (the test plugin, the benchmark)."""
+    key = key_from_env()
+    if key is None:
+        key = TenantKey.generate(key_id)
+        os.environ[ENV_VAR] = key.encode()
+    return key
+
+
 # --- Engines that seal ------------------------------------------------------------------
 
 
@@ -219,7 +230,17 @@ def sealed_sql(conn: Connection, sealing: Sealing, tenant: str, user: str, *, ci
     if not tenant:
         return enter_sql("", "", "")
     pid = backend_pid(conn) if sealing.bound and not citus else 0
-    seal = sealing.key.seal(tenant, user, pid)
+    step = int(time.time() // SEAL_STEP_SECONDS)
+    return _sealed_statement(sealing.key, tenant, user, pid, step, citus=citus)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sealed_statement(
+    key: TenantKey, tenant: str, user: str, pid: int, step: int, *, citus: bool
+) -> str:
+    """The same statement for the same tenant, user, backend and step: made once (a
+    connection serving one tenant's requests makes its HMAC once a minute)."""
+    seal = key.seal(tenant, user, pid, now=step * SEAL_STEP_SECONDS)
     return citus_sql(tenant, user, seal) if citus else enter_sql(tenant, user, seal)
 
 
@@ -273,6 +294,19 @@ def add_key(conn: Connection, key: TenantKey, *, valid_until: Any = None) -> Non
             "until": valid_until,
         },
     )
+
+
+def store_key(engine: Engine, key: TenantKey) -> bool:
+    """Store `key` in the database of `engine` (its owner or a superuser) and copy the
+    seal's tables to the Citus workers, if any; False before the revision that adds
+    sealing (nothing to store it in). Two transactions: the workers get committed rows."""
+    with engine.begin() as conn:
+        if read_state(conn) is None:
+            return False
+        add_key(conn, key)
+    with engine.begin() as conn:
+        sync_workers(conn)
+    return True
 
 
 def set_enforced(conn: Connection, enforced: bool, *, unbound_seals: bool | None = None) -> None:
@@ -398,10 +432,12 @@ __all__ = [
     "enter_sql",
     "install",
     "key_from_env",
+    "key_from_env_or_new",
     "read_state",
     "sealed_sql",
     "sealing_of",
     "set_enforced",
+    "store_key",
     "sync_workers",
     "tenant_sql_for",
     "unsealed_sql",

@@ -296,7 +296,12 @@ def scope_sql(tenant: str, user: str) -> str:
 def scope_statements(connection: Connection, tenant: str, user: str) -> str:
     """What sets the tenant and user of the transaction on `connection`: sealed when its
     engine has a tenant key (platform_db.session.seal), else `scope_sql`."""
-    sealing = seal.sealing_of(connection.engine)
+    return _sealed_or_not(connection, seal.sealing_of(connection.engine), tenant, user)
+
+
+def _sealed_or_not(
+    connection: Connection, sealing: seal.Sealing | None, tenant: str, user: str
+) -> str:
     if sealing is None:
         return scope_sql(tenant, user)
     return seal.sealed_sql(connection, sealing, tenant, user, citus=fresh.on_citus(connection))
@@ -354,12 +359,13 @@ def _apply_tenant(
     scope = _resolve_scope(session)
     if scope is not None:
         _refuse_rls_bypass(session, connection, scope)
-    if seal.sealing_of(connection.engine) is None:
+    sealing = seal.sealing_of(connection.engine)
+    if sealing is None:
         statements = _scope_statements(scope)  # cached per (tenant, user)
     else:
         tenant = str(scope.tenant_id) if scope else ""
         user = str(scope.user_id) if scope and scope.user_id else ""
-        statements = scope_statements(connection, tenant, user)
+        statements = _sealed_or_not(connection, sealing, tenant, user)
     driver = _deferrable(connection)
     if driver is not None:
         # Nothing has reached the server yet: the setting goes out with the BEGIN that

@@ -458,11 +458,7 @@ WHERE n.nspname || '.' || p.proname = :name
 def ensure_test_tenant_key() -> seal.TenantKey:
     """The tenant key of the test run: PLATFORM_DB_TENANT_KEY if set, else a new one put
     there (the package's engines read it; the scratch databases store it)."""
-    key = seal.key_from_env()
-    if key is None:
-        key = seal.TenantKey.generate("test")
-        os.environ[seal.ENV_VAR] = key.encode()
-    return key
+    return seal.key_from_env_or_new("test")
 
 
 class _TenantTransaction:

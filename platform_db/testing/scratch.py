@@ -77,12 +77,8 @@ def provision_tenant_key(engine: Engine, key: TenantKey | None = None) -> Tenant
     """Store `key` (by default PLATFORM_DB_TENANT_KEY's, when set) in the database of
     `engine` (a superuser's), so the package's engines' seals verify there; the key."""
     key = key if key is not None else seal.key_from_env()
-    if key is None:
-        return None
-    with engine.begin() as conn:
-        if seal.read_state(conn) is not None:
-            seal.add_key(conn, key)
-            seal.sync_workers(conn)
+    if key is not None:
+        seal.store_key(engine, key)
     return key
 
 
